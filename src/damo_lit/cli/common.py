@@ -1,0 +1,41 @@
+"""What every command-line entry point shares: where the configs live, and Hydra composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(os.environ.get("DAMO_ROOT", PACKAGE_DIR.parents[1])).resolve()
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used by conf/: ${project_root:} is the folder that holds conf/."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def check_conf_dir() -> None:
+    if not (CONF_DIR / "paths").is_dir():
+        raise SystemExit(
+            f"damo-lit: config folder {CONF_DIR} not found. Install the project editable from its "
+            "checkout (`make venv` does) or set DAMO_ROOT to the folder that holds conf/."
+        )
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose conf/<config_name>.yaml with Hydra overrides, outside of @hydra.main (tests, tools)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    check_conf_dir()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+register_resolvers()

@@ -1,0 +1,199 @@
+"""The DaMO JSONL schema: one annotation record per line, shared by every data source.
+
+A record names one video (relative to a root), its duration, the task it serves and the
+spans (in seconds) that its text talks about. Timestamps never appear as literal numbers in
+answer text: they are written as placeholders (`{span:0}`, `{start:1}`, `{end:1}`) that refer
+to `spans` and are rendered at load time in the timestamp format the config asks for
+(seconds or relative), so that one annotation file serves every format.
+
+Example (one line)::
+
+    {"id": "synth-train-000012-g0", "video": "videos/train_000012.mp4", "duration": 14.2,
+     "task": "grounding", "spans": [[3.2, 5.0]], "modality": "audio",
+     "turns": [{"role": "user", "content": "When does the high beeping tone sound?"},
+               {"role": "assistant", "content": "It sounds {span:0}."}]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+TASKS = ("caption", "grounding", "qa", "dialogue")
+MODALITIES = ("audio", "visual", "audio-visual")
+ROLES = ("user", "assistant")
+PLACEHOLDER = re.compile(r"\{(span|start|end):(\d+)\}")
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema; the message names `file:line` and the reason."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    content: str  # may hold {span:i} / {start:i} / {end:i} placeholders
+
+
+@dataclass(frozen=True)
+class Record:
+    """One annotation: a video, what to learn from it, and the spans its text refers to."""
+
+    id: str
+    video: str
+    duration: float
+    task: str
+    spans: tuple[tuple[float, float], ...] = ()
+    caption: str | None = None
+    turns: tuple[Turn, ...] = ()
+    modality: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: str = "<record>") -> "Record":
+        """Validate a parsed JSON object; raise RecordError naming `where` and the reason."""
+        if not isinstance(obj, dict):
+            raise RecordError(where, f"expected a JSON object, got {type(obj).__name__}")
+        for key in ("id", "video", "duration", "task"):
+            if key not in obj:
+                raise RecordError(where, f"missing required key '{key}'")
+        rid, video, task = obj["id"], obj["video"], obj["task"]
+        if not isinstance(rid, str) or not rid:
+            raise RecordError(where, "'id' must be a non-empty string")
+        if not isinstance(video, str) or not video:
+            raise RecordError(where, "'video' must be a non-empty path string")
+        try:
+            duration = float(obj["duration"])
+        except (TypeError, ValueError):
+            raise RecordError(where, f"'duration' must be a number, got {obj['duration']!r}") from None
+        if not math.isfinite(duration) or duration <= 0:
+            raise RecordError(where, f"'duration' must be > 0 seconds, got {obj['duration']!r}")
+        if task not in TASKS:
+            raise RecordError(where, f"'task' must be one of {', '.join(TASKS)}, got {task!r}")
+        spans = cls._spans(obj.get("spans", []), duration, where)
+        caption = obj.get("caption")
+        if caption is not None and (not isinstance(caption, str) or not caption.strip()):
+            raise RecordError(where, "'caption' must be a non-empty string when given")
+        turns = cls._turns(obj.get("turns", []), len(spans), where)
+        modality = obj.get("modality")
+        if modality is not None and modality not in MODALITIES:
+            raise RecordError(where, f"'modality' must be one of {', '.join(MODALITIES)}, got {modality!r}")
+        if task == "caption" and caption is None:
+            raise RecordError(where, "a 'caption' record needs a 'caption'")
+        if task in ("grounding", "qa", "dialogue") and not turns:
+            raise RecordError(where, f"a '{task}' record needs 'turns' (user and assistant)")
+        if task == "grounding" and not spans:
+            raise RecordError(where, "a 'grounding' record needs at least one span")
+        meta = obj.get("meta", {})
+        if not isinstance(meta, dict):
+            raise RecordError(where, "'meta' must be an object")
+        return cls(rid, video, duration, task, spans, caption, turns, modality, dict(meta))
+
+    @staticmethod
+    def _spans(raw: Any, duration: float, where: str) -> tuple[tuple[float, float], ...]:
+        if not isinstance(raw, list):
+            raise RecordError(where, "'spans' must be a list of [start, end] pairs")
+        spans = []
+        for i, span in enumerate(raw):
+            if not (isinstance(span, (list, tuple)) and len(span) == 2):
+                raise RecordError(where, f"spans[{i}] must be [start, end], got {span!r}")
+            try:
+                start, end = float(span[0]), float(span[1])
+            except (TypeError, ValueError):
+                raise RecordError(where, f"spans[{i}] must hold numbers, got {span!r}") from None
+            if not (math.isfinite(start) and math.isfinite(end)):
+                raise RecordError(where, f"spans[{i}] is not finite: {span!r}")
+            if end < start:
+                raise RecordError(where, f"spans[{i}] is reversed: start {start} > end {end}")
+            if end == start:
+                raise RecordError(where, f"spans[{i}] is empty: start == end == {start}")
+            if start < 0 or end > duration + 1e-6:
+                raise RecordError(where, f"spans[{i}] = [{start}, {end}] lies outside the video (0 to {duration} s)")
+            spans.append((start, end))
+        return tuple(spans)
+
+    @staticmethod
+    def _turns(raw: Any, n_spans: int, where: str) -> tuple[Turn, ...]:
+        if not isinstance(raw, list):
+            raise RecordError(where, "'turns' must be a list of {role, content} objects")
+        turns = []
+        for i, turn in enumerate(raw):
+            if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+                raise RecordError(where, f"turns[{i}] must be an object with 'role' and 'content'")
+            role, content = turn["role"], turn["content"]
+            if role not in ROLES:
+                raise RecordError(where, f"turns[{i}].role must be 'user' or 'assistant', got {role!r}")
+            if not isinstance(content, str) or not content.strip():
+                raise RecordError(where, f"turns[{i}].content must be a non-empty string")
+            for match in PLACEHOLDER.finditer(content):
+                if int(match.group(2)) >= n_spans:
+                    raise RecordError(
+                        where, f"turns[{i}] refers to {match.group(0)} but the record has {n_spans} span(s)"
+                    )
+            turns.append(Turn(role, content))
+        if turns and turns[0].role != "user":
+            raise RecordError(where, "turns must start with a 'user' turn")
+        for i in range(1, len(turns)):
+            if turns[i].role == turns[i - 1].role:
+                raise RecordError(where, f"turns[{i}] repeats role {turns[i].role!r}: roles must alternate")
+        return tuple(turns)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "video": self.video,
+            "duration": round(self.duration, 3),
+            "task": self.task,
+            "spans": [[round(s, 3), round(e, 3)] for s, e in self.spans],
+        }
+        if self.caption is not None:
+            out["caption"] = self.caption
+        if self.turns:
+            out["turns"] = [{"role": t.role, "content": t.content} for t in self.turns]
+        if self.modality is not None:
+            out["modality"] = self.modality
+        if self.meta:
+            out["meta"] = self.meta
+        return out
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
+    """Yield (line number, Record or RecordError) for each non-blank line of a DaMO JSONL file."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield lineno, RecordError(where, f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            try:
+                yield lineno, Record.from_dict(obj, where)
+            except RecordError as err:
+                yield lineno, err
+
+
+def write_jsonl(path: str | Path, records: Iterator[Record] | list[Record]) -> int:
+    """Write records as DaMO JSONL (atomically: a crash never leaves half a file). Returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            count += 1
+    tmp.replace(path)
+    return count
