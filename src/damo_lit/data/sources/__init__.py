@@ -1,0 +1,1 @@
+"""Annotation sources: each maps a public annotation format to DaMO `Record`s."""
