@@ -1,0 +1,167 @@
+"""The augmentation run: videos -> backend (in threads) -> validation -> resumable output -> summary."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from damo_lit.augment.backend import Backend, Generation
+from damo_lit.augment.items import QuestionSpec, Video
+from damo_lit.augment.output import ResumableOutput, summary_path
+from damo_lit.augment.summary import Summary
+from damo_lit.augment.validate import ValidationSettings, Validator
+from damo_lit.data.schema import Record
+
+VideoHook = Callable[[Video, list[Record]], None]
+
+
+class RateColumn(ProgressColumn):
+    """Videos per second (rich's own speed columns speak of bytes)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- videos/s" if speed is None else f"{speed:.2f} videos/s", style="progress.data.speed")
+
+
+def make_progress(enabled: bool = True, console: Console | None = None) -> Progress:
+    """A rich progress bar with count, rate, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[records]} records"),
+        console=console or Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def validate_generation(
+    video: Video, gen: Generation, settings: ValidationSettings, generator: str, source_format: str
+) -> tuple[list[Record], dict[str, Any]]:
+    """Validate one video's items; return its records and the statistics the progress file keeps."""
+    validator = Validator(video, settings, generator, source_format)
+    rejects = Counter(gen.rejects)
+    records = []
+    for item in gen.items:
+        record, reason = validator.check(item)
+        if record is None:
+            rejects[reason] += 1
+        else:
+            records.append(record)
+    stats = {
+        "records": len(records),
+        "tasks": dict(Counter(r.task for r in records)),
+        "types": dict(Counter(r.meta["question_type"] for r in records)),
+        "rejects": dict(rejects),
+        "span_lengths": [round(e - s, 3) for r in records for s, e in r.spans],
+        "requests": gen.requests,
+        "cache_hits": gen.cache_hits,
+    }
+    return records, stats
+
+
+def _generations(backend: Backend, videos: list[Video], spec: QuestionSpec) -> Iterator[tuple[Video, Generation]]:
+    """(video, generation) as they finish, from `backend.concurrency` threads, with a bounded backlog."""
+    if backend.concurrency <= 1:
+        for video in videos:
+            yield video, backend.generate(video, spec)
+        return
+    pending = iter(videos)
+    with cf.ThreadPoolExecutor(max_workers=backend.concurrency, thread_name_prefix="augment") as pool:
+        running: dict[cf.Future, Video] = {}
+        try:
+            for video in pending:
+                running[pool.submit(backend.generate, video, spec)] = video
+                if len(running) >= 2 * backend.concurrency:
+                    break
+            while running:
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    video = running.pop(future)
+                    yield video, future.result()
+                    following = next(pending, None)
+                    if following is not None:
+                        running[pool.submit(backend.generate, following, spec)] = following
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def run_augment(
+    videos: list[Video],
+    backend: Backend,
+    spec: QuestionSpec,
+    out: str | Path,
+    *,
+    source_format: str,
+    fingerprint: dict[str, Any] | None = None,
+    settings: ValidationSettings | None = None,
+    source_fixes: dict[str, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    on_video_done: VideoHook | None = None,
+) -> Summary:
+    """Generate, validate and write grounded QA for every video not already done in `out`.
+
+    Resumes from OUT.progress.jsonl when it exists (with the same `fingerprint`), writes each
+    finished video as it completes, and finally OUT.summary.json. `on_video_done` is called
+    after each video is written (tests use it to interrupt a run).
+    """
+    settings = settings or ValidationSettings()
+    console = console or Console(stderr=True)
+    fingerprint = dict(fingerprint or {}, backend=backend.fingerprint(), spec=asdict(spec), validation=asdict(settings))
+    output = ResumableOutput(Path(out), fingerprint, overwrite=overwrite).open()
+    todo = [v for v in videos if v.video not in output.done]
+    resumed = len(videos) - len(todo)
+    if output.repaired:
+        console.print(f"resume: dropped {output.repaired} unfinished line(s) from {out}")
+    done_now, failures, requests, cache_hits = 0, [], 0, 0
+    try:
+        with make_progress(progress, console) as bar:
+            task = bar.add_task(f"augment ({backend.generator})", total=len(todo), records=0)
+            written = 0
+            for video, gen in _generations(backend, todo, spec):
+                requests += gen.requests
+                cache_hits += gen.cache_hits
+                if not gen.complete:
+                    failures.append(f"{video.video}: {gen.error}")
+                    bar.advance(task)
+                    continue
+                records, stats = validate_generation(video, gen, settings, backend.generator, source_format)
+                output.write_video(video.video, records, stats)
+                done_now += 1
+                written += len(records)
+                bar.update(task, advance=1, records=written)
+                if on_video_done is not None:
+                    on_video_done(video, records)
+    finally:
+        output.close()
+        backend.close()
+    summary = Summary.from_stats(
+        output.done.values(),
+        out=str(out),
+        generator=backend.generator,
+        source_format=source_format,
+        videos_total=len(videos),
+        videos_in_output=len(output.done),
+        videos_resumed=resumed,
+        videos_done_now=done_now,
+        videos_failed=len(failures),
+        source_fixes=dict(sorted((source_fixes or {}).items())),
+        failures=failures,
+    )
+    summary.requests, summary.cache_hits = requests, cache_hits  # this run's, not the output's history
+    summary.write(summary_path(out))
+    return summary

@@ -1,0 +1,1 @@
+"""Tests of damo-augment (src/damo_lit/augment)."""

@@ -1,0 +1,131 @@
+"""The template backend end to end through damo-augment's config, on ActivityNet Captions and
+Charades-STA (the real test split, a subset) and on DaMO JSONL."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from damo_lit.augment.items import QuestionSpec
+from damo_lit.augment.sources import clean_sentence, load_videos
+from damo_lit.augment.template import TemplateBackend
+from damo_lit.augment.text import inline_case
+from damo_lit.cli.augment import run
+from damo_lit.cli.common import compose
+from damo_lit.data.schema import Record, Turn, write_jsonl
+
+from .conftest import ANET, ANET_CLEAN
+from .helpers import check_grounding, read_valid
+
+
+def augment(overrides: list[str]):
+    return run(compose("augment", overrides + ["progress=false"]))
+
+
+def test_activitynet_template(anet_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "anet_qa.jsonl"
+    summary = augment([f"input={anet_file}", "format=activitynet", f"out={out}"])
+    records = read_valid(out)
+    check_grounding(records, ANET_CLEAN)
+    assert summary.records == len(records) and summary.videos_in_output == 3
+    assert summary.source_fixes == {"clipped_to_duration": 2, "dropped_outside": 1, "dropped_reversed": 1}
+    types = Counter(r.meta["question_type"] for r in records)
+    assert set(types) == {"when", "before", "after", "duration", "order", "dialogue"}
+    # v_short has a single event: only "when" and "duration" can be asked, once each
+    short = [r for r in records if r.meta["source_video"] == "v_short"]
+    assert sorted(r.meta["question_type"] for r in short) == ["duration", "when"]
+    for rec in records:
+        assert rec.video == rec.meta["source_video"] + ".mp4"
+        if rec.meta["question_type"] == "when":
+            (event,) = rec.meta["source_events"][0]
+            sentence = inline_case(clean_sentence(ANET[rec.meta["source_video"]]["sentences"][event]))
+            assert sentence in rec.turns[0].content
+        if rec.task == "dialogue":
+            assert len(rec.turns) == 6 and rec.turns[-1].role == "assistant"
+            assert all(a[0] < b[0] for a, b in zip(rec.spans, rec.spans[1:]))
+    assert len({r.id for r in records}) == len(records)
+    written = json.loads((tmp_path / "anet_qa.jsonl.summary.json").read_text())
+    assert written["items_per_type"] == dict(sorted(types.items()))
+    assert sum(written["span_length_histogram"].values()) == sum(len(r.spans) for r in records)
+    assert written["rejects"] == {}
+
+
+def test_template_is_seeded(anet_file: Path, tmp_path: Path) -> None:
+    source = load_videos(anet_file, "activitynet")
+    backend = TemplateBackend()
+    first = [backend.generate(v, QuestionSpec(seed=1)).items for v in source.videos]
+    again = [backend.generate(v, QuestionSpec(seed=1)).items for v in source.videos]
+    other = [backend.generate(v, QuestionSpec(seed=2)).items for v in source.videos]
+    assert first == again
+    assert first != other
+    capped = backend.generate(source.videos[0], QuestionSpec(per_video=2, dialogues_per_video=0, types=("when",)))
+    assert [i.qtype for i in capped.items] == ["when", "when"]
+
+
+def _charades_windows(shared: Path, videos: set[str]) -> dict[str, dict[int, tuple[float, float]]]:
+    """The expected cleaned windows, computed here independently of the readers."""
+    lengths = {}
+    for line in (shared / "charades_sta" / "Charades_v1_test.csv").read_text().splitlines()[1:]:
+        lengths[line.split(",", 1)[0]] = float(line.rsplit(",", 1)[1])
+    windows: dict[str, dict[int, tuple[float, float]]] = {}
+    counters: Counter = Counter()
+    for line in (shared / "charades_sta" / "charades_sta_test.txt").read_text().splitlines():
+        vid, start, end = line.split("##")[0].split()
+        index = counters[vid]
+        counters[vid] += 1
+        if vid in videos:
+            duration = round(lengths[vid], 3)
+            windows.setdefault(vid, {})[index] = (round(max(0.0, float(start)), 3), round(min(duration, float(end)), 3))
+    return windows
+
+
+def test_charades_sta_template(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "charades_qa.jsonl"
+    summary = augment(
+        [
+            f"input={shared_data / 'charades_sta' / 'charades_sta_test.txt'}",
+            "format=charades_sta",
+            f"durations={shared_data / 'charades_sta' / 'Charades_v1_test.csv'}",
+            f"out={out}",
+            "limit=150",
+        ]
+    )
+    records = read_valid(out)
+    videos = {r.meta["source_video"] for r in records}
+    assert summary.videos_in_output == 150 and len(videos) == 150
+    check_grounding(records, _charades_windows(shared_data, videos))
+    assert summary.source_fixes.get("clipped_to_duration", 0) > 0  # real windows run past the end
+    assert {"when", "before", "after", "order", "dialogue"} <= set(summary.items_per_type)
+    # paraphrases of one window share it: a "when" item's source events are all its paraphrases
+    assert any(len(r.meta["source_events"][0]) > 1 for r in records)
+
+
+def test_charades_needs_durations(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="durations="):
+        augment([f"input={shared_data / 'charades_sta' / 'charades_sta_test.txt'}", "format=charades_sta",
+                 f"out={tmp_path / 'x.jsonl'}"])
+
+
+def test_damo_jsonl_input(tmp_path: Path) -> None:
+    source = tmp_path / "grounding.jsonl"
+    write_jsonl(
+        source,
+        [
+            Record("g0", "videos/a.mp4", 20.0, "grounding", ((1.0, 4.0),),
+                   turns=(Turn("user", "When does the beep sound?"), Turn("assistant", "{span:0}")),
+                   meta={"query": "a high beep sounds"}),
+            Record("c0", "videos/a.mp4", 20.0, "caption", ((6.0, 12.0),), caption="A red square appears."),
+            Record("c1", "videos/b.mp4", 9.0, "caption", caption="A whole-video caption has no span."),
+        ],
+    )
+    out = tmp_path / "from_damo.jsonl"
+    summary = augment([f"input={source}", "format=damo", f"out={out}"])
+    records = read_valid(out)
+    assert summary.videos_in_output == 1
+    assert {r.video for r in records} == {"videos/a.mp4"}
+    check_grounding(records, {"videos/a.mp4": {0: (1.0, 4.0), 1: (6.0, 12.0)}})
+    orders = [r for r in records if r.meta["question_type"] == "order"]
+    assert orders and all("high beep" in r.turns[1].content.lower() for r in orders)
