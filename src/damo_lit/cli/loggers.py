@@ -1,0 +1,49 @@
+"""Logger factories: W&B offline by default, online when the user has credentials."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+
+def wandb_has_credentials() -> bool:
+    """True when WANDB_API_KEY is set or `wandb login` left an entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return auth is not None
+
+
+def wandb_logger(project: str, save_dir: str, name: str | None = None, entity: str | None = None,
+                 group: str | None = None, tags: list[str] | None = None, mode: str = "auto",
+                 log_predictions: int = 16, log_timelines: int = 4, **kwargs: Any):
+    """A WandbLogger whose files all stay inside the run folder.
+
+    mode: auto (online with credentials, else offline), online, offline or disabled.
+    log_predictions / log_timelines: how many validation examples the stages put in the W&B
+    predictions table and draw as timeline pictures (read by the stages from the logger).
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise ValueError(f"logger.wandb.mode must be auto, online, offline or disabled, got {mode!r}")
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+    root = Path(save_dir).resolve()
+    # Keep every W&B file inside the run folder: nothing leaks into $HOME.
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb-cache"),
+                     ("WANDB_DATA_DIR", "wandb-data"), ("WANDB_CONFIG_DIR", "wandb-config")):
+        path = root / sub if sub else root
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(path)
+    os.environ["WANDB_MODE"] = mode
+    logger = WandbLogger(project=project, save_dir=str(root), name=name, entity=entity, group=group,
+                         tags=list(tags or []), mode=mode, **kwargs)
+    logger.damo_log_predictions = int(log_predictions)
+    logger.damo_log_timelines = int(log_timelines)
+    return logger

@@ -1,0 +1,51 @@
+"""The FSDP recipe: which modules become FSDP units, with activation checkpointing, for bf16 runs.
+
+Wrap targets are the LLM's decoder layers and the Fuseformer blocks (the repeated, heavy
+blocks); everything else (towers, projector, small heads) stays in the root unit. Classes are
+named by dotted path in the config so that the same recipe serves Mistral, Llama and Qwen.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Iterable
+
+from torch import nn
+
+
+def resolve_classes(paths: Iterable[str]) -> set[type[nn.Module]]:
+    """Import 'package.module.ClassName' strings; errors name the path that failed."""
+    classes: set[type[nn.Module]] = set()
+    for path in paths:
+        module_name, _, class_name = str(path).rpartition(".")
+        if not module_name:
+            raise ValueError(f"trainer.strategy.wrap_classes: '{path}' is not a dotted 'module.Class' path")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"trainer.strategy.wrap_classes: cannot import '{path}': {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"trainer.strategy.wrap_classes: '{path}' is not an nn.Module class")
+        classes.add(cls)
+    return classes
+
+
+def fsdp_strategy(wrap_classes: Iterable[str], activation_checkpointing: bool = True,
+                  sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "sharded",
+                  cpu_offload: bool = False, **kwargs):
+    """Build Lightning's FSDPStrategy with block-level wrapping and activation checkpointing."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    classes = resolve_classes(wrap_classes)
+    if not classes:
+        raise ValueError("trainer.strategy.wrap_classes is empty: name the LLM decoder layer and "
+                         "Fuseformer block classes (the model config's fsdp_wrap_classes)")
+    return FSDPStrategy(
+        auto_wrap_policy=classes,
+        activation_checkpointing_policy=classes if activation_checkpointing else None,
+        sharding_strategy=sharding_strategy,
+        state_dict_type=state_dict_type,
+        cpu_offload=cpu_offload,
+        use_orig_params=True,  # frozen and trainable parameters share FSDP units (LoRA)
+        **kwargs,
+    )

@@ -1,0 +1,129 @@
+"""Stage weights: what a stage saves, and how the next stage starts from it.
+
+A stage keeps only the weights that cannot be rebuilt from a pretrained source: everything
+the stages train (global residual, temporal pathway, Fuseformer, projector, LoRA, and any tower
+marked trainable) plus whatever this stage trained. Frozen pretrained parts (encoders, the base
+LLM) are rebuilt from their `name_or_path` in the saved model config, so a paper-size stage
+checkpoint weighs MBs, not GBs. Files are safetensors (never pickle) with a JSON side file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "stage.json"
+ALL_GROUPS = ("vision", "audio", "residual", "fuseformer", "projector", "llm", "lora", "text_encoder")
+# Groups whose weights always come from training, never from a pretrained checkpoint.
+LEARNED_GROUPS = ("residual", "fuseformer", "projector", "lora")
+
+
+def group_parameter_names(model: nn.Module) -> dict[str, set[str]]:
+    """Map each module group of a DaMO model to the state-dict names of its parameters."""
+    names_by_id: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_by_id.setdefault(id(param), []).append(name)
+    groups: dict[str, set[str]] = {}
+    for group, members in model.module_groups().items():
+        params = members.parameters() if isinstance(members, nn.Module) else members
+        groups[group] = {n for p in params for n in names_by_id.get(id(p), [])}
+    return groups
+
+
+def persistent_names(model: nn.Module, extra_groups: Iterable[str] = ()) -> set[str]:
+    """State-dict names that a stage must save: learned groups plus `extra_groups`."""
+    groups = group_parameter_names(model)
+    wanted = set(LEARNED_GROUPS) | set(extra_groups)
+    unknown = wanted - set(ALL_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown module group(s) {sorted(unknown)}; expected some of {ALL_GROUPS}")
+    names: set[str] = set()
+    for group in wanted:
+        names |= groups.get(group, set())
+    # Buffers (e.g. BatchNorm statistics) of saved modules travel with them.
+    param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    for name, _ in model.named_buffers():
+        owner = name.rsplit(".", 1)[0]
+        if any(p.startswith(owner + ".") for p in names) and name not in param_names:
+            names.add(name)
+    return names
+
+
+@dataclass
+class LoadReport:
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+
+
+def save_stage_weights(directory: str | Path, model: nn.Module, names: set[str], meta: Mapping[str, Any]) -> Path:
+    """Write `names` of the model's state dict to DIR/weights.safetensors and meta to DIR/stage.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict(keep_vars=False).items() if k in names}
+    # safetensors refuses tensors that share storage (tied weights): clone them apart.
+    seen: dict[int, str] = {}
+    for key, tensor in list(state.items()):
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            state[key] = tensor.clone()
+        seen[ptr] = key
+    tmp = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / WEIGHTS_FILE)
+    (directory / META_FILE).write_text(json.dumps(dict(meta), indent=2, default=str))
+    return directory / WEIGHTS_FILE
+
+
+def resolve_weights_path(path: str | Path) -> Path:
+    """Accept a stage folder, its weights file, or a run folder holding one; name what was wrong."""
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / WEIGHTS_FILE, path / "final" / WEIGHTS_FILE]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".safetensors":
+            return candidate
+    raise FileNotFoundError(
+        f"stage.init_from={path}: no {WEIGHTS_FILE} found (looked at {', '.join(map(str, candidates))}); "
+        "point it at a previous stage's run folder or its weights file"
+    )
+
+
+def read_stage_meta(path: str | Path) -> dict[str, Any]:
+    meta = resolve_weights_path(path).parent / META_FILE
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def load_stage_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load a previous stage's weights into `model` by name; report what matched.
+
+    Keys the model lacks are reported, not fatal (a stage-1-only head, for instance); a shape
+    mismatch is an error, since it means the two stages were built from different configs.
+    """
+    weights = resolve_weights_path(path)
+    state = load_file(str(weights))
+    own = model.state_dict()
+    report = LoadReport(path=str(weights))
+    to_load: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != tensor.shape:
+            report.shape_mismatch.append(f"{key}: saved {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            to_load[key] = tensor
+    if report.shape_mismatch:
+        raise ValueError(
+            f"{weights}: {len(report.shape_mismatch)} tensor(s) do not fit this model (was the previous "
+            f"stage built with another model config?): " + "; ".join(report.shape_mismatch[:5])
+        )
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    return report
