@@ -116,6 +116,7 @@ class FakeChatServer:
     api_key: str | None = None
     requests: int = 0
     prompts: list[str] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_mode(self) -> str:
@@ -156,6 +157,7 @@ def chat_server() -> Iterator[FakeChatServer]:
             prompt = body["messages"][-1]["content"]
             with state.lock:
                 state.prompts.append(prompt)
+                state.bodies.append(body)
             content = "Sorry, I cannot help with that." if mode == "malformed" else fake_reply(prompt)
             reply = {
                 "id": "chatcmpl-test",

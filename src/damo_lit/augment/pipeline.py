@@ -78,24 +78,24 @@ def _generations(backend: Backend, videos: list[Video], spec: QuestionSpec) -> I
             yield video, backend.generate(video, spec)
         return
     pending = iter(videos)
-    with cf.ThreadPoolExecutor(max_workers=backend.concurrency, thread_name_prefix="augment") as pool:
-        running: dict[cf.Future, Video] = {}
-        try:
-            for video in pending:
-                running[pool.submit(backend.generate, video, spec)] = video
-                if len(running) >= 2 * backend.concurrency:
-                    break
-            while running:
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    video = running.pop(future)
-                    yield video, future.result()
-                    following = next(pending, None)
-                    if following is not None:
-                        running[pool.submit(backend.generate, following, spec)] = following
-        finally:
-            for future in running:
-                future.cancel()
+    pool = cf.ThreadPoolExecutor(max_workers=backend.concurrency, thread_name_prefix="augment")
+    running: dict[cf.Future, Video] = {}
+    try:
+        for video in pending:
+            running[pool.submit(backend.generate, video, spec)] = video
+            if len(running) >= 2 * backend.concurrency:
+                break
+        while running:
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                video = running.pop(future)
+                yield video, future.result()
+                following = next(pending, None)
+                if following is not None:
+                    running[pool.submit(backend.generate, following, spec)] = following
+    finally:
+        # on an error or an interrupt, do not start what is queued; requests in flight finish on their own
+        pool.shutdown(wait=not running, cancel_futures=True)
 
 
 def run_augment(

@@ -94,7 +94,8 @@ class Summary:
         ):
             if not counts:
                 continue
-            table = Table(title=title, title_justify="left")
+            console.print(f"[bold]{title}[/bold]")
+            table = Table()
             table.add_column("what")
             table.add_column("count", justify="right")
             for key, value in counts.items():

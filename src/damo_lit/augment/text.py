@@ -27,7 +27,7 @@ _OPENERS = frozenset(
     "person people man men woman women boy boys girl girls kid kids child children guy lady group "
     "camera we're they're".split()
 )
-_NOT_WORD = re.compile(r"[^0-9a-z{}:]+")
+_NOT_WORD = re.compile(r"[^0-9a-z]+")
 
 
 def sentence_case(text: str) -> str:
