@@ -15,7 +15,8 @@ import pytest
 
 # Three videos in the real format {vid: {duration, timestamps, sentences}}. Quirks: a window
 # that runs past the end (clipped), one that starts after the end (dropped), a reversed one
-# (dropped), overlapping windows, and a sentence with stray spaces and a final full stop.
+# (swapped under on_bad_window=clip), one starting before 0 (clipped), overlapping windows,
+# and a sentence with stray spaces and a final full stop.
 ANET = {
     "v_gym": {
         "duration": 60.0,
@@ -41,7 +42,7 @@ ANET = {
 }
 # The windows once cleaned (clipped to the video, bad ones dropped), by video and event index.
 ANET_CLEAN = {
-    "v_gym": {0: (0.0, 10.5), 1: (8.0, 25.0), 2: (24.0, 60.0)},
+    "v_gym": {0: (0.0, 10.5), 1: (8.0, 25.0), 2: (24.0, 60.0), 3: (28.0, 30.0)},
     "v_kitchen": {0: (2.3, 20.0), 1: (21.0, 48.6), 2: (50.0, 90.0)},
     "v_short": {0: (0.0, 6.0)},
 }

@@ -49,7 +49,7 @@ def test_retries_then_valid_items_then_cache(
     records = read_valid(out)
     check_grounding(records, ANET_CLEAN)
     # per video: one "when" per event, plus "order" and a dialogue where there are two events
-    assert summary.items_per_type == {"dialogue": 2, "order": 2, "when": 7}
+    assert summary.items_per_type == {"dialogue": 2, "order": 2, "when": 8}
     assert summary.rejects == {"duplicate": 3, "malformed_item": 3, "outside_video": 3}
     assert summary.requests == 4 and summary.cache_hits == 0  # model calls; HTTP retries are not counted
     whens = [r for r in records if r.meta["question_type"] == "when"]

@@ -26,12 +26,18 @@ def augment(overrides: list[str]):
 
 
 def test_activitynet_template(anet_file: Path, tmp_path: Path) -> None:
+    drop = augment([f"input={anet_file}", "format=activitynet", f"out={tmp_path / 'drop.jsonl'}", "on_bad_window=drop"])
+    assert drop.source_fixes == {"window_end_dropped": 1, "window_outside_dropped": 1,
+                                 "window_reversed_dropped": 1, "window_start_dropped": 1, "record_no_window_dropped": 1}
+    assert drop.videos_in_output == 2  # v_short lost its only window
+
     out = tmp_path / "anet_qa.jsonl"
     summary = augment([f"input={anet_file}", "format=activitynet", f"out={out}"])
     records = read_valid(out)
     check_grounding(records, ANET_CLEAN)
     assert summary.records == len(records) and summary.videos_in_output == 3
-    assert summary.source_fixes == {"clipped_to_duration": 2, "dropped_outside": 1, "dropped_reversed": 1}
+    assert summary.source_fixes == {"window_end_clipped": 1, "window_outside_dropped": 1,
+                                    "window_reversed_swapped": 1, "window_start_clipped": 1}
     types = Counter(r.meta["question_type"] for r in records)
     assert set(types) == {"when", "before", "after", "duration", "order", "dialogue"}
     # v_short has a single event: only "when" and "duration" can be asked, once each
@@ -97,7 +103,7 @@ def test_charades_sta_template(shared_data: Path, tmp_path: Path) -> None:
     videos = {r.meta["source_video"] for r in records}
     assert summary.videos_in_output == 150 and len(videos) == 150
     check_grounding(records, _charades_windows(shared_data, videos))
-    assert summary.source_fixes.get("clipped_to_duration", 0) > 0  # real windows run past the end
+    assert summary.source_fixes.get("window_end_clipped", 0) > 0  # real windows run past the end
     assert {"when", "before", "after", "order", "dialogue"} <= set(summary.items_per_type)
     # paraphrases of one window share it: a "when" item's source events are all its paraphrases
     assert any(len(r.meta["source_events"][0]) > 1 for r in records)

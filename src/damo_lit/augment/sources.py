@@ -1,20 +1,19 @@
 """Read paragraph-level annotations into cleaned `Video`s, counting every fix made to them.
 
 The readers of the real formats live in damo_lit.data.sources.events (they return the events
-unfixed); this module only dispatches to them, groups DaMO JSONL records per video, and turns
-raw events into moments that lie inside the video.
+unfixed) and windows are fixed by the same `fix_window` as the training data sources; this
+module only dispatches, groups DaMO JSONL records per video, and merges windows into moments.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from damo_lit.augment.items import Moment, Video
 from damo_lit.data.schema import RecordError, read_jsonl
+from damo_lit.data.sources.base import ON_BAD_WINDOW, Fixes, fix_window
 from damo_lit.data.sources.events import (
     VideoEvents,
     read_activitynet_captions,
@@ -32,10 +31,10 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedSource:
-    """The cleaned videos of one input file and the fixes that cleaning made."""
+    """The cleaned videos of one input file and the fixes that cleaning made (kind -> count)."""
 
     videos: list[Video]
-    fixes: Counter
+    fixes: dict[str, int]
 
 
 def read_events(path: str | Path, fmt: str, durations: str | Path | None = None) -> list[VideoEvents]:
@@ -92,48 +91,24 @@ def clean_sentence(text: str) -> str:
     return text.rstrip(". ").strip()
 
 
-def clean_video(events: VideoEvents, path: str, fixes: Counter, min_span: float = 0.1) -> Video | None:
-    """Clip events to the video, drop the unusable ones, merge identical windows into moments.
-
-    Every fix is counted in `fixes` under a reason (clipped_to_duration, dropped_reversed,
-    dropped_outside, dropped_too_short, dropped_no_text, dropped_no_duration, ...). Returns
-    None when the video is left with no moment.
-    """
-    duration = events.duration
-    if duration is None or not math.isfinite(float(duration)) or float(duration) <= 0:
-        fixes["dropped_video_no_duration"] += 1
+def clean_video(events: VideoEvents, path: str, fixes: Fixes, on_bad_window: str = "clip") -> Video | None:
+    """Fix the windows to the video (as the data sources do, counted in `fixes`), merge identical
+    windows into moments. Returns None when the video has no duration or no window left."""
+    if events.duration is None or events.duration <= 0:
+        fixes.add("duration_missing_dropped")
         return None
-    duration = round(float(duration), 3)
+    duration = round(float(events.duration), 3)
     windows: dict[tuple[float, float], list[tuple[str, int]]] = {}
     for index, (start, end, sentence) in enumerate(events.events):
+        window = fix_window(float(start), float(end), duration, on_bad_window, fixes)
         text = clean_sentence(sentence)
-        try:
-            start, end = float(start), float(end)
-        except (TypeError, ValueError):
-            fixes["dropped_bad_number"] += 1
+        if window is None or not text:
             continue
-        if not text:
-            fixes["dropped_no_text"] += 1
-            continue
-        if not (math.isfinite(start) and math.isfinite(end)):
-            fixes["dropped_bad_number"] += 1
-            continue
-        if end < start:
-            fixes["dropped_reversed"] += 1
-            continue
-        if start >= duration or end <= 0:
-            fixes["dropped_outside"] += 1
-            continue
-        if start < 0 or end > duration:
-            fixes["clipped_to_duration"] += 1
-            start, end = max(0.0, start), min(duration, end)
-        start, end = round(start, 3), round(end, 3)
-        if end - start < min_span:
-            fixes["dropped_too_short"] += 1
-            continue
-        windows.setdefault((start, end), []).append((text, index))
+        start, end = round(window[0], 3), round(window[1], 3)
+        if end > start:
+            windows.setdefault((start, end), []).append((text, index))
     if not windows:
-        fixes["dropped_video_no_events"] += 1
+        fixes.add("record_no_window_dropped")
         return None
     moments = []
     for (start, end), described in sorted(windows.items()):
@@ -148,23 +123,26 @@ def load_videos(
     durations: str | Path | None = None,
     video_path: str = "{video}.mp4",
     limit: int | None = None,
-    min_span: float = 0.1,
+    on_bad_window: str = "clip",
 ) -> LoadedSource:
     """Read and clean the videos of one annotation file (the first `limit` when given).
 
     `video_path` formats the record's `video` field from the source id ("{video}.mp4"); DaMO
-    JSONL input keeps its records' paths as they are.
+    JSONL input keeps its records' paths as they are. `on_bad_window` (clip | drop) says what
+    happens to a window that runs past the video or is reversed, as in the data configs.
     """
+    if on_bad_window not in ON_BAD_WINDOW:
+        raise SourceError(f"on_bad_window must be one of {', '.join(ON_BAD_WINDOW)}, got {on_bad_window!r}")
     if "{video}" not in video_path:
         raise SourceError(f"video_path={video_path!r} must contain '{{video}}'")
     raw = read_events(path, fmt, durations)
     if limit is not None:
         raw = raw[: int(limit)]
-    fixes: Counter = Counter()
+    fixes = Fixes()
     videos = []
     for events in raw:
         record_path = events.video if fmt == "damo" else video_path.format(video=events.video)
-        video = clean_video(events, record_path, fixes, min_span)
+        video = clean_video(events, record_path, fixes, on_bad_window)
         if video is not None:
             videos.append(video)
-    return LoadedSource(videos, fixes)
+    return LoadedSource(videos, {kind: n for kind, n in fixes.counts.items() if n})

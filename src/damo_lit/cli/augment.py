@@ -94,7 +94,8 @@ def run(cfg: DictConfig, on_video_done: Any = None) -> Any:
                     f"{[f.name for f in fields(QuestionSpec)]} and {[f.name for f in fields(ValidationSettings)]})")
     try:
         source = load_videos(
-            input_path, fmt, cfg.durations, video_path=str(cfg.video_path), limit=cfg.limit, min_span=float(cfg.min_event_span)
+            input_path, fmt, cfg.durations, video_path=str(cfg.video_path), limit=cfg.limit,
+            on_bad_window=str(cfg.on_bad_window),
         )
     except (SourceError, RecordError) as err:
         raise _fail(str(err))
