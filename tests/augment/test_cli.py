@@ -28,11 +28,15 @@ def test_help_lists_formats_backends_and_outputs(capsys: pytest.CaptureFixture) 
         (["input", "out=x.jsonl"], "key=value"),
         (["backend=gemini"], "backend"),
         (["input=a.json", "out=x.jsonl", "questions.types=[when,why]"], "unknown question type"),
+        (["input=a.json", "out=x.jsonl", "format=damo"], "not valid DaMO JSONL"),
+        (["input=empty.json", "out=x.jsonl"], "holds no video with a usable event window"),
+        (["input=a.json", "out=x.jsonl", "backend=openai", "backend.base_url=ftp://x"], "backend.base_url must be"),
     ],
 )
 def test_errors_name_the_key(args: list[str], message: str, anet_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(anet_file.parent)
     (anet_file.parent / "a.json").write_text(anet_file.read_text())
+    (anet_file.parent / "empty.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert message in str(exit_info.value)

@@ -88,15 +88,3 @@ class GroundedItem:
 def precedes(a: Span, b: Span, gap: float = 0.0) -> bool:
     """True when window a comes before window b: it starts at least `gap` earlier and ends no later."""
     return a[0] + gap <= b[0] and a[0] < b[0] and a[1] <= b[1]
-
-
-def overlap(a: Span, b: Span) -> float:
-    """Seconds that two windows share (0 when disjoint)."""
-    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-
-
-def iou(a: Span, b: Span) -> float:
-    """Temporal intersection over union of two windows."""
-    inter = overlap(a, b)
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0

@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from damo_lit.augment.items import ITEM_TYPES, GroundedItem, Span, Video, iou, overlap, precedes
+import numpy as np
+
+from damo_lit.augment.items import ITEM_TYPES, GroundedItem, Span, Video, precedes
 from damo_lit.augment.text import has_literal_time, normalise_question
 from damo_lit.data.schema import PLACEHOLDER, Record, RecordError, Turn
+from damo_lit.metrics.spans import temporal_iou
 
 REJECT_REASONS = (
     "unknown_type",
@@ -111,15 +114,15 @@ class Validator:
         moments = self.video.moments
         if about and len(about) != len(spans):
             return [], "bad_event_index"
+        ious = temporal_iou(np.array(spans), np.array([m.span for m in moments]))  # (spans, moments)
         resolved = []
-        for k, span in enumerate(spans):
+        for k in range(len(spans)):
             index = about[k] if about else None
             if index is None:
-                index = max(range(len(moments)), key=lambda i: iou(span, moments[i].span))
+                index = int(ious[k].argmax())
             elif not isinstance(index, int) or not 0 <= index < len(moments):
                 return [], "bad_event_index"
-            window = moments[index].span
-            if overlap(span, window) <= 0 or iou(span, window) < self.settings.min_iou:
+            if not ious[k, index] > 0 or ious[k, index] < self.settings.min_iou:
                 return [], "no_source_overlap"
             resolved.append(index)
         return resolved, None

@@ -99,6 +99,9 @@ def run(cfg: DictConfig, on_video_done: Any = None) -> Any:
         )
     except (SourceError, RecordError) as err:
         raise _fail(str(err))
+    if not source.videos:
+        fixes = f" (fixes: {source.fixes})" if source.fixes else ""
+        raise _fail(f"input={input_path} holds no video with a usable event window for format={fmt}{fixes}")
     try:
         backend = instantiate(cfg.backend)
     except InstantiationException as err:
