@@ -19,22 +19,6 @@ from damo_lit.augment.text import has_literal_time, normalise_question
 from damo_lit.data.schema import PLACEHOLDER, Record, RecordError, Turn
 from damo_lit.metrics.spans import temporal_iou
 
-REJECT_REASONS = (
-    "unknown_type",
-    "empty_text",
-    "no_spans",
-    "bad_span",
-    "outside_video",
-    "bad_event_index",
-    "no_source_overlap",
-    "wrong_order",
-    "bad_placeholder",
-    "no_placeholder",
-    "literal_timestamp",
-    "duplicate",
-    "schema",
-)
-
 
 @dataclass(frozen=True)
 class ValidationSettings:
