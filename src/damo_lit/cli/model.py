@@ -1,0 +1,193 @@
+"""damo-model: model tools.
+
+    damo-model summary [model=damo_paper] [overrides...] [format=json]
+        parameter counts per module group and per stage, and the LLM's tokens per video,
+        from the config alone (built on the meta device: no weights, no download)
+    damo-model build-tiny --out DIR [--seed N] [--force]
+        create the tiny random-init parts (CLIP-style ViT, Whisper-style encoder, BERT, Llama
+        LM + word tokenizer) with save_pretrained, for the damo_tiny config to load by folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Sequence
+
+from damo_lit.cli.common import PACKAGE_DIR, compose
+
+TINY_VOCAB = PACKAGE_DIR / "assets" / "tiny_vocab.txt"
+MANIFEST = "manifest.json"
+
+
+def read_tiny_vocab(path: Path = TINY_VOCAB) -> list[str]:
+    """The tiny word list: one word per line, blank lines and '#' comments skipped."""
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        word = line.strip()
+        if word and not word.startswith("#"):
+            words.append(word)
+    if not words:
+        raise SystemExit(f"damo-model: {path} holds no words")
+    return words
+
+
+def _plain(cfg: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def _tiny_manifest(model_cfg: Mapping[str, Any], words: list[str], seed: int) -> dict[str, Any]:
+    parts = {name: (model_cfg.get(name) or {}) for name in ("vision", "audio", "text_encoder", "llm")}
+    return {
+        "seed": seed,
+        "vocab_sha256": hashlib.sha256("\n".join(words).encode()).hexdigest(),
+        "arch": {name: part.get("arch") for name, part in parts.items()},
+        "enabled": {name: part.get("enabled", True) for name, part in parts.items()},
+    }
+
+
+def ensure_tiny_pretrained(
+    directory: str | Path,
+    model_cfg: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    force: bool = False,
+) -> Path:
+    """Build the tiny parts into `directory` unless it already holds these exact parts.
+
+    The folder records the seed, the word list's hash and the `arch` numbers it was built
+    from; any change (e.g. the data engineer extends tiny_vocab.txt) rebuilds it. The build
+    happens in a temporary sibling folder that replaces `directory` at the end, so a crash
+    never leaves half a folder. Returns the folder.
+    """
+    from damo_lit.models.tiny import build_tiny_parts
+
+    directory = Path(directory)
+    if model_cfg is None:
+        model_cfg = compose("model_summary", ["model=damo_tiny"]).model
+    model_cfg = _plain(model_cfg)
+    seed = int(model_cfg.get("seed", 0)) if seed is None else seed
+    words = read_tiny_vocab()
+    manifest = _tiny_manifest(model_cfg, words, seed)
+    manifest_path = directory / MANIFEST
+    if not force and manifest_path.is_file():
+        try:
+            if json.loads(manifest_path.read_text()) == manifest:
+                return directory
+        except json.JSONDecodeError:
+            pass
+    parts = build_tiny_parts(model_cfg, words, seed)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for name, model in parts.items():
+            model.save_pretrained(staging / name)
+        for name in ("llm", "text_encoder"):
+            if (staging / name).is_dir():
+                parts.tokenizer.save_pretrained(staging / name)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except OSError:
+        # Another process may have put the same folder in place meanwhile.
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest):
+            raise
+    return directory
+
+
+def ensure_model_parts(model_cfg: Mapping[str, Any]) -> None:
+    """Make the model config loadable: build the tiny parts when it names a `tiny_dir`."""
+    tiny_dir = model_cfg.get("tiny_dir")
+    if tiny_dir:
+        ensure_tiny_pretrained(tiny_dir, model_cfg)
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+def _format_int(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def print_summary_table(summary: Any, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from damo_lit.models.damo import STAGE_TRAINABLE
+
+    table = Table(title=title)
+    table.add_column("module group")
+    table.add_column("parameters", justify="right")
+    for key, value in summary.params.items():
+        table.add_row(key, f"{_format_int(value)} ({value:,})", style="bold" if key == "total" else None)
+    stages = Table(title="trainable per stage")
+    stages.add_column("stage")
+    stages.add_column("groups")
+    stages.add_column("trainable", justify="right")
+    for stage, value in summary.trainable.items():
+        stages.add_row(stage, ", ".join(STAGE_TRAINABLE[stage]), f"{_format_int(value)} ({value:,})")
+    console = Console()
+    console.print(table)
+    console.print(stages)
+    console.print(f"LLM tokens per video: [bold]{summary.llm_tokens_per_video}[/bold]")
+
+
+def summary_command(overrides: Sequence[str]) -> dict[str, Any]:
+    """Compose conf/model_summary.yaml with overrides, build on meta, print; returns the JSON dict."""
+    from damo_lit.models.damo import build_damo
+    from damo_lit.models.summary import summarize
+
+    cfg = compose("model_summary", overrides)
+    fmt = cfg.get("format", "table")
+    if fmt not in ("table", "json"):
+        raise SystemExit(f"damo-model summary: format must be table or json, got {fmt!r}")
+    damo = build_damo(_plain(cfg.model), meta=True)
+    summary = summarize(damo)
+    if fmt == "json":
+        print(json.dumps(summary.to_dict()))
+    else:
+        choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "damo_tiny")
+        print_summary_table(summary, f"DaMO parameters ({choice})")
+    return summary.to_dict()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="damo-model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    summ = sub.add_parser("summary", help="parameter table of a model config (meta device)")
+    summ.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=damo_paper format=json")
+    tiny = sub.add_parser("build-tiny", help="save the tiny random-init parts into a folder")
+    tiny.add_argument("--out", required=True, type=Path, help="folder to create (e.g. .cache/tiny_models)")
+    tiny.add_argument("--seed", type=int, default=None, help="initialisation seed (default: model.seed)")
+    tiny.add_argument("--force", action="store_true", help="rebuild even when the folder is up to date")
+    tiny.add_argument("overrides", nargs="*", help="Hydra overrides of the tiny model config")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "summary":
+        summary_command(args.overrides)
+        return 0
+    model_cfg = compose("model_summary", ["model=damo_tiny", *args.overrides]).model
+    out = ensure_tiny_pretrained(args.out, model_cfg, args.seed, args.force)
+    print(f"tiny model parts in {out}: {', '.join(sorted(p.name for p in out.iterdir() if p.is_dir()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

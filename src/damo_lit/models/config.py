@@ -1,0 +1,274 @@
+"""Typed model configuration: dataclasses filled from a plain mapping (a Hydra node works too).
+
+models/ knows nothing of Hydra: `DaMOConfig.from_mapping(cfg.model)` reads any Mapping (an
+OmegaConf DictConfig is one) and checks every key and type, so that a typo in
+`model.fuseformer.dept=4` fails with the dotted key and the keys that were expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ConfigError(ValueError):
+    """A model config value that is missing, unknown or of the wrong type; names the dotted key."""
+
+
+@dataclass
+class PretrainedSpec:
+    """Where a transformers part comes from: a hub name or folder, or architecture numbers.
+
+    `name_or_path` is loaded with `from_pretrained` (`local_files_only` when `offline`).
+    `arch` holds `model_type` plus the config numbers: it builds the part with no weights at
+    all (random init, or on the meta device for summaries), so nothing is downloaded.
+    """
+
+    name_or_path: str | None = None
+    arch: dict[str, Any] | None = None
+    offline: bool = True
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class VisionConfig(PretrainedSpec):
+    kind: str = "clip"  # clip | siglip | eva_clip | resnet
+    image_size: int = 224  # the frame size the data decodes to; the tower resizes to its own
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
+    trainable: bool = False
+
+
+@dataclass
+class AudioConfig(PretrainedSpec):
+    enabled: bool = True
+    kind: str = "whisper"
+    n_mels: int = 80
+    segment_frames: int = 3000  # mel frames per segment: 2 * the encoder's max_source_positions
+    trainable: bool = False
+
+
+@dataclass
+class TextEncoderConfig(PretrainedSpec):
+    enabled: bool = True
+    embed_dim: int = 256  # the shared video-text space of stage 1's contrastive loss
+    trainable: bool = True  # informational: stage 1 trains it (STAGE_TRAINABLE)
+
+
+@dataclass
+class TemporalConfig:
+    kernel: int = 2
+    stride: int = 2
+    groups: int = 1
+
+
+@dataclass
+class ResidualConfig:
+    enabled: bool = True  # False: plain pooling without the FFN(global) term (ablation)
+    video_tokens: int = 16  # L' per frame; a square number (the patch grid pools to sqrt x sqrt)
+    audio_tokens: int = 8  # L' per audio segment
+    ffn_ratio: float = 2.0
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+
+
+@dataclass
+class FuseformerConfig:
+    kind: str = "tfuseformer"  # tfuseformer | concat
+    hidden: int = 768
+    depth: int = 4
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    video_queries: int = 192
+    audio_queries: int = 64
+    fusion_tokens: int = 128
+    time_anchors: bool = False  # bind query j of each set to relative time (j + 0.5) / count
+    time_bias: bool = False  # per-head learnable -slope * |dt| attention bias where both ends have times
+
+
+@dataclass
+class ProjectorConfig:
+    queries: int = 32  # K: the number of tokens the LLM receives per video
+    layers: int = 2
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    inputs: str = "fusion"  # fusion | all (fusion + compressed video + audio tokens)
+    time_anchors: bool = False
+    time_bias: bool = False
+    time_tokens: str = "relative"  # relative ("0".."99" of the duration) | seconds
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class LLMConfig(PretrainedSpec):
+    tokenizer: str | None = None  # defaults to name_or_path
+    trainable: bool = False  # True: the base LM trains in every stage (random-init tiny LM)
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class DaMOConfig:
+    num_frames: int = 24
+    num_audio_segments: int = 8
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    fuseformer: FuseformerConfig = field(default_factory=FuseformerConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    seed: int = 0  # initialisation of everything not loaded from a checkpoint
+    # Folder of the random-init tiny parts (damo-model build-tiny); null for real checkpoints.
+    # The model never reads it: the CLI builds the folder before the model loads from it.
+    tiny_dir: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | "DaMOConfig", where: str = "model") -> "DaMOConfig":
+        """Read a nested mapping (e.g. the Hydra node `cfg.model`); unknown keys are errors."""
+        if isinstance(data, DaMOConfig):
+            return data
+        config = from_mapping(cls, data, where)
+        config.validate(where)
+        return config
+
+    def validate(self, where: str = "model") -> None:
+        """Cross-field checks that a type alone cannot express."""
+        choices = {
+            "vision.kind": (self.vision.kind, ("clip", "siglip", "eva_clip", "resnet")),
+            "audio.kind": (self.audio.kind, ("whisper",)),
+            "fuseformer.kind": (self.fuseformer.kind, ("tfuseformer", "concat")),
+            "projector.inputs": (self.projector.inputs, ("fusion", "all")),
+            "projector.time_tokens": (self.projector.time_tokens, ("relative", "seconds")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{where}.{key}: expected one of {', '.join(allowed)}, got {value!r}")
+        root = int(round(self.residual.video_tokens**0.5))
+        if root * root != self.residual.video_tokens:
+            raise ConfigError(
+                f"{where}.residual.video_tokens: must be a square number (the patch grid pools to a "
+                f"square), got {self.residual.video_tokens}"
+            )
+        for key in ("hidden", "heads"):
+            if getattr(self.fuseformer, key) <= 0:
+                raise ConfigError(f"{where}.fuseformer.{key}: must be > 0")
+        if self.fuseformer.hidden % self.fuseformer.heads:
+            raise ConfigError(
+                f"{where}.fuseformer.hidden ({self.fuseformer.hidden}) must be divisible by "
+                f"fuseformer.heads ({self.fuseformer.heads})"
+            )
+        if self.fuseformer.hidden % self.projector.heads:
+            raise ConfigError(
+                f"{where}.fuseformer.hidden ({self.fuseformer.hidden}) must be divisible by "
+                f"projector.heads ({self.projector.heads})"
+            )
+        if self.fuseformer.hidden % self.residual.temporal.groups:
+            raise ConfigError(
+                f"{where}.residual.temporal.groups ({self.residual.temporal.groups}) must divide "
+                f"fuseformer.hidden ({self.fuseformer.hidden})"
+            )
+        if self.residual.temporal.kernel < 1 or self.residual.temporal.stride < 1:
+            raise ConfigError(f"{where}.residual.temporal: kernel and stride must be >= 1")
+        if self.residual.temporal.kernel > self.num_frames:
+            raise ConfigError(
+                f"{where}.residual.temporal.kernel ({self.residual.temporal.kernel}) exceeds "
+                f"num_frames ({self.num_frames})"
+            )
+        if self.fuseformer.depth < 1 and self.fuseformer.kind == "tfuseformer":
+            raise ConfigError(f"{where}.fuseformer.depth: must be >= 1, got {self.fuseformer.depth}")
+        if len(self.vision.mean) != 3 or len(self.vision.std) != 3:
+            raise ConfigError(f"{where}.vision.mean/std: expected 3 values (RGB) each")
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic mapping -> dataclass conversion with dotted-key errors.
+
+
+def from_mapping(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from `data`, recursively, checking keys and value types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(str(k) for k in data.keys() if k not in known and not str(k).startswith("_"))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+        )
+    values = {name: _coerce(hints[name], data[name], f"{where}.{name}") for name in known if name in data}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{where}: must not be null")
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _plain(v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences (OmegaConf containers included) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value

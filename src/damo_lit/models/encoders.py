@@ -1,0 +1,184 @@
+"""Encoder towers: vision (CLIP, SigLIP, EVA-CLIP, ResNet), audio (Whisper encoder), text (BERT).
+
+Each tower turns the batch-contract inputs into a global feature and local tokens per frame or
+per audio segment. Only valid frames/segments (mask True) go through the tower; the others
+come back as zeros, so padding costs no compute and the frozen-feature cache holds exactly
+what the tower would produce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import (
+    AutoModel,
+    BertModel,
+    CLIPVisionModel,
+    PreTrainedModel,
+    ResNetModel,
+    SiglipVisionModel,
+)
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from damo_lit.models.config import AudioConfig, ConfigError, TextEncoderConfig, VisionConfig
+from damo_lit.models.pretrained import config_dim, load_or_build
+
+# Whisper checkpoints come as WhisperForConditionalGeneration ("model.encoder.*"), WhisperModel
+# ("encoder.*") or a bare encoder; this maps all three onto WhisperEncoder without the decoder.
+WHISPER_KEY_MAPPING = {r"^model\.encoder\.": "", r"^encoder\.": ""}
+
+
+@dataclass
+class TowerOutput:
+    """Per item (frame or audio segment): the global feature and the local tokens."""
+
+    global_: Tensor  # (B, N, D)
+    local: Tensor  # (B, N, P, D)
+
+
+def _run_on_valid(fn, items: Tensor, mask: Tensor | None, dim: int, tokens: int) -> TowerOutput:
+    """Apply `fn` to the valid items of (B, N, ...) and scatter the results back (zeros elsewhere)."""
+    b, n = items.shape[:2]
+    flat = items.flatten(0, 1)
+    valid = torch.ones(b * n, dtype=torch.bool, device=items.device) if mask is None else mask.flatten().bool()
+    glob = flat.new_zeros((b * n, dim), dtype=torch.float32)
+    local = flat.new_zeros((b * n, tokens, dim), dtype=torch.float32)
+    if valid.any():
+        g, loc = fn(flat[valid])
+        glob = glob.to(g.dtype).index_put((valid.nonzero().squeeze(1),), g)
+        local = local.to(loc.dtype).index_put((valid.nonzero().squeeze(1),), loc)
+    return TowerOutput(glob.view(b, n, dim), local.view(b, n, tokens, dim))
+
+
+class VisionTower(nn.Module):
+    """A transformers vision model: uint8 frames in, CLS/pooled global + patch tokens out."""
+
+    def __init__(self, cfg: VisionConfig, meta: bool = False, where: str = "model.vision") -> None:
+        super().__init__()
+        self.kind = cfg.kind
+        self.trainable = cfg.trainable
+        if cfg.kind == "clip":
+            load, build = CLIPVisionModel.from_pretrained, CLIPVisionModel
+        elif cfg.kind == "siglip":
+            load, build = SiglipVisionModel.from_pretrained, SiglipVisionModel
+        elif cfg.kind == "resnet":
+            load, build = ResNetModel.from_pretrained, ResNetModel
+        else:  # eva_clip: remote code behind trust_remote_code
+            if not cfg.trust_remote_code and cfg.name_or_path and not meta:
+                raise ConfigError(f"{where}.trust_remote_code: EVA-CLIP checkpoints need remote code; set it to true")
+            load, build = AutoModel.from_pretrained, AutoModel.from_config
+        self.model: PreTrainedModel = load_or_build(cfg, where, meta=meta, load=load, build=build)
+        config = self.model.config
+        vision_config = getattr(config, "vision_config", None) or config
+        self.dim = config_dim(config)
+        if cfg.kind == "resnet":  # no image size of its own: frames keep the data's size
+            self.input_size = cfg.image_size
+            side = self.input_size
+            halvings = 2 + len(config.depths) - (0 if config.downsample_in_first_stage else 1)
+            for _ in range(halvings):  # stem conv, max-pool, then one per strided stage
+                side = (side + 1) // 2
+            self.num_tokens = side * side
+        else:
+            self.input_size = int(vision_config.image_size)
+            self.num_tokens = (self.input_size // int(vision_config.patch_size)) ** 2
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, frames: Tensor) -> Tensor:
+        """uint8 (B', 3, H, W) -> normalised float at the tower's own image size."""
+        if frames.dim() != 4 or frames.shape[1] != 3:
+            raise ValueError(f"frames: expected (B, N, 3, H, W) RGB, got a frame of shape {tuple(frames.shape)}")
+        x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        return x.to(next(self.model.parameters()).dtype)
+
+    def _encode(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        pixels = self.preprocess(frames)
+        if self.kind == "resnet":
+            out = self.model(pixel_values=pixels)
+            return out.pooler_output.flatten(1), out.last_hidden_state.flatten(2).transpose(1, 2)
+        if self.kind == "eva_clip":
+            tower = getattr(self.model, "vision_model", self.model)
+            hidden = tower(pixel_values=pixels)[0]
+            return hidden[:, 0], hidden[:, 1:]
+        out = self.model(pixel_values=pixels)
+        hidden = out.last_hidden_state
+        if self.kind == "siglip":  # no CLS: the attention-pooled output is the global feature
+            pooled = out.pooler_output if out.pooler_output is not None else hidden.mean(1)
+            return pooled, hidden
+        return out.pooler_output, hidden[:, 1:]
+
+    def forward(self, frames: Tensor, frame_mask: Tensor | None = None) -> TowerOutput:
+        """frames uint8 (B, N, 3, H, W) -> global (B, N, Dv), local (B, N, P, Dv)."""
+        if frames.dim() != 5:
+            raise ValueError(f"frames: expected uint8 (B, N, 3, H, W), got shape {tuple(frames.shape)}")
+        return _run_on_valid(self._encode, frames, frame_mask, self.dim, self.num_tokens)
+
+
+class AudioTower(nn.Module):
+    """A Whisper encoder: log-mel segments in, mean-over-tokens global + tokens out."""
+
+    def __init__(self, cfg: AudioConfig, meta: bool = False, where: str = "model.audio") -> None:
+        super().__init__()
+        self.trainable = cfg.trainable
+        self.model: WhisperEncoder = load_or_build(
+            cfg,
+            where,
+            meta=meta,
+            load=WhisperEncoder.from_pretrained,
+            build=WhisperEncoder,
+            key_mapping=WHISPER_KEY_MAPPING,
+        )
+        config = self.model.config
+        self.dim = int(config.d_model)
+        self.n_mels = int(config.num_mel_bins)
+        self.segment_frames = 2 * int(config.max_source_positions)
+        self.num_tokens = int(config.max_source_positions)
+        if cfg.segment_frames != self.segment_frames:
+            raise ConfigError(
+                f"{where}.segment_frames={cfg.segment_frames}, but this Whisper encoder takes exactly "
+                f"{self.segment_frames} mel frames (2 x max_source_positions={config.max_source_positions})"
+            )
+        if cfg.n_mels != self.n_mels:
+            raise ConfigError(f"{where}.n_mels={cfg.n_mels}, but this Whisper encoder has {self.n_mels} mel bins")
+
+    def _encode(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.model(mel.to(next(self.model.parameters()).dtype)).last_hidden_state
+        return hidden.mean(1), hidden
+
+    def forward(self, audio_mel: Tensor, audio_mask: Tensor | None = None) -> TowerOutput:
+        """audio_mel (B, M, n_mels, T) -> global (B, M, Da), local (B, M, T/2, Da)."""
+        if audio_mel.dim() != 4 or audio_mel.shape[2:] != (self.n_mels, self.segment_frames):
+            raise ValueError(
+                f"audio_mel: expected (B, M, {self.n_mels}, {self.segment_frames}) (model.audio.n_mels, "
+                f"model.audio.segment_frames), got {tuple(audio_mel.shape)}"
+            )
+        return _run_on_valid(self._encode, audio_mel, audio_mask, self.dim, self.num_tokens)
+
+
+class TextEncoder(nn.Module):
+    """A BERT-style encoder for stage 1's contrastive loss: pooled CLS -> shared embedding."""
+
+    def __init__(self, cfg: TextEncoderConfig, meta: bool = False, where: str = "model.text_encoder") -> None:
+        super().__init__()
+        self.model: PreTrainedModel = load_or_build(
+            cfg, where, meta=meta, load=AutoModel.from_pretrained, build=AutoModel.from_config
+        )
+        if isinstance(self.model, BertModel) and self.model.pooler is None:
+            raise ConfigError(f"{where}: the BERT model has no pooler; pooled CLS features need one")
+        self.dim = config_dim(self.model.config)
+        self.proj = nn.Linear(self.dim, cfg.embed_dim)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Token ids (B, T) -> text features (B, embed_dim)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state[:, 0]
+        return self.proj(pooled.float())
+

@@ -1,0 +1,246 @@
+"""The LLM wrapper (module groups `llm` and `lora`): any transformers causal LM, LoRA via peft,
+and the splice of the soft-prompt tokens into the sequence at its single `<video>` token.
+
+Splicing replaces the `<video>` token of each sequence with K media embeddings, so every
+sequence grows by K - 1 and padding stays where it was (right for training, left for
+generation); the attention mask and labels are expanded alike (labels -100 on media).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from damo_lit.models.config import ConfigError, LLMConfig
+from damo_lit.models.pretrained import load_or_build
+from damo_lit.models.tokenizer import VIDEO_TOKEN
+
+IGNORE_INDEX = -100
+
+# A multimodal checkpoint (e.g. llava-hf/llava-v1.6-mistral-7b-hf) holds its language model as
+# "language_model.model.*" + "language_model.lm_head.*" (hub layout) or "model.language_model.*"
+# + "lm_head.*" (transformers 5 layout); this maps both onto a plain causal LM.
+LM_FROM_MULTIMODAL = {
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^model\.language_model\.": "model.",
+}
+
+
+def _load_causal_lm(name_or_path: str, **kwargs: Any) -> tuple[PreTrainedModel, dict]:
+    """AutoModelForCausalLM.from_pretrained, or the language model inside a multimodal checkpoint."""
+    config = AutoConfig.from_pretrained(
+        name_or_path,
+        local_files_only=kwargs.get("local_files_only", False),
+        trust_remote_code=kwargs.get("trust_remote_code", False),
+    )
+    if type(config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    text_config = getattr(config, "text_config", None)
+    if text_config is None:
+        raise ConfigError(
+            f"model.llm.name_or_path={name_or_path!r} is a {type(config).__name__}: neither a causal LM nor a "
+            "multimodal model with a text_config"
+        )
+    return AutoModelForCausalLM.from_pretrained(name_or_path, config=text_config, key_mapping=LM_FROM_MULTIMODAL, **kwargs)
+
+
+def _build_causal_lm(config: PretrainedConfig) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(name_or_path: str, offline: bool = True) -> PreTrainedTokenizerBase:
+    """Load a tokenizer by name or folder and make sure it has `<video>` and a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Add `<video>` as a special token when missing; use unk (else eos) as pad when there is none."""
+    if VIDEO_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def single_token_numbers(tokenizer: PreTrainedTokenizerBase, limit: int) -> list[int]:
+    """The ids of "0", "1", ... while each is a single token (at most `limit` of them)."""
+    ids: list[int] = []
+    for i in range(limit):
+        pieces = tokenizer(str(i), add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1:
+            break
+        ids.append(pieces[0])
+    return ids
+
+
+@dataclass
+class SplicedInputs:
+    """The LLM inputs after the media tokens replaced `<video>` (length T + K - 1)."""
+
+    inputs_embeds: Tensor  # (B, T + K - 1, D)
+    attention_mask: Tensor  # (B, T + K - 1) long
+    position_ids: Tensor  # (B, T + K - 1)
+    labels: Tensor | None  # (B, T + K - 1), -100 on media positions
+    media_positions: Tensor  # (B, K): where the media tokens landed
+
+
+class CausalLM(nn.Module):
+    """A causal LM (optionally peft-LoRA-wrapped) that reads K media embeddings at `<video>`."""
+
+    def __init__(
+        self,
+        cfg: LLMConfig,
+        *,
+        meta: bool = False,
+        vocab_size: int | None = None,
+        video_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
+        where: str = "model.llm",
+    ) -> None:
+        super().__init__()
+        self.trainable = cfg.trainable
+        model = load_or_build(cfg, where, meta=meta, load=_load_causal_lm, build=_build_causal_lm)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if vocab_size is not None and vocab_size > rows:
+            model.resize_token_embeddings(vocab_size)
+        if cfg.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.hidden_size = int(model.get_input_embeddings().weight.shape[1])
+        self.video_token_id = video_token_id
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+        self.lora_enabled = cfg.lora.enabled
+        if cfg.lora.enabled:
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+                task_type="CAUSAL_LM",
+            )
+            with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, lora)
+        self.model: PreTrainedModel | PeftModel = model
+
+    # -- parameters ---------------------------------------------------------------------------
+    def base_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if "lora_" not in n]
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if "lora_" in n]
+
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    # -- LoRA adapters ------------------------------------------------------------------------
+    def save_lora(self, path: str) -> None:
+        """Save the LoRA adapter alone (peft's save_pretrained: adapter_config + weights)."""
+        if not isinstance(self.model, PeftModel):
+            raise ValueError("model.llm.lora.enabled is false: there is no LoRA adapter to save")
+        self.model.save_pretrained(path)
+
+    def load_lora(self, name_or_path: str) -> None:
+        """Load adapter weights saved by `save_lora` (or any peft adapter of the same shape)."""
+        if not isinstance(self.model, PeftModel):
+            raise ValueError("model.llm.lora.enabled is false: build with LoRA on to load an adapter")
+        device = next(self.model.parameters()).device
+        weights = load_peft_weights(name_or_path, device=str(device))
+        result = set_peft_model_state_dict(self.model, weights)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise ValueError(f"adapter {name_or_path!r} does not fit this LLM: unexpected {unexpected[:5]}")
+
+    # -- splicing -----------------------------------------------------------------------------
+    def splice(
+        self, input_ids: Tensor, attention_mask: Tensor, media_embeds: Tensor, labels: Tensor | None = None
+    ) -> SplicedInputs:
+        """Replace each sequence's single `<video>` token with its K media embeddings."""
+        if self.video_token_id is None:
+            raise ValueError("the LLM was built without a <video> token id (build_damo passes the tokenizer's)")
+        is_video = input_ids == self.video_token_id
+        counts = is_video.sum(1)
+        bad = (counts != 1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"input_ids: sample(s) {bad} hold {[int(counts[i]) for i in bad]} <video> tokens "
+                f"(id {self.video_token_id}); each sequence needs exactly one"
+            )
+        b, t = input_ids.shape
+        k = media_embeds.shape[1]
+        where = is_video.float().argmax(1)  # (B,)
+        text = self.embed_tokens(input_ids.masked_fill(is_video, 0))
+        steps = torch.arange(t, device=input_ids.device)
+        new_index = steps[None] + (steps[None] > where[:, None]).long() * (k - 1)  # (B, T)
+        keep = ~is_video
+        rows = torch.arange(b, device=input_ids.device)[:, None]
+        keep_rows, keep_cols = rows.expand(b, t)[keep], new_index[keep]
+        media_cols = where[:, None] + torch.arange(k, device=input_ids.device)[None]  # (B, K)
+        media_rows = rows.expand(b, k)
+
+        embeds = text.new_zeros(b, t + k - 1, text.shape[-1])
+        embeds = embeds.index_put((keep_rows, keep_cols), text[keep])
+        embeds = embeds.index_put((media_rows, media_cols), media_embeds.to(text.dtype))
+        mask = attention_mask.new_zeros(b, t + k - 1)
+        mask = mask.index_put((keep_rows, keep_cols), attention_mask[keep])
+        mask = mask.index_put((media_rows, media_cols), torch.ones_like(media_cols, dtype=mask.dtype))
+        new_labels = None
+        if labels is not None:
+            new_labels = labels.new_full((b, t + k - 1), IGNORE_INDEX)
+            new_labels = new_labels.index_put((keep_rows, keep_cols), labels[keep])
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return SplicedInputs(embeds, mask, positions, new_labels, media_cols)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None, media_embeds: Tensor
+    ) -> CausalLMOutputWithPast:
+        """Teacher-forced pass over the spliced sequence; loss on labels != -100 when labels given."""
+        spliced = self.splice(input_ids, attention_mask, media_embeds, labels)
+        return self.model(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            position_ids=spliced.position_ids,
+            labels=spliced.labels,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: Tensor,
+        prompt_attention_mask: Tensor,
+        media_embeds: Tensor,
+        max_new_tokens: int = 32,
+        **kwargs: Any,
+    ) -> Tensor:
+        """New token ids (B, <= max_new_tokens) after the left-padded prompts; greedy by default."""
+        spliced = self.splice(prompt_ids, prompt_attention_mask, media_embeds)
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
+        kwargs.setdefault("eos_token_id", self.eos_token_id)
+        return self.model.generate(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            max_new_tokens=max_new_tokens,
+            **kwargs,
+        )

@@ -1,0 +1,72 @@
+"""The projector (module group `projector`): a Q-Former over the media tokens and a linear layer
+into the LLM's embedding space, giving K soft-prompt tokens per video.
+
+With `time_anchors`, query k stands for relative time (k + 0.5) / K: it carries the sinusoid of
+that time, the memory tokens carry the sinusoids of theirs (so attention can match times), and
+DaMO adds the LLM's own embedding of the matching time token ("0".."99") to projected token k.
+The same Q-Former's mean query output, through `video_proj`, is stage 1's video embedding
+(BLIP-2 style VTC over the query outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from damo_lit.models.config import ProjectorConfig
+from damo_lit.models.layers import REL_UNITS, Attention, CrossBlock, anchor_times, relative_sinusoid
+from damo_lit.models.media import MediaTokens
+
+
+class QFormerLayer(nn.Module):
+    """Self-attention among the queries, cross-attention to the memory, FFN."""
+
+    def __init__(self, dim: int, cfg: ProjectorConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, cfg.heads, cfg.dropout, cfg.time_bias)
+        self.cross = CrossBlock(dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.time_bias)
+
+    def forward(
+        self, queries: Tensor, memory: Tensor, mask: Tensor, q_times: Tensor | None, k_times: Tensor | None
+    ) -> Tensor:
+        queries = queries + self.self_attn(self.norm(queries), q_times=q_times, k_times=q_times)
+        return self.cross(queries, memory, mask, q_times, k_times)
+
+
+class Projector(nn.Module):
+    def __init__(self, cfg: ProjectorConfig, dim: int, llm_dim: int, contrastive_dim: int | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.queries = nn.Parameter(torch.randn(cfg.queries, dim) * 0.02)
+        self.register_buffer("query_times", anchor_times(cfg.queries), persistent=False)
+        self.layers = nn.ModuleList(QFormerLayer(dim, cfg) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, llm_dim)
+        self.video_proj = nn.Linear(dim, contrastive_dim) if contrastive_dim else None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.queries
+
+    def forward(self, media: MediaTokens) -> Tensor:
+        """Q-Former query outputs (B, K, D) over the media tokens."""
+        memory = media.memory(self.cfg.inputs)
+        b = memory.tokens.shape[0]
+        queries = self.queries.expand(b, -1, -1)
+        q_times = k_times = None
+        tokens = memory.tokens
+        if self.cfg.time_anchors:
+            q_times = self.query_times.expand(b, -1)
+            k_times = memory.times
+            queries = queries + relative_sinusoid(q_times, queries.shape[-1]).to(queries.dtype)
+            tokens = tokens + relative_sinusoid(k_times, tokens.shape[-1]).to(tokens.dtype)
+        for layer in self.layers:
+            queries = layer(queries, tokens, memory.mask, q_times, k_times)
+        return self.norm(queries)
+
+    def time_token_index(self, duration: Tensor, available: int) -> Tensor:
+        """(B, K) index into the time-token list of each query's time: percent or whole seconds."""
+        rel = self.query_times[None, :].expand(duration.shape[0], -1)
+        value = rel * REL_UNITS if self.cfg.time_tokens == "relative" else rel * duration.float()[:, None]
+        return value.floor().long().clamp(0, available - 1)

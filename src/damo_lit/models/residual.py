@@ -1,0 +1,141 @@
+"""The global residual, the temporal pathway and the time embeddings (module group `residual`).
+
+Per frame / audio segment: `X_res = AdaptiveAvgPool(X_local) -> L' tokens + FFN(X_global)`,
+then a projection into the Fuseformer width. The visual residual tokens are compressed along
+time by a grouped 2-D convolution; every stream token then gets the embedding of its real time
+(seconds and the fraction of the duration), so uneven sampling and durations are honest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from damo_lit.models.config import DaMOConfig
+from damo_lit.models.layers import FeedForward, relative_sinusoid, sinusoid
+from damo_lit.models.media import Stream
+
+
+class GlobalResidual(nn.Module):
+    """Pool local tokens to `tokens` (a square grid for vision), add FFN(global), project to `out_dim`."""
+
+    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: bool, enabled: bool, ffn_ratio: float) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.grid = grid
+        self.ffn = FeedForward(in_dim, ffn_ratio) if enabled else None
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, global_: Tensor, local: Tensor) -> Tensor:
+        """global_ (B', Din), local (B', P, Din) -> (B', tokens, Dout)."""
+        x = local.transpose(1, 2)  # (B', Din, P)
+        if self.grid:
+            side = int(round(math.sqrt(x.shape[-1])))
+            if side * side != x.shape[-1]:
+                raise ValueError(f"vision tower gave {x.shape[-1]} patch tokens, not a square grid")
+            out_side = int(round(math.sqrt(self.tokens)))
+            x = F.adaptive_avg_pool2d(x.reshape(*x.shape[:2], side, side), out_side).flatten(2)
+        else:
+            x = F.adaptive_avg_pool1d(x, self.tokens)
+        x = x.transpose(1, 2)
+        if self.ffn is not None:
+            x = x + self.ffn(global_)[:, None, :]
+        return self.proj(self.norm(x))
+
+
+class TemporalConv(nn.Module):
+    """Grouped 2-D convolution over (time, token): compresses frames `stride`-fold.
+
+    Initialised as a temporal mean over each window, so it starts as plain pooling. A
+    compressed token's time is the mean time of the valid frames in its window.
+    """
+
+    def __init__(self, dim: int, kernel: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv2d(dim, dim, kernel_size=(kernel, 1), stride=(stride, 1), groups=groups)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            per_group = dim // groups
+            channels = torch.arange(dim)
+            self.conv.weight[channels, channels % per_group, :, 0] = 1.0 / kernel
+            self.conv.bias.zero_()
+
+    def forward(self, x: Tensor, times: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, N, L, D), times (B, N) seconds, mask (B, N) -> (B, N', L, D), (B, N'), (B, N')."""
+        x = x * mask[:, :, None, None].to(x.dtype)
+        y = self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        win_mask = mask.float().unfold(1, self.kernel, self.stride)  # (B, N', k)
+        win_times = times.float().unfold(1, self.kernel, self.stride)
+        count = win_mask.sum(-1)
+        mean_time = (win_times * win_mask).sum(-1) / count.clamp(min=1.0)
+        return y, mean_time, count > 0
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoid of absolute seconds + sinusoid of relative time + a learnable MLP over relative time."""
+
+    def __init__(self, dim: int, features: int = 32) -> None:
+        super().__init__()
+        self.dim = dim
+        self.features = features
+        self.mlp = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.gain = nn.Parameter(torch.full((2,), 0.5))
+
+    def forward(self, seconds: Tensor, rel: Tensor) -> Tensor:
+        """seconds, rel (B, L) -> (B, L, dim)."""
+        absolute = sinusoid(seconds, self.dim, max_period=10_000.0)
+        relative = relative_sinusoid(rel, self.dim)
+        learned = self.mlp(relative_sinusoid(rel, self.features))
+        return self.gain[0] * absolute + self.gain[1] * relative + learned
+
+
+def _relative(times: Tensor, duration: Tensor) -> Tensor:
+    return times.float() / duration.float().clamp(min=1e-6)[:, None]
+
+
+class MediaResidual(nn.Module):
+    """Everything between the towers and the Fuseformer: residual, temporal pathway, time embeddings."""
+
+    def __init__(self, cfg: DaMOConfig, vision_dim: int, audio_dim: int | None) -> None:
+        super().__init__()
+        d, r = cfg.fuseformer.hidden, cfg.residual
+        self.video = GlobalResidual(vision_dim, d, r.video_tokens, True, r.enabled, r.ffn_ratio)
+        self.temporal = TemporalConv(d, r.temporal.kernel, r.temporal.stride, r.temporal.groups)
+        self.video_time = TimeEmbedding(d)
+        self.audio = GlobalResidual(audio_dim, d, r.audio_tokens, False, r.enabled, r.ffn_ratio) if audio_dim else None
+        self.audio_time = TimeEmbedding(d) if audio_dim else None
+
+    def video_stream(
+        self, vision_global: Tensor, vision_local: Tensor, frame_times: Tensor, frame_mask: Tensor, duration: Tensor
+    ) -> Stream:
+        """(B, N, Dv), (B, N, P, Dv) -> time-embedded stream of (N' x L') tokens per video."""
+        b, n = vision_global.shape[:2]
+        x = self.video(vision_global.flatten(0, 1), vision_local.flatten(0, 1)).view(b, n, self.video.tokens, -1)
+        x, times, mask = self.temporal(x, frame_times, frame_mask.bool())
+        return self._stream(x, times, mask, duration, self.video_time)
+
+    def audio_stream(
+        self, audio_global: Tensor, audio_local: Tensor, audio_times: Tensor, audio_mask: Tensor, duration: Tensor
+    ) -> Stream:
+        """(B, M, Da), (B, M, Q, Da) -> time-embedded stream of (M x L'a) tokens per video."""
+        assert self.audio is not None and self.audio_time is not None
+        b, m = audio_global.shape[:2]
+        x = self.audio(audio_global.flatten(0, 1), audio_local.flatten(0, 1)).view(b, m, self.audio.tokens, -1)
+        mask = audio_mask.bool()
+        return self._stream(x * mask[:, :, None, None].to(x.dtype), audio_times.float(), mask, duration, self.audio_time)
+
+    @staticmethod
+    def _stream(x: Tensor, times: Tensor, mask: Tensor, duration: Tensor, embed: TimeEmbedding) -> Stream:
+        b, n, l, d = x.shape
+        rel = _relative(times, duration)
+        x = x + embed(times, rel)[:, :, None, :].to(x.dtype)
+        return Stream(
+            x.reshape(b, n * l, d),
+            mask.repeat_interleave(l, dim=1),
+            rel.repeat_interleave(l, dim=1),
+        )

@@ -1,0 +1,80 @@
+"""The tiny embedded model's transformers parts, random-initialised in memory from `arch`.
+
+Nothing here touches files: the CLI (`damo-model build-tiny`, `ensure_tiny_pretrained`) saves
+these parts with `save_pretrained`, and the tiny config then loads them back by folder through
+the same `from_pretrained` path as any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from damo_lit.models.config import ConfigError, DaMOConfig
+from damo_lit.models.encoders import AudioTower, TextEncoder, VisionTower
+from damo_lit.models.llm import CausalLM
+from damo_lit.models.tokenizer import build_word_tokenizer
+
+
+@dataclass
+class TinyParts:
+    """Random-init parts and the word-level tokenizer shared by the LM and the text encoder."""
+
+    vision: PreTrainedModel
+    audio: PreTrainedModel | None
+    text_encoder: PreTrainedModel | None
+    llm: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+
+    def items(self) -> list[tuple[str, PreTrainedModel]]:
+        parts = [("vision", self.vision), ("audio", self.audio), ("text_encoder", self.text_encoder), ("llm", self.llm)]
+        return [(name, model) for name, model in parts if model is not None]
+
+
+def _with_tokens(arch: dict[str, Any] | None, tokenizer: PreTrainedTokenizerFast, where: str, **ids: int) -> dict:
+    arch = dict(arch or {})
+    if "vocab_size" in arch and len(tokenizer) > int(arch["vocab_size"]):
+        raise ConfigError(
+            f"{where}.arch.vocab_size={arch['vocab_size']} is smaller than the tiny word list "
+            f"({len(tokenizer)} tokens with the specials); raise it"
+        )
+    arch.update(ids)
+    return arch
+
+
+def build_tiny_parts(cfg: DaMOConfig | Mapping[str, Any], words: Iterable[str], seed: int | None = None) -> TinyParts:
+    """Random-init every transformers part of `cfg` from its `arch`, deterministically from `seed`."""
+    cfg = DaMOConfig.from_mapping(cfg)
+    tokenizer = build_word_tokenizer(words)
+    unsaved = {"name_or_path": None}
+    token_ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    llm_cfg = dataclasses.replace(
+        cfg.llm,
+        **unsaved,
+        arch=_with_tokens(cfg.llm.arch, tokenizer, "model.llm", **token_ids),
+        lora=dataclasses.replace(cfg.llm.lora, enabled=False),
+        gradient_checkpointing=False,
+    )
+    text_cfg = dataclasses.replace(
+        cfg.text_encoder,
+        **unsaved,
+        arch=_with_tokens(cfg.text_encoder.arch, tokenizer, "model.text_encoder", pad_token_id=tokenizer.pad_token_id),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        vision = VisionTower(dataclasses.replace(cfg.vision, **unsaved)).model
+        audio = AudioTower(dataclasses.replace(cfg.audio, **unsaved)).model if cfg.audio.enabled else None
+        text = TextEncoder(text_cfg).model if cfg.text_encoder.enabled else None
+        llm = CausalLM(llm_cfg).model
+    llm.generation_config.pad_token_id = tokenizer.pad_token_id
+    llm.generation_config.eos_token_id = tokenizer.eos_token_id
+    return TinyParts(vision, audio, text, llm, tokenizer)

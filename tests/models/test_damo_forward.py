@@ -1,0 +1,212 @@
+"""DaMO on the tiny config: shapes, the cache path, missing audio, ablations, splicing, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from damo_lit.models.damo import DaMO
+from tests.models.conftest import make_batch
+
+
+@pytest.fixture(scope="module")
+def damo(make_damo) -> DaMO:
+    return make_damo()
+
+
+def test_forward_backward_shapes(damo: DaMO) -> None:
+    b = make_batch(damo, batch=3)
+    media = damo.encode(**b.media())
+    cfg = damo.cfg
+    assert media.fusion.shape == (3, cfg.fuseformer.fusion_tokens, cfg.fuseformer.hidden)
+    assert media.video.shape == (3, cfg.fuseformer.video_queries, cfg.fuseformer.hidden)
+    assert media.audio is not None and media.audio.shape == (3, cfg.fuseformer.audio_queries, cfg.fuseformer.hidden)
+    embeds = damo.media_embeds(media)
+    k = cfg.projector.queries
+    assert embeds.shape == (3, k, damo.llm.hidden_size)
+    out = damo(b.input_ids, b.attention_mask, b.labels, embeds)
+    assert out.logits.shape[:2] == (3, b.input_ids.shape[1] + k - 1)
+    assert torch.isfinite(out.loss)
+    damo.zero_grad()
+    out.loss.backward()
+    assert damo.residual.video.proj.weight.grad is not None
+    assert all(p.grad is not None for p in damo.vision.parameters())  # the tiny towers train
+    assert all(p.grad is not None for p in damo.audio.parameters() if p.requires_grad)
+
+
+def test_encode_features_equals_encode(damo: DaMO) -> None:
+    b = make_batch(damo, batch=2, seed=1)
+    b.frame_mask[1, -5:] = False  # padded frames
+    b.audio_mask[0, 3:9] = False
+    with torch.no_grad():
+        direct = damo.encode(**b.media())
+        feats = damo.encoder_features(b.frames, b.audio_mel, b.frame_mask, b.audio_mask)
+        assert set(feats) == {"vision_global", "vision_local", "audio_global", "audio_local"}
+        assert feats["vision_local"].shape[:2] == b.frames.shape[:2]
+        assert torch.count_nonzero(feats["vision_global"][1, -5:]) == 0  # padding never hits the tower
+        cached = damo.encode_features(
+            **feats,
+            frame_times=b.frame_times,
+            frame_mask=b.frame_mask,
+            audio_times=b.audio_times,
+            audio_mask=b.audio_mask,
+            duration=b.duration,
+        )
+    for name in ("fusion", "video", "audio"):
+        torch.testing.assert_close(getattr(cached, name), getattr(direct, name), rtol=0, atol=0)
+
+
+def test_missing_audio_gives_no_nan(damo: DaMO) -> None:
+    b = make_batch(damo, batch=3, seed=2)
+    b.audio_mask[:] = False  # the whole batch without audio
+    b.audio_mask[2, :4] = True  # ... but one sample with a few segments
+    b.audio_mel[0] = float("nan")  # masked segments are never read
+    media = damo.encode(**b.media())
+    embeds = damo.media_embeds(media)
+    out = damo(b.input_ids, b.attention_mask, b.labels, embeds)
+    assert torch.isfinite(media.fusion).all() and torch.isfinite(embeds).all()
+    assert torch.isfinite(out.loss)
+    damo.zero_grad()
+    out.loss.backward()
+    grads = [p.grad for p in damo.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # a sample without audio differs from one with: the audio stream matters
+    assert not torch.allclose(media.audio[0], media.audio[2])
+
+
+def test_time_anchors_add_time_token_embeddings(damo: DaMO) -> None:
+    b = make_batch(damo, batch=2, seed=3)
+    with torch.no_grad():
+        media = damo.encode(**b.media())
+        embeds = damo.media_embeds(media)
+        plain = damo.projector.out(damo.projector(media))
+    k = damo.cfg.projector.queries
+    tok = damo.tokenizer
+    # query k stands for relative time (k + 0.5) / K: token "floor(100 (k + 0.5) / K)"
+    expected_ids = [tok.convert_tokens_to_ids(str(int(100 * (i + 0.5) / k))) for i in range(k)]
+    time_embeds = damo.llm.embed_tokens(torch.tensor(expected_ids))
+    torch.testing.assert_close(embeds - plain, time_embeds.expand(2, -1, -1))
+
+
+def test_splice_places_media_and_masks_labels(damo: DaMO) -> None:
+    b = make_batch(damo, batch=3, seed=4)
+    k = damo.cfg.projector.queries
+    media = torch.randn(3, k, damo.llm.hidden_size)
+    s = damo.splice(b.input_ids, b.attention_mask, media, b.labels)
+    video_id = damo.llm.video_token_id
+    t = b.input_ids.shape[1]
+    assert s.inputs_embeds.shape == (3, t + k - 1, damo.llm.hidden_size)
+    for i in range(3):
+        pos = int((b.input_ids[i] == video_id).nonzero())
+        torch.testing.assert_close(s.inputs_embeds[i, pos : pos + k], media[i])
+        assert (s.labels[i, pos : pos + k] == -100).all()
+        assert (s.attention_mask[i, pos : pos + k] == 1).all()
+        # text after the placeholder moved by K - 1, labels and mask with it
+        assert torch.equal(s.labels[i, pos + k :], b.labels[i, pos + 1 :])
+        assert torch.equal(s.attention_mask[i, pos + k :], b.attention_mask[i, pos + 1 :])
+        torch.testing.assert_close(s.inputs_embeds[i, :pos], damo.llm.embed_tokens(b.input_ids[i, :pos]))
+    assert int((s.labels != -100).sum()) == int((b.labels != -100).sum())
+
+
+def test_splice_rejects_sequences_without_one_video_token(damo: DaMO) -> None:
+    b = make_batch(damo, batch=2, seed=5)
+    ids = b.input_ids.clone()
+    ids[1][ids[1] == damo.llm.video_token_id] = damo.tokenizer.unk_token_id
+    media = torch.zeros(2, damo.cfg.projector.queries, damo.llm.hidden_size)
+    with pytest.raises(ValueError, match=r"sample\(s\) \[1\] hold \[0\] <video> tokens"):
+        damo.splice(ids, b.attention_mask, media)
+
+
+def test_generate_decodes_and_left_padding_does_not_change_answers(damo: DaMO) -> None:
+    b = make_batch(damo, batch=3, seed=6)
+    damo.eval()
+    with torch.no_grad():
+        embeds = damo.media_embeds(damo.encode(**b.media()))
+    new = damo.generate(b.prompt_ids, b.prompt_attention_mask, embeds, max_new_tokens=6)
+    assert new.dtype == torch.long and new.shape[0] == 3 and 1 <= new.shape[1] <= 6
+    text = damo.tokenizer.batch_decode(new, skip_special_tokens=True)
+    assert all(isinstance(t, str) for t in text) and any(t.strip() for t in text)
+    # a sample generated alone (no padding) gets the same greedy tokens as inside the padded batch
+    i = int(b.prompt_attention_mask.sum(1).argmin())  # the most left-padded prompt
+    keep = b.prompt_attention_mask[i].bool()
+    alone = damo.generate(b.prompt_ids[i : i + 1, keep], b.prompt_attention_mask[i : i + 1, keep], embeds[i : i + 1], max_new_tokens=6)
+    n = alone.shape[1]
+    assert torch.equal(alone[0], new[i, :n])
+    damo.train()
+
+
+def test_generate_differs_with_media(damo: DaMO) -> None:
+    """The soft prompt reaches the LM: different media give different next-token scores."""
+    b = make_batch(damo, batch=1, seed=7)
+    with torch.no_grad():
+        e1 = damo.media_embeds(damo.encode(**b.media()))
+        out1 = damo(b.input_ids, b.attention_mask, None, e1).logits
+        out2 = damo(b.input_ids, b.attention_mask, None, e1 + 1.0).logits
+    assert not torch.allclose(out1[:, -1], out2[:, -1])
+
+
+@pytest.mark.parametrize(
+    "overrides, audio",
+    [
+        (("audio.enabled=false",), False),
+        (("residual.enabled=false",), True),
+        (("fuseformer.kind=concat",), True),
+        (("fuseformer.kind=concat", "audio.enabled=false"), False),
+        (("projector.inputs=fusion", "projector.time_anchors=false", "fuseformer.time_anchors=false"), True),
+        (("fuseformer.time_bias=false", "projector.time_bias=false"), True),
+    ],
+)
+def test_ablations_run(make_damo, overrides: tuple[str, ...], audio: bool) -> None:
+    damo = make_damo(*overrides)
+    assert damo.has_audio is audio
+    b = make_batch(damo, batch=2, seed=8)
+    b.audio_mask[1] = False
+    media = damo.encode(**b.media())
+    assert (media.audio is not None) is audio
+    assert media.fusion.shape[1] == damo.cfg.fuseformer.fusion_tokens
+    out = damo(b.input_ids, b.attention_mask, b.labels, damo.media_embeds(media))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_residual_switch_removes_the_global_term(make_damo) -> None:
+    on, off = make_damo(), make_damo("residual.enabled=false")
+    assert on.residual.video.ffn is not None and off.residual.video.ffn is None
+    n_on = sum(p.numel() for p in on.residual.parameters())
+    n_off = sum(p.numel() for p in off.residual.parameters())
+    assert n_off < n_on
+
+
+def test_depth_changes_fuseformer_size(make_damo) -> None:
+    sizes = {d: sum(p.numel() for p in make_damo(f"fuseformer.depth={d}").fuseformer.parameters()) for d in (1, 2, 4)}
+    assert sizes[1] < sizes[2] < sizes[4]
+    assert sizes[4] - sizes[2] == 2 * (sizes[2] - sizes[1])  # each block adds the same
+
+
+def test_uneven_sampling_and_duration_change_the_tokens(damo: DaMO) -> None:
+    """Times drive the position embeddings: the same pixels at other times give other tokens."""
+    b = make_batch(damo, batch=1, seed=9)
+    with torch.no_grad():
+        base = damo.encode(**b.media()).fusion
+        media = b.media()
+        media["frame_times"] = media["frame_times"] ** 1.1  # uneven sampling
+        shifted = damo.encode(**media).fusion
+        media = b.media()
+        media["duration"] = media["duration"] * 2
+        longer = damo.encode(**media).fusion
+    assert not torch.allclose(base, shifted)
+    assert not torch.allclose(base, longer)
+
+
+def test_frames_are_resized_to_the_tower(damo: DaMO) -> None:
+    b = make_batch(damo, batch=1, seed=10)
+    big = torch.nn.functional.interpolate(b.frames[0].float(), size=(96, 80)).round().to(torch.uint8)[None]
+    with torch.no_grad():
+        out = damo.vision(big)
+    assert out.local.shape == (1, b.frames.shape[1], damo.vision.num_tokens, damo.vision.dim)
+
+
+def test_bad_mel_length_names_the_config_key(damo: DaMO) -> None:
+    b = make_batch(damo, batch=1, seed=11)
+    with pytest.raises(ValueError, match="model.audio.segment_frames"):
+        damo.encode(**{**b.media(), "audio_mel": b.audio_mel[..., :-2]})
