@@ -1,0 +1,183 @@
+"""damo-score end to end through a subprocess: grounding, qvhighlights, retrieval, help and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .helpers import assert_same_tree
+
+
+def damo_score(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "damo_lit.cli.score", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def ok_json(*args: str | Path) -> dict:
+    proc = damo_score(*args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # exactly one JSON object on stdout
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def record(rid: str, spans, modality=None) -> dict:
+    row = {"id": rid, "video": f"videos/{rid}.mp4", "duration": 20.0, "task": "grounding", "spans": spans,
+           "turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "At {span:0}."}]}
+    if modality:
+        row["modality"] = modality
+    return row
+
+
+@pytest.fixture()
+def grounding_files(tmp_path):
+    gt = write_jsonl(tmp_path / "test.jsonl", [
+        record("q1", [[2.0, 6.0]], "audio"),
+        record("q2", [[0.0, 4.0], [10.0, 14.0]], "visual"),  # scored against the best of both
+        record("q3", [[5.0, 9.0]], "audio-visual"),
+        record("q4", [[1.0, 3.0]], "audio"),  # no prediction: a miss
+        {"id": "c1", "video": "videos/c1.mp4", "duration": 20.0, "task": "caption", "caption": "a red square"},  # skipped
+    ])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"id": "q1", "pred_spans": [[6.0, 2.0], [0.0, 1.0]], "answer": "From 6 to 2 s."},  # reversed: IoU 1
+        {"id": "q2", "pred_spans": [[11.0, 14.0]], "question": "When?"},  # IoU 0.75 with the second window
+        {"id": "q3", "pred_spans": []},  # nothing parsed
+        {"id": "zz", "pred_spans": [[0.0, 1.0]]},  # not in the ground truth
+    ])
+    return pred, gt
+
+
+def test_grounding_end_to_end(grounding_files, tmp_path):
+    pred, gt = grounding_files
+    out_file = tmp_path / "scores" / "grounding.json"
+    out = ok_json("grounding", "--pred", pred, "--gt", gt, "--out", out_file)
+    assert out["count"] == 4 and out["missing"] == 1 and out["missing_ids"] == ["q4"] and out["extra"] == 1
+    assert out["skipped_non_grounding"] == 1
+    assert out["R@0.5"] == 0.5 and out["R@0.7"] == 0.5 and out["mIoU"] == pytest.approx(1.75 / 4, abs=1e-6)
+    assert out["parse_rate"] == 0.5  # q3 parsed nothing, q4 has no prediction
+    assert out["R@0.5_audio"] == 0.5 and out["count_audio"] == 2
+    assert out["mIoU_visual"] == 0.75 and out["R@0.5_audio-visual"] == 0.0
+    assert json.loads(out_file.read_text()) == out
+
+
+def test_grounding_from_eval_output_and_damo_predictions(tmp_path):
+    eval_out = write_jsonl(tmp_path / "eval.jsonl", [
+        {"id": "a", "pred_spans": [[0, 5]], "gt_spans": [[0, 10]], "modality": "visual", "duration": 12},
+        {"id": "b", "pred_spans": [[float("nan"), 3]], "gt_spans": [[1, 3]], "duration": 12},
+    ])
+    out = ok_json("grounding", "--pred", eval_out, "--gt", eval_out, "--thresholds", "0.5")
+    assert out["R@0.5"] == 0.5 and out["mIoU"] == 0.25 and out["count_visual"] == 1
+    assert "R@0.3" not in out and out["missing"] == 0
+    # predictions written as DaMO records: their spans are the predictions
+    preds = write_jsonl(tmp_path / "pred_records.jsonl", [record("a", [[0.0, 10.0]]), record("b", [[2.0, 3.0]])])
+    out = ok_json("grounding", "--pred", preds, "--gt", eval_out)
+    assert out["mIoU"] == 0.75 and out["R@0.5"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "which, line, message",
+    [
+        ("pred", '{"id": "q1", "pred_spans": "3 to 5"}', "'pred_spans' must be a list of [start, end] pairs"),
+        ("pred", '{"id": "q1"', "not valid JSON"),
+        ("pred", '{"id": "q1", "answer": "x"}', "needs 'pred_spans'"),
+        ("pred", '{"id": "q2", "pred_spans": [[1, 2]]}\n{"id": "q2", "pred_spans": [[1, 2]]}', "appears again"),
+        ("gt", '{"id": "q9", "video": "v.mp4", "duration": 5, "task": "grounding", "spans": [[4, 9]], '
+               '"turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "{span:0}"}]}',
+         "lies outside the video"),
+        ("gt", '{"id": "q9", "gt_spans": [[3, 3]]}', "'gt_spans' must hold"),
+        ("gt", '{"id": "q9", "gt_spans": [[1, 3]], "modality": "smell"}', "unknown modality 'smell'"),
+    ],
+)
+def test_grounding_errors_name_file_and_line(grounding_files, which, line, message):
+    pred, gt = grounding_files
+    target = pred if which == "pred" else gt
+    lines = target.read_text().splitlines()
+    target.write_text("\n".join(lines[:1] + [line] + lines[1:]) + "\n")
+    proc = damo_score("grounding", "--pred", pred, "--gt", gt)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"{target}:2" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_qvhighlights_reproduces_every_official_number(shared_data, tmp_path):
+    root = shared_data / "qvhighlights"
+    out_file = tmp_path / "qvh.json"
+    out = ok_json("qvhighlights", "--pred", root / "sample_val_preds.jsonl", "--gt",
+                  root / "highlight_val_release.jsonl", "--out", out_file)
+    official = json.loads((root / "sample_val_preds_metrics_raw.json").read_text())
+    assert_same_tree(out, official, tol=0.01)
+    for key in ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75",
+                "MR-short-mAP", "MR-middle-mAP", "MR-long-mAP", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1"):
+        assert key in out["brief"]
+    assert json.loads(out_file.read_text()) == out
+
+
+def test_qvhighlights_partial_sets(tmp_path):
+    gt = write_jsonl(tmp_path / "gt.jsonl", [
+        {"qid": 1, "duration": 20, "relevant_windows": [[0, 4]], "relevant_clip_ids": [0, 1], "saliency_scores": [[4, 4, 4], [1, 1, 1]]},
+        {"qid": 2, "duration": 20, "relevant_windows": [[4, 8]], "relevant_clip_ids": [2], "saliency_scores": [[3, 3, 3]]},
+    ])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"qid": 1, "pred_relevant_windows": [[0, 4, 0.9]], "pred_saliency_scores": [1.0, 0.0]},
+    ])
+    proc = damo_score("qvhighlights", "--pred", pred, "--gt", gt)
+    assert proc.returncode == 2 and "different queries" in proc.stderr and "--allow-partial" not in proc.stdout
+    out = ok_json("qvhighlights", "--pred", pred, "--gt", gt, "--allow-partial")
+    assert out["brief"]["MR-full-R1@0.5"] == 100.0 and out["HL-min-VeryGood"]["HL-Hit1"] == 100.0
+    assert out["long"]["MR-R1"]["0.5"] is None  # no long window: NaN is written as null
+
+
+SIM = [[0.9, 0.1, 0.5], [0.2, 0.3, 0.3], [0.1, 0.8, 0.7]]  # text x video; t2v ranks 1, 2, 2
+
+
+def test_retrieval_matrix_both_directions(tmp_path):
+    npz = tmp_path / "sim.npz"
+    np.savez(npz, sim=np.array(SIM))
+    out = ok_json("retrieval", "--pred", npz)
+    assert out["t2v_R@1"] == pytest.approx(1 / 3, abs=1e-6) and out["t2v_MdR"] == 2.0 and out["t2v_count"] == 3
+    # video -> text: col 0 (0.9 best) rank 1, col 1 (0.3 below 0.8) rank 2, col 2 (0.7 best) rank 1
+    assert out["v2t_R@1"] == pytest.approx(2 / 3, abs=1e-6) and out["v2t_MnR"] == pytest.approx(4 / 3, abs=1e-6)
+    npy = tmp_path / "sim.npy"
+    np.save(npy, np.array(SIM))
+    assert ok_json("retrieval", "--pred", npy, "--ks", "1", "2")["t2v_R@2"] == 1.0
+
+
+def test_retrieval_with_ids_gold_and_ranked_lists(tmp_path):
+    sim = tmp_path / "sim.json"
+    sim.write_text(json.dumps({"sim": SIM, "query_ids": ["t0", "t1", "t2"], "candidate_ids": ["v0", "v1", "v2"]}))
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"query": "t2", "gold": ["v0", "v2"]}, {"query": "t1", "gold": "v0"}])
+    out = ok_json("retrieval", "--pred", sim, "--gt", gold)
+    # t2: best gold v2 at 0.7, below v1 0.8 -> rank 2; t1: v0 0.2 is last -> rank 3
+    assert out["count"] == 2 and out["MnR"] == 2.5 and out["R@1"] == 0.0 and out["unscored"] == 1
+    ranked = write_jsonl(tmp_path / "ranked.jsonl", [
+        {"query": "t1", "ranked": ["v1", "v2", "v0"]},
+        {"query": "t2", "ranked": ["v2", "v1"]},
+    ])
+    out = ok_json("retrieval", "--pred", ranked, "--gt", gold)
+    assert out["R@1"] == 0.5 and out["MnR"] == 2.0 and out["gold_not_ranked"] == 0
+    proc = damo_score("retrieval", "--pred", ranked)
+    assert proc.returncode == 2 and "need --gt" in proc.stderr
+    bad_gold = write_jsonl(tmp_path / "bad.jsonl", [{"query": "t9", "gold": "v0"}])
+    proc = damo_score("retrieval", "--pred", sim, "--gt", bad_gold)
+    assert proc.returncode == 2 and "'t9' is not a row" in proc.stderr
+
+
+@pytest.mark.parametrize("sub, words", [
+    (None, ["grounding", "qvhighlights", "retrieval", "JSON"]),
+    ("grounding", ["--pred", "--gt", "--out", "pred_spans", "gt_spans", "missing", "--thresholds"]),
+    ("qvhighlights", ["pred_relevant_windows", "highlight_val_release", "--allow-partial", "brief"]),
+    ("retrieval", [".npz", "ranked", "gold", "t2v", "--ks"]),
+])
+def test_help_is_useful(sub, words):
+    proc = damo_score(*([sub] if sub else []), "--help")
+    assert proc.returncode == 0
+    for word in words:
+        assert word in proc.stdout, word
