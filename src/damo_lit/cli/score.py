@@ -355,7 +355,8 @@ def score_retrieval(pred_path: str | Path, gt_path: str | Path | None, ks: Seque
             raise ScoreInputError(f"{pred_path}: no ranked list for {len(missing)} gold queries (e.g. {missing[:5]})")
         ranks, not_ranked = [], 0
         for query, golds in gold.items():
-            positions = [i for i, cand in enumerate(ranked[query]) if cand in set(golds)]
+            gold_set = set(golds)
+            positions = [i for i, cand in enumerate(ranked[query]) if cand in gold_set]
             not_ranked += not positions
             ranks.append(positions[0] + 1 if positions else len(ranked[query]) + 1)
         out: dict[str, Any] = rank_metrics(ranks, ks)
