@@ -64,29 +64,39 @@ class LoadReport:
     shape_mismatch: list[str] = field(default_factory=list)
 
 
-def save_stage_weights(directory: str | Path, model: nn.Module, names: set[str], meta: Mapping[str, Any]) -> Path:
-    """Write `names` of the model's state dict to DIR/weights.safetensors and meta to DIR/stage.json."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict(keep_vars=False).items() if k in names}
+def stage_state(model: nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of the model's state dict, on CPU and ready for safetensors.
+
+    Under FSDP `model.state_dict()` is collective: call this on every rank.
+    """
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k in names}
     # safetensors refuses tensors that share storage (tied weights): clone them apart.
-    seen: dict[int, str] = {}
+    seen: set[int] = set()
     for key, tensor in list(state.items()):
         ptr = tensor.untyped_storage().data_ptr()
         if ptr in seen:
             state[key] = tensor.clone()
-        seen[ptr] = key
+        seen.add(ptr)
+    return state
+
+
+def save_stage_weights(directory: str | Path, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write DIR/weights.safetensors and DIR/stage.json atomically (a crash leaves the old pair)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
+    save_file(dict(state), str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / WEIGHTS_FILE)
-    (directory / META_FILE).write_text(json.dumps(dict(meta), indent=2, default=str))
+    meta_tmp = directory / (META_FILE + ".tmp")
+    meta_tmp.write_text(json.dumps(dict(meta), indent=2, default=str))
+    meta_tmp.replace(directory / META_FILE)
     return directory / WEIGHTS_FILE
 
 
 def resolve_weights_path(path: str | Path) -> Path:
     """Accept a stage folder, its weights file, or a run folder holding one; name what was wrong."""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / WEIGHTS_FILE, path / "final" / WEIGHTS_FILE]
+    candidates = [path] if path.is_file() else [path / WEIGHTS_FILE]
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".safetensors":
             return candidate

@@ -1,0 +1,164 @@
+"""Stage 1, video-text alignment, BLIP-2 style, on caption data:
+
+- VTC: symmetric InfoNCE between the pooled video embedding and the text encoder's embedding,
+  with the features gathered across DDP ranks so that every rank contrasts against the global
+  batch;
+- VTM: binary video-text matching on the fused tokens, with hard negatives drawn from the VTC
+  similarity matrix (identical captions never count as negatives);
+- VTG: video-grounded caption generation through the projector and the LLM.
+Validation reports text-to-video and video-to-text retrieval R@1/5/10 and median rank.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from damo_lit.metrics import RetrievalMetrics
+from damo_lit.models.llm import load_tokenizer
+from damo_lit.stages.base import DaMOStage
+
+
+class MatchingHead(nn.Module):
+    """VTM: the caption's tokens cross-attend to the fused media tokens; [CLS] -> match / no match."""
+
+    def __init__(self, text_dim: int, media_dim: int, heads: int = 4) -> None:
+        super().__init__()
+        heads = heads if text_dim % heads == 0 else 1
+        self.media_proj = nn.Linear(media_dim, text_dim)
+        self.cross = nn.MultiheadAttention(text_dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(text_dim)
+        self.classify = nn.Sequential(nn.Linear(text_dim, text_dim), nn.GELU(), nn.Linear(text_dim, 2))
+
+    def forward(self, text_states: Tensor, media: Tensor) -> Tensor:
+        keys = self.media_proj(media)
+        cls = text_states[:, :1]
+        attended, _ = self.cross(cls, keys, keys, need_weights=False)
+        return self.classify(self.norm(cls + attended)[:, 0])
+
+
+class AlignStage(DaMOStage):
+    def __init__(self, *args: Any, loss_weights: Mapping[str, float] | None = None,
+                 temperature: float = 0.07, max_caption_tokens: int = 64, **kwargs: Any) -> None:
+        super().__init__(*args, loss_weights=loss_weights, temperature=temperature,
+                         max_caption_tokens=max_caption_tokens, **kwargs)
+        if self.model.text_encoder is None:
+            raise ValueError("stage1 needs a text encoder: model.text_encoder.enabled must be true")
+        weights = {"vtc": 1.0, "vtm": 1.0, "vtg": 1.0, **dict(loss_weights or {})}
+        unknown = set(weights) - {"vtc", "vtm", "vtg"}
+        if unknown:
+            raise ValueError(f"stage.loss_weights: unknown loss(es) {sorted(unknown)}; expected vtc, vtm, vtg")
+        self.loss_weights = weights
+        text_cfg = self.model_cfg["text_encoder"]
+        source = text_cfg.get("tokenizer") or text_cfg.get("name_or_path")
+        self.text_tokenizer = load_tokenizer(source, offline=bool(text_cfg.get("offline", True)))
+        self.max_caption_tokens = max_caption_tokens
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.vtm_head = MatchingHead(self.model.text_encoder.dim, int(self.model_cfg["fuseformer"]["hidden"]))
+        self.retrieval = RetrievalMetrics()
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def tokenize_captions(self, captions: Sequence[str | None]) -> tuple[Tensor, Tensor]:
+        missing = [i for i, c in enumerate(captions) if not c]
+        if missing:
+            raise ValueError(f"stage1 needs a caption for every sample; batch positions {missing} have none "
+                             "(data.train_tasks should be [caption])")
+        enc = self.text_tokenizer(list(captions), padding=True, truncation=True,
+                                  max_length=self.max_caption_tokens, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def text_states(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.model.text_encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def gather(self, x: Tensor) -> Tensor:
+        """All ranks' rows (with gradients flowing back to this rank's rows)."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def rank_offset(self, batch_size: int) -> int:
+        return 0 if self.trainer is None else self.trainer.global_rank * batch_size
+
+    def losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        media = self.media(batch)
+        video = F.normalize(self.model.pooled_video(media), dim=-1)
+        ids, mask = self.tokenize_captions(batch["caption"])
+        text = F.normalize(self.model.encode_text(ids, mask), dim=-1)
+        size = video.shape[0]
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        video_all, text_all = self.gather(video), self.gather(text)
+        targets = torch.arange(size, device=self.device) + self.rank_offset(size)
+        sim_v2t = scale * video @ text_all.T
+        sim_t2v = scale * text @ video_all.T
+        out = {"vtc": (F.cross_entropy(sim_v2t, targets) + F.cross_entropy(sim_t2v, targets)) / 2}
+        out["vtm"] = self.matching_loss(batch["caption"], ids, mask, media.fusion, video @ text.T)
+        if self.loss_weights["vtg"] > 0:
+            out["vtg"], _ = self.lm_loss(batch, self.model.media_embeds(media, batch["duration"]))
+        return out
+
+    def matching_loss(self, captions: Sequence[str], ids: Tensor, mask: Tensor, fusion: Tensor,
+                      sim: Tensor) -> Tensor:
+        """VTM with one hard negative text per video and one hard negative video per text."""
+        size = sim.shape[0]
+        same = torch.tensor([[a == b for b in captions] for a in captions], device=sim.device)
+        with torch.no_grad():
+            weights_v2t = F.softmax(sim.float() * 20, dim=1).masked_fill(same, 0)
+            weights_t2v = F.softmax(sim.float().T * 20, dim=1).masked_fill(same, 0)
+        states = self.text_states(ids, mask)
+        pairs_text, pairs_media, labels = [states], [fusion], [torch.ones(size, dtype=torch.long, device=sim.device)]
+        has_v2t = weights_v2t.sum(1) > 0
+        if has_v2t.any():
+            neg_text = torch.multinomial(weights_v2t[has_v2t], 1).squeeze(1)
+            pairs_text.append(states[neg_text])
+            pairs_media.append(fusion[has_v2t])
+            labels.append(torch.zeros(int(has_v2t.sum()), dtype=torch.long, device=sim.device))
+        has_t2v = weights_t2v.sum(1) > 0
+        if has_t2v.any():
+            neg_video = torch.multinomial(weights_t2v[has_t2v], 1).squeeze(1)
+            pairs_text.append(states[has_t2v])
+            pairs_media.append(fusion[neg_video])
+            labels.append(torch.zeros(int(has_t2v.sum()), dtype=torch.long, device=sim.device))
+        text_batch = torch.cat(pairs_text)
+        logits = self.vtm_head(text_batch, torch.cat(pairs_media))
+        return F.cross_entropy(logits, torch.cat(labels))
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        parts = self.losses(batch)
+        loss = sum(self.loss_weights[k] * v for k, v in parts.items())
+        size = self.batch_size_of(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_metrics("train", {f"loss_{k}": v for k, v in parts.items()}, batch_size=size)
+        return loss
+
+    def _evaluate(self, split: str, batch: Mapping[str, Any]) -> None:
+        media = self.media(batch)
+        ids, mask = self.tokenize_captions(batch["caption"])
+        video = self.model.pooled_video(media)
+        text = self.model.encode_text(ids, mask)
+        self.retrieval.update(text.float(), video.float())
+        loss, _ = self.lm_loss(batch, self.model.media_embeds(media, batch["duration"]))
+        self.log(f"{split}/loss_vtg", loss, batch_size=self.batch_size_of(batch), sync_dist=True)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def _log_retrieval(self, split: str) -> None:
+        if int(self.retrieval.dim) == 0:
+            return
+        values = self.retrieval.compute()
+        self.log_metrics(split, {k: v for k, v in values.items() if not k.endswith("_count")})
+        self.retrieval.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval("test")

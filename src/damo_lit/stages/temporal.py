@@ -1,0 +1,102 @@
+"""Stages 3 and 4: timestamped answers (temporal perception, then dialogues), LoRA on.
+
+Training is the next-token loss on the answers. Validation and test generate the final answer
+of each sample, parse its span and score it: R@0.3/0.5/0.7, mIoU, the same per modality the
+query needs, and the parse rate. The test also scores a constant-span baseline (the training
+set's mean relative span) on the same queries, so every run reports what "no learning" gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from damo_lit.metrics import GroundingMetrics
+from damo_lit.stages.base import DaMOStage
+from damo_lit.stages.reporting import PredictionLog, span_iou
+
+
+class TemporalStage(DaMOStage):
+    """Stage 3 (temporal perception) or stage 4 (dialogue): same loss, same metrics."""
+
+    def __init__(self, *args: Any, generation: Mapping[str, Any] | None = None,
+                 span_prior: Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, generation=generation, **kwargs)
+        self.max_new_tokens = int((generation or {}).get("max_new_tokens", 24))
+        self.span_prior = tuple(span_prior) if span_prior is not None else None
+        self.metrics = torch.nn.ModuleDict({
+            "val": GroundingMetrics(), "test": GroundingMetrics(), "baseline": GroundingMetrics(),
+        })
+        self.prediction_log = PredictionLog()
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.lm_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
+        return loss
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def answer(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """LM loss on the batch plus generated answers with their parsed spans, one row per sample."""
+        if self.span_parser is None:
+            raise ValueError(f"stage {self.stage_name}: no span parser was handed in (the CLI sets it)")
+        loss, embeds = self.lm_loss(batch)
+        texts = self.generate_text(batch, embeds, self.max_new_tokens)
+        rows = []
+        durations = batch["duration"].tolist()
+        questions = batch.get("question") or [""] * len(texts)
+        for i, text in enumerate(texts):
+            spans = self.span_parser(text, durations[i])
+            gt = [tuple(map(float, s)) for s in batch["spans"][i]]
+            top = spans[0] if spans else None
+            rows.append({
+                "id": batch["sample_id"][i], "task": batch["task"][i], "modality": batch["modality"][i],
+                "question": questions[i], "answer": text, "reference": batch["answer_text"][i],
+                "pred_spans": [list(s) for s in spans], "gt_spans": [list(s) for s in gt],
+                "duration": durations[i], "iou": span_iou(top, gt),
+            })
+        return loss, rows
+
+    def _evaluate(self, split: str, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        loss, rows = self.answer(batch)
+        size = self.batch_size_of(batch)
+        self.log(f"{split}/loss", loss, batch_size=size, sync_dist=True)
+        preds = [tuple(r["pred_spans"][0]) if r["pred_spans"] else None for r in rows]
+        self.metrics[split].update(preds, [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
+        if split == "test" and self.span_prior is not None:
+            start, end = self.span_prior
+            base = [(start * r["duration"], end * r["duration"]) for r in rows]
+            self.metrics["baseline"].update(base, [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
+        return rows
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        rows = self._evaluate("val", batch)
+        self.prediction_log.add(rows, batch)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        _, rows = self.answer(batch)
+        return rows
+
+    def _log_split(self, split: str) -> None:
+        values = self.metrics[split].compute()
+        self.log_metrics(split, {k: v for k, v in values.items() if not np.isnan(float(v))})
+        self.metrics[split].reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.prediction_log.reset(self.loggers)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+        if self.trainer.is_global_zero:
+            self.prediction_log.publish(self.loggers, step=self.global_step)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+        if self.span_prior is not None:
+            values = self.metrics["baseline"].compute()
+            self.log_metrics("test", {f"baseline_{k}": v for k, v in values.items() if not np.isnan(float(v))})
+            self.metrics["baseline"].reset()
