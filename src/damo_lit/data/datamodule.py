@@ -1,0 +1,228 @@
+"""The LightningDataModule: records -> decoded videos + token ids -> batches of the batch contract.
+
+- Records come from one or more sources (mixed by weight on the training split) and are
+  filtered by task per split (`train_tasks` for train, `eval_tasks` for val/test), e.g. stage 1
+  trains on captions, stage 3 on grounding, stage 4 on dialogues.
+- `prepare_data()` generates the synthetic set when it is absent (`generate:` in the config)
+  and fills the decoded cache with a process pool; files that fail are recorded as bad.
+- A sample whose video cannot be decoded is skipped: the dataset returns None and records the
+  failure (file named in a warning, counted across worker processes), the collate drops it,
+  and every good sample of the batch still comes through. `decode_failures()` exposes the
+  counts (see `damo_lit.data.callbacks.DecodeFailureReport`).
+- DataLoaders use a plain (shuffled) sampler, which Lightning swaps for a DistributedSampler
+  under DDP, and a 'forkserver' context for worker processes (fork after torch deadlocks).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from damo_lit.data.cache import prepare, warn_bad
+from damo_lit.data.collection import SplitRecords, check_tasks, load_split, source_specs
+from damo_lit.data.dataset import BATCH_KEYS, Collator, RecordDataset, VideoLoader
+from damo_lit.data.decode import DecodeParams, worker_context
+from damo_lit.data.prompts import PROMPT_STYLES
+from damo_lit.data.sources.base import SPLITS
+from damo_lit.data.timestamps import check_format
+
+__all__ = ["BATCH_KEYS", "Collator", "DaMODataModule", "RecordDataset", "SpanPrior", "VideoLoader"]
+
+@dataclass(frozen=True)
+class SpanPrior:
+    """The mean relative span (start / duration, end / duration) of the training grounding records:
+    the constant-span baseline."""
+
+    start: float
+    end: float
+    count: int
+
+    def span(self, duration: float) -> tuple[float, float]:
+        return self.start * duration, self.end * duration
+
+
+class DaMODataModule(L.LightningDataModule):
+    """Data for every stage; built from conf/data/*.yaml by Hydra (see docs/data.md for the keys)."""
+
+    def __init__(
+        self,
+        format: str = "damo_jsonl",
+        annotations: str | None = None,
+        video_dir: str | None = None,
+        durations: str | Sequence[str] | None = None,
+        splits: dict[str, str | None] | None = None,
+        video_ext: str = ".mp4",
+        columns: dict[str, str] | None = None,
+        sources: Sequence[dict[str, Any]] | None = None,
+        weight: float = 1.0,
+        name: str | None = None,
+        root: str | None = None,
+        generate: dict[str, Any] | None = None,
+        train_tasks: Sequence[str] = ("caption", "grounding", "qa", "dialogue"),
+        eval_tasks: Sequence[str] = ("grounding",),
+        timestamps: str = "relative",
+        prompt_style: str = "plain",
+        num_frames: int = 32,
+        frame_size: int | Sequence[int] = 64,
+        num_audio_segments: int = 32,
+        audio_segment_frames: int = 50,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        decoded_cache_dir: str | None = None,
+        prepare_workers: int = 2,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_samples_per_split: int | None = None,
+        on_bad_window: str = "clip",
+        on_bad_record: str = "error",
+        seed: int = 0,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__()
+        options = dict(
+            format=format, annotations=annotations, video_dir=video_dir, durations=durations, splits=splits,
+            video_ext=video_ext, columns=columns, sources=list(sources or []), weight=weight, name=name,
+            on_bad_window=on_bad_window, on_bad_record=on_bad_record,
+        )  # fmt: skip
+        self.specs = source_specs(options)
+        self.name = name or self.specs[0].label
+        self.root = root
+        self.generate = dict(generate) if generate else None
+        self.train_tasks = check_tasks(train_tasks, "data.train_tasks")
+        self.eval_tasks = check_tasks(eval_tasks, "data.eval_tasks")
+        self.timestamps = check_format(timestamps)
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"data.prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
+        self.prompt_style = prompt_style
+        size = tuple(frame_size) if isinstance(frame_size, (list, tuple)) else int(frame_size)
+        self.params = DecodeParams(
+            num_frames=int(num_frames),
+            frame_size=size,  # type: ignore[arg-type]
+            num_audio_segments=int(num_audio_segments),
+            audio_segment_frames=int(audio_segment_frames),
+            sample_rate=int(sample_rate),
+            n_mels=int(n_mels),
+        )
+        self.decoded_cache_dir = str(decoded_cache_dir) if decoded_cache_dir else None
+        self.prepare_workers = int(prepare_workers)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        if max_samples_per_split is not None and int(max_samples_per_split) < 1:
+            raise ValueError(f"data.max_samples_per_split must be >= 1 or null, got {max_samples_per_split}")
+        self.max_samples_per_split = int(max_samples_per_split) if max_samples_per_split else None
+        self.seed = int(seed)
+        self.tokenizer = tokenizer
+        self.splits: dict[str, SplitRecords] = {}
+        self.datasets: dict[str, RecordDataset] = {}
+        self._failure_dir = tempfile.mkdtemp(prefix="damo-decode-failures-")
+        weakref.finalize(self, shutil.rmtree, self._failure_dir, True)
+        self.loader = VideoLoader(self.params, self.decoded_cache_dir, self._failure_dir)
+
+    # ---------------------------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer: Any) -> None:
+        """Any HF tokenizer with a `<video>` special token and a pad token."""
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad token (tokenizer.pad_token = ...)")
+        self.tokenizer = tokenizer
+        for dataset in self.datasets.values():
+            dataset.tokenizer = tokenizer
+
+    def tasks_for(self, split: str) -> tuple[str, ...]:
+        return self.train_tasks if split == "train" else self.eval_tasks
+
+    def load_split(self, split: str) -> SplitRecords:
+        """The samples of a split, task-filtered, mixed by weight (train) and capped."""
+        loaded = load_split(self.specs, split, self.tasks_for(split), weighted=split == "train", seed=self.seed)
+        if self.max_samples_per_split:
+            loaded.samples = loaded.samples[: self.max_samples_per_split]
+        return loaded
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic set when absent, then decode every video into the cache once."""
+        if self.generate is not None:
+            if not self.root:
+                raise ValueError("data.generate is set but data.root is not: where should the set be generated?")
+            from damo_lit.data.synthetic import ensure_generated
+
+            ensure_generated(self.root, self.generate)
+        if self.decoded_cache_dir is None:
+            return
+        paths: set[str] = set()
+        for split in SPLITS:
+            try:
+                paths.update(self.load_split(split).video_paths())
+            except FileNotFoundError:
+                continue  # a split this source does not have
+        report = prepare(sorted(paths), self.decoded_cache_dir, self.params, self.prepare_workers)
+        warn_bad(report.bad)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, SPLITS) if stage else SPLITS:
+            if split in self.datasets:
+                continue
+            loaded = self.load_split(split)
+            self.splits[split] = loaded
+            self.datasets[split] = RecordDataset(
+                loaded.samples, self.loader, self.tokenizer, self.timestamps, self.prompt_style
+            )
+
+    def _dataloader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.tokenizer is None:
+            raise RuntimeError("DaMODataModule has no tokenizer: call set_tokenizer(tokenizer) before the dataloaders")
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = self.datasets[split]
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=Collator(self.tokenizer.pad_token_id),
+            multiprocessing_context=worker_context() if workers > 0 else None,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._dataloader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._dataloader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._dataloader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._dataloader("test", shuffle=False)
+
+    # ---------------------------------------------------------------------------------------
+    def train_span_prior(self) -> SpanPrior:
+        """Mean (start / duration, end / duration) over the training split's grounding records."""
+        loaded = load_split(self.specs, "train", ("grounding",))
+        rel = [(s / r.duration, e / r.duration) for r in (x.record for x in loaded.samples) for s, e in r.spans[:1]]
+        if not rel:
+            raise ValueError(f"data source {self.name}: the training split has no grounding records for a span prior")
+        starts, ends = zip(*rel)
+        return SpanPrior(float(np.mean(starts)), float(np.mean(ends)), len(rel))
+
+    def decode_failures(self) -> dict[str, str]:
+        """Files that failed to decode so far (path -> reason), in every worker process."""
+        return self.loader.failures.files()
+
+    def skipped_samples(self) -> int:
+        """Samples skipped so far because their file failed to decode."""
+        return self.loader.failures.skipped()
+
+    def fixes(self) -> dict[str, dict[str, int]]:
+        """Fix-up counts per loaded split."""
+        return {split: dict(loaded.fixes.counts) for split, loaded in self.splits.items()}

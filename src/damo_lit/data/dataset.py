@@ -1,0 +1,139 @@
+"""Samples and batches: a map-style dataset over records, and the collate of the batch contract.
+
+Kept apart from the LightningDataModule so that DataLoader worker processes (started with
+'forkserver') import numpy and torch only, not Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from damo_lit.data.cache import DecodedCache, FailureLog
+from damo_lit.data.collection import Sample
+from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams
+from damo_lit.data.prompts import IGNORE_INDEX, conversation, encode
+from damo_lit.data.timestamps import check_format
+
+BATCH_KEYS = (
+    "sample_id", "task", "modality", "duration", "spans", "frames", "frame_times", "frame_mask", "audio_mel",
+    "audio_times", "audio_mask", "has_audio", "input_ids", "attention_mask", "labels", "prompt_ids",
+    "prompt_attention_mask", "answer_text", "caption",
+)  # fmt: skip
+
+
+class VideoLoader:
+    """Decode a file (through the decoded cache when there is one); failures go to the FailureLog."""
+
+    def __init__(self, params: DecodeParams, cache_dir: str | None, failure_dir: str) -> None:
+        self.cache = DecodedCache(cache_dir, params)
+        self.failures = FailureLog(failure_dir)
+
+    def __call__(self, path: str) -> DecodedVideo | None:
+        try:
+            return self.cache.load(path)
+        except DecodeError as err:
+            self.failures.record(err.path, err.reason)
+            return None
+
+
+class RecordDataset(Dataset):
+    """Samples as dicts of numpy arrays and token ids; None for a sample whose video failed."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        loader: VideoLoader,
+        tokenizer: Any,
+        timestamps: str,
+        prompt_style: str,
+    ) -> None:
+        self.samples = list(samples)
+        self.loader = loader
+        self.tokenizer = tokenizer
+        self.timestamps = check_format(timestamps)
+        self.prompt_style = prompt_style
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        sample = self.samples[index]
+        video = self.loader(sample.video_path)
+        if video is None:
+            return None
+        record = sample.record
+        conv = conversation(record, self.timestamps)
+        encoded = encode(conv.turns, self.tokenizer, self.prompt_style)
+        return {
+            "sample_id": record.id,
+            "task": record.task,
+            "modality": record.modality,
+            "duration": record.duration,
+            "spans": [tuple(s) for s in conv.spans],
+            "video": video,
+            "input_ids": encoded.input_ids,
+            "labels": encoded.labels,
+            "prompt_ids": encoded.prompt_ids,
+            "answer_text": conv.answer_text,
+            "caption": conv.caption,
+        }
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            if left:
+                out[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            else:
+                out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def _mask(rows: Sequence[Sequence[int]], left: bool = False) -> torch.Tensor:
+    return _pad([[1] * len(r) for r in rows], 0, left=left)
+
+
+class Collator:
+    """Stack samples into the batch contract; drop None samples (None when all of them were)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+        items = [item for item in items if item is not None]
+        if not items:
+            return None
+        videos: list[DecodedVideo] = [item["video"] for item in items]
+
+        def stack(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.stack([getattr(v, name) for v in videos])).to(dtype)
+
+        ids = [item["input_ids"] for item in items]
+        prompts = [item["prompt_ids"] for item in items]
+        return {
+            "sample_id": [item["sample_id"] for item in items],
+            "task": [item["task"] for item in items],
+            "modality": [item["modality"] for item in items],
+            "duration": torch.tensor([item["duration"] for item in items], dtype=torch.float32),
+            "spans": [list(item["spans"]) for item in items],
+            "frames": stack("frames", torch.uint8),
+            "frame_times": stack("frame_times", torch.float32),
+            "frame_mask": stack("frame_mask", torch.bool),
+            "audio_mel": stack("audio_mel", torch.float32),
+            "audio_times": stack("audio_times", torch.float32),
+            "audio_mask": stack("audio_mask", torch.bool),
+            "has_audio": torch.tensor([v.has_audio for v in videos], dtype=torch.bool),
+            "input_ids": _pad(ids, self.pad_token_id),
+            "attention_mask": _mask(ids),
+            "labels": _pad([item["labels"] for item in items], IGNORE_INDEX),
+            "prompt_ids": _pad(prompts, self.pad_token_id, left=True),
+            "prompt_attention_mask": _mask(prompts, left=True),
+            "answer_text": [item["answer_text"] for item in items],
+            "caption": [item["caption"] for item in items],
+        }

@@ -1,0 +1,296 @@
+"""What every annotation source shares: where its files are, and the counted fix-ups of real data.
+
+A source reader turns its public format into `Draft`s: a record whose windows are still as the
+file wrote them. `finalize` resolves the duration, fixes or drops each window per
+`on_bad_window` (clip | drop), counts every fix-up by kind, and validates the result against
+the DaMO schema. A malformed line or an unknown video is, per `on_bad_record`, collected into
+one error that lists `file:line` and the reason of each (error), or a counted drop (drop).
+Nothing is fixed silently.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from damo_lit.data.schema import Record, RecordError
+
+ON_BAD_WINDOW = ("clip", "drop")
+ON_BAD_RECORD = ("error", "drop")
+SPLITS = ("train", "val", "test")
+
+# Every kind of fix-up, so that a report lists zeros too.
+FIX_KINDS = (
+    "window_end_clipped",  # a window ending after the video, clipped to its duration
+    "window_start_clipped",  # a window starting before 0, clipped to 0
+    "window_reversed_swapped",  # start > end, swapped
+    "window_end_dropped",
+    "window_start_dropped",
+    "window_reversed_dropped",
+    "window_empty_dropped",  # start == end (after any clipping): nothing left to fix
+    "window_outside_dropped",  # starts at or after the end of the video
+    "duration_probed",  # a missing duration, read from the video file
+    "duration_missing_dropped",  # a missing duration and no video file to read it from
+    "record_no_window_dropped",  # every window of a grounding record was dropped
+    "record_malformed_dropped",  # a malformed line or entry (on_bad_record=drop)
+    "record_unknown_video_dropped",  # a video with no known duration and no file (on_bad_record=drop)
+)
+EPSILON = 1e-6
+MAX_LISTED_ERRORS = 50
+
+
+class BadRecordsError(RecordError):
+    """Every bad record of a source (on_bad_record=error), each as `file:line: reason`."""
+
+    def __init__(self, errors: Sequence[RecordError]) -> None:
+        self.errors = list(errors)
+        lines = [str(e) for e in self.errors[:MAX_LISTED_ERRORS]]
+        if len(self.errors) > MAX_LISTED_ERRORS:
+            lines.append(f"... and {len(self.errors) - MAX_LISTED_ERRORS} more")
+        head = f"{len(self.errors)} bad record(s) (set data.on_bad_record=drop to count and skip them):"
+        ValueError.__init__(self, head + "\n  " + "\n  ".join(lines))
+        self.where = self.errors[0].where if self.errors else ""
+        self.reason = head
+
+
+@dataclass
+class Fixes:
+    """Counts of each fix-up kind (FIX_KINDS)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in FIX_KINDS})
+
+    def add(self, kind: str, n: int = 1) -> None:
+        if kind not in self.counts:
+            raise KeyError(f"unknown fix-up kind {kind!r}; known: {', '.join(FIX_KINDS)}")
+        self.counts[kind] += n
+
+    def merge(self, other: "Fixes") -> "Fixes":
+        for kind, n in other.counts.items():
+            self.add(kind, n)
+        return self
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One annotation source, as a data config (or one entry of `data.sources`) describes it."""
+
+    format: str
+    annotations: str | None  # a file (every split) or, for damo_jsonl, a folder of {split}.jsonl
+    video_dir: str | None = None  # record videos are relative to it (default: the annotation folder)
+    durations: tuple[str, ...] = ()  # Charades_v1_*.csv files (charades_sta)
+    splits: dict[str, str] = field(default_factory=dict)  # per-split files, over `annotations`
+    video_ext: str = ".mp4"  # appended to video ids (charades_sta, activitynet_captions, qvhighlights)
+    on_bad_window: str = "clip"
+    on_bad_record: str = "error"
+    weight: float = 1.0  # training mix: times each record appears per epoch (fraction: a subsample)
+    name: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # caption_list: {video, caption, duration}
+
+    def __post_init__(self) -> None:
+        if self.on_bad_window not in ON_BAD_WINDOW:
+            raise ValueError(f"data.on_bad_window must be clip or drop, got {self.on_bad_window!r}")
+        if self.on_bad_record not in ON_BAD_RECORD:
+            raise ValueError(f"data.on_bad_record must be error or drop, got {self.on_bad_record!r}")
+        if self.weight < 0:
+            raise ValueError(f"a source weight must be >= 0, got {self.weight} (source {self.label})")
+        unknown = set(self.splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"data.splits has unknown split(s) {sorted(unknown)}; expected {', '.join(SPLITS)}")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.format
+
+    def annotation_file(self, split: str | None) -> Path:
+        """The file that holds `split` (None: the single `annotations` file)."""
+        if split is not None and self.splits.get(split):
+            return resolve(self.splits[split])
+        if not self.annotations:
+            raise ValueError(f"source {self.label}: data.annotations is not set (and no data.splits.{split})")
+        path = resolve(self.annotations)
+        if path.is_dir():
+            if split is None:
+                raise ValueError(f"source {self.label}: {path} is a folder; name a split")
+            return path / f"{split}.jsonl"
+        return path
+
+    def has_split_files(self) -> bool:
+        """True when splits come from different files (a folder or data.splits), not one shared file."""
+        return bool(self.splits) or (bool(self.annotations) and resolve(str(self.annotations)).is_dir())
+
+    def video_root(self, annotation_file: Path) -> Path:
+        if self.video_dir:
+            return resolve(self.video_dir)
+        return annotation_file.parent
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A config path: `~` expanded, relative paths taken from the working directory."""
+    return Path(os.path.expanduser(str(path))).absolute()
+
+
+@dataclass
+class Draft:
+    """A record before fix-ups: windows as the source wrote them, texts built from the kept ones.
+
+    `build(kept)` gets the indices (into `windows`) that survived, in order, and returns
+    (turns, caption); placeholders in them number the kept windows 0, 1, ...
+    """
+
+    where: str
+    id: str
+    video: str
+    duration: float | None
+    task: str
+    windows: list[tuple[float, float]]
+    build: Callable[[list[int]], tuple[list[tuple[str, str]], str | None]]
+    modality: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    known_video: bool = True  # False: the id is missing from the source's durations table
+
+
+@dataclass
+class LoadResult:
+    """The records of one source file, with every fix-up counted."""
+
+    records: list[Record]
+    fixes: Fixes
+    files: list[Path]
+    video_root: Path
+
+
+def fix_window(
+    start: float, end: float, duration: float, policy: str, fixes: Fixes
+) -> tuple[float, float] | None:
+    """One window made valid for a video of `duration` s, or None when it is dropped (counted)."""
+    if start >= duration - EPSILON and end >= duration - EPSILON:
+        fixes.add("window_outside_dropped")
+        return None
+    if start > end:
+        if policy == "drop":
+            fixes.add("window_reversed_dropped")
+            return None
+        fixes.add("window_reversed_swapped")
+        start, end = end, start
+    if start < 0:
+        if policy == "drop":
+            fixes.add("window_start_dropped")
+            return None
+        fixes.add("window_start_clipped")
+        start = 0.0
+    if end > duration + EPSILON:
+        if policy == "drop":
+            fixes.add("window_end_dropped")
+            return None
+        fixes.add("window_end_clipped")
+        end = duration
+    if end - start <= EPSILON:
+        fixes.add("window_empty_dropped")
+        return None
+    return start, end
+
+
+def finalize(draft: Draft, spec: SourceSpec, video_root: Path, fixes: Fixes) -> Record | None:
+    """Resolve the duration, fix the windows and validate; None when dropped (counted).
+
+    Raises RecordError for an unknown video or an invalid result (the caller applies
+    on_bad_record).
+    """
+    duration = draft.duration
+    if duration is None or duration <= 0:
+        from damo_lit.data.decode import probe_duration
+
+        video_path = video_root / draft.video
+        probed = probe_duration(video_path) if spec.on_bad_window == "clip" and video_path.is_file() else None
+        if probed:
+            fixes.add("duration_probed")
+            duration = probed
+        elif not draft.known_video:
+            raise RecordError(draft.where, f"unknown video {draft.video!r}: not in the durations file(s) and no file at {video_path}")
+        else:
+            fixes.add("duration_missing_dropped")
+            return None
+    kept: list[int] = []
+    spans: list[tuple[float, float]] = []
+    for i, (start, end) in enumerate(draft.windows):
+        fixed = fix_window(start, end, duration, spec.on_bad_window, fixes)
+        if fixed is not None:
+            kept.append(i)
+            spans.append(fixed)
+    if draft.task == "grounding" and draft.windows and not kept:
+        fixes.add("record_no_window_dropped")
+        return None
+    turns, caption = draft.build(kept)
+    obj: dict[str, Any] = {
+        "id": draft.id,
+        "video": draft.video,
+        "duration": duration,
+        "task": draft.task,
+        "spans": [list(s) for s in spans],
+        "turns": [{"role": r, "content": c} for r, c in turns],
+        "meta": draft.meta,
+    }
+    if caption is not None:
+        obj["caption"] = caption
+    if draft.modality is not None:
+        obj["modality"] = draft.modality
+    return Record.from_dict(obj, draft.where)
+
+
+def collect(
+    items: Iterable[Draft | Record | RecordError], spec: SourceSpec, video_root: Path, fixes: Fixes
+) -> list[Record]:
+    """Finalize drafts (Records pass as they are); apply on_bad_record to malformed lines and unknown videos."""
+    records: list[Record] = []
+    errors: list[RecordError] = []
+    for item in items:
+        try:
+            if isinstance(item, RecordError):
+                raise item
+            record = item if isinstance(item, Record) else finalize(item, spec, video_root, fixes)
+        except RecordError as err:
+            if spec.on_bad_record == "error":
+                errors.append(err)
+            else:
+                fixes.add("record_unknown_video_dropped" if "unknown video" in err.reason else "record_malformed_dropped")
+            continue
+        if record is not None:
+            records.append(record)
+    if errors:
+        raise BadRecordsError(errors)
+    return records
+
+
+def sentence_question(sentence: str) -> str:
+    """A grounding question from a description: 'when does this happen: person opens a door?'"""
+    return f"when does this happen: {sentence.strip().rstrip('.!? ').strip()}?"
+
+
+def spans_answer(count: int) -> str:
+    """'{span:0}.' / '{span:0} and {span:1}.' / '{span:0}, {span:1} and {span:2}.'"""
+    parts = [f"{{span:{i}}}" for i in range(count)]
+    if count <= 1:
+        return (parts[0] if parts else "") + "."
+    return ", ".join(parts[:-1]) + " and " + parts[-1] + "."
+
+
+def grounding_build(sentence: str) -> Callable[[list[int]], tuple[list[tuple[str, str]], str | None]]:
+    """`Draft.build` for a one-query grounding record: question from the sentence, answer all kept spans."""
+
+    def build(kept: list[int]) -> tuple[list[tuple[str, str]], str | None]:
+        return [("user", sentence_question(sentence)), ("assistant", spans_answer(len(kept)))], None
+
+    return build
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) for each non-blank line."""
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if line.strip():
+                yield lineno, line.strip()

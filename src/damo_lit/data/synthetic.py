@@ -1,0 +1,622 @@
+"""The embedded synthetic audio-visual grounding set: real MP4 files with known events.
+
+Each video is 8-20 s of a plain or mildly noisy background with 2-4 events of 2-7 s:
+
+- visual: a coloured shape appears and moves (nothing audible changes);
+- audio: a tone with a pitch and a pattern sounds (nothing visible changes);
+- audio-visual: a shape and a tone at once.
+
+So that the picture never gives an audio answer away (and vice versa), events on the same
+channel (the picture, the sound) never overlap, events on different channels are placed
+independently, and an audio-only event changes no pixel. Within one video every shape has
+its own colour and every tone its own pitch, so that a question naming them ("when does the
+red square appear?", "when do you hear the high beeping tone?") picks exactly one event.
+
+About 10% of the videos have no audio stream at all and about 20% have 44.1 kHz stereo audio
+instead of 16 kHz mono (an exact share per split, by a seeded permutation).
+
+Generation is deterministic: a video's plan and its noise come from a seed stream of
+(seed, split, index), so the same seed gives byte-identical annotations and the same pixels,
+whatever the number of worker processes. The plan is made in the parent process; workers
+(a 'forkserver' pool, never fork) only render MP4s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from damo_lit.data.decode import worker_context
+from damo_lit.data.schema import Record, Turn, write_jsonl
+
+SPLITS = ("train", "val", "test")
+SPLIT_SHARE = {"val": 0.1, "test": 0.1}  # train takes the rest
+KINDS = ("visual", "audio", "audio-visual")
+
+# Colours are far apart in RGB and survive yuv420p chroma subsampling on 64x64 frames.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (40, 70, 240),
+    "yellow": (235, 225, 30),
+    "purple": (170, 40, 220),
+    "white": (245, 245, 245),
+}
+SHAPES = ("square", "circle", "triangle", "cross")
+PITCHES: dict[str, float] = {"low": 300.0, "middle": 600.0, "high": 1200.0}  # an octave apart
+PATTERNS = ("steady", "beeping", "rising", "falling")
+GLIDE_OCTAVES = 2.0 / 3.0  # rising/falling tones glide +-1/3 octave: pitch bands stay disjoint
+AUDIO_KINDS = ("mono16k", "stereo44k", "none")
+AUDIO_RATE = {"mono16k": 16000, "stereo44k": 44100}
+TONE_AMPLITUDE = 0.3
+QUANTUM = 0.25  # event boundaries and durations are multiples of this (2 frames at 8 fps)
+MIN_GAP = 0.5  # seconds between two events on the same channel
+BEEP_PERIOD = 0.4  # beeping: 0.2 s on, 0.2 s off
+
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+VISUAL_QUESTIONS = ("when does the {visual} appear?", "at what time can you see the {visual}?")
+AUDIO_QUESTIONS = ("when do you hear the {audio}?", "at what time does the {audio} sound?")
+AV_QUESTIONS = (
+    "when does the {visual} appear with the {audio}?",
+    "at what time can you see the {visual} and hear the {audio}?",
+)
+ANSWERS = {"visual": "it appears {span:0}.", "audio": "it sounds {span:0}.", "audio-visual": "they occur {span:0}."}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Generation parameters (conf/data/synthetic.yaml `generate:` holds the same keys)."""
+
+    videos: int = 1000
+    seed: int = 0
+    fps: int = 8
+    size: int = 64
+    min_seconds: float = 8.0
+    max_seconds: float = 20.0
+    min_events: int = 2
+    max_events: int = 4
+    min_event_seconds: float = 2.0
+    max_event_seconds: float = 7.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.videos < 1:
+            raise ValueError(f"videos must be >= 1, got {self.videos}")
+        if not 8 <= self.size <= 1024 or self.fps < 1:
+            raise ValueError(f"size must be 8-1024 and fps >= 1, got size={self.size} fps={self.fps}")
+        if not 0 < self.min_event_seconds <= self.max_event_seconds:
+            raise ValueError("need 0 < min_event_seconds <= max_event_seconds")
+        if not 1 <= self.min_events <= self.max_events <= 4:
+            raise ValueError("need 1 <= min_events <= max_events <= 4")
+        if self.max_seconds < self.min_seconds or self.min_seconds < self.min_event_seconds * 2 + MIN_GAP:
+            raise ValueError(
+                f"min_seconds ({self.min_seconds}) must be <= max_seconds ({self.max_seconds}) and leave room for two "
+                f"events of min_event_seconds ({self.min_event_seconds})"
+            )
+
+
+@dataclass(frozen=True)
+class SynthEvent:
+    """One planned event; the visual fields are None for audio events and vice versa."""
+
+    kind: str
+    start: float
+    end: float
+    colour: str | None = None
+    shape: str | None = None
+    pitch: str | None = None
+    pattern: str | None = None
+    path: tuple[float, float, float, float] | None = None  # shape centre moves (x0, y0) -> (x1, y1), in [0, 1]
+
+    @property
+    def visual(self) -> bool:
+        return self.kind in ("visual", "audio-visual")
+
+    @property
+    def audible(self) -> bool:
+        return self.kind in ("audio", "audio-visual")
+
+    def visual_phrase(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    def audio_phrase(self) -> str:
+        return f"{self.pitch} {self.pattern} tone"
+
+    def description(self) -> str:
+        """What happens, as a clause: 'a red square appears', 'a low steady tone sounds', ..."""
+        if self.kind == "visual":
+            return f"a {self.visual_phrase()} appears"
+        if self.kind == "audio":
+            return f"a {self.audio_phrase()} sounds"
+        return f"a {self.visual_phrase()} appears with a {self.audio_phrase()}"
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """Everything needed to render one video and write its annotations."""
+
+    split: str
+    index: int
+    duration: float
+    fps: int
+    size: int
+    audio: str  # one of AUDIO_KINDS
+    background: tuple[int, int, int]
+    noise_std: float  # per-pixel frame noise (0: plain background)
+    audio_noise: float  # amplitude of the faint white noise in the audio
+    render_seed: tuple[int, ...]
+    events: tuple[SynthEvent, ...]  # sorted by start
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}_{self.index:06d}"
+
+    @property
+    def video(self) -> str:
+        return f"videos/{self.name}.mp4"
+
+
+# --------------------------------------------------------------------------------------------
+# planning (parent process, cheap, deterministic)
+
+
+def split_sizes(videos: int) -> dict[str, int]:
+    """80/10/10 of `videos` (val and test rounded, train the rest)."""
+    val = int(round(videos * SPLIT_SHARE["val"]))
+    test = int(round(videos * SPLIT_SHARE["test"]))
+    return {"train": videos - val - test, "val": val, "test": test}
+
+
+def _quantize(value: float) -> float:
+    return round(value / QUANTUM) * QUANTUM
+
+
+def _audio_kind(position: int) -> str:
+    """Exact shares per split: position (in a seeded permutation) % 10 == 0 -> none, 1-2 -> stereo."""
+    slot = position % 10
+    return "none" if slot == 0 else "stereo44k" if slot in (1, 2) else "mono16k"
+
+
+def _layout(order: Sequence[int], lengths: Sequence[float], channels: Sequence[set[str]]) -> list[float]:
+    """Earliest starts for events taken in `order`: an event starts no earlier than the one before
+    it, and MIN_GAP after every earlier event that shares a channel with it."""
+    starts = [0.0] * len(lengths)
+    previous = 0.0
+    for pos, i in enumerate(order):
+        start = previous
+        for j in order[:pos]:
+            if channels[j] & channels[i]:
+                start = max(start, starts[j] + lengths[j] + MIN_GAP)
+        starts[i] = previous = start
+    return starts
+
+
+def _place(
+    rng: np.random.Generator, kinds: list[str], duration: float, cfg: SynthConfig
+) -> list[tuple[float, float]] | None:
+    """Start/end per event, or None when they cannot fit: same-channel events never overlap.
+
+    Events are laid out in a random order as early as the channel rule allows, then the spare
+    time is spread over the gaps at random (a shift that never decreases along the order keeps
+    the rule). Lengths shrink after repeated misfits.
+    """
+    lengths = [_quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds)) for _ in kinds]
+    channels = [{"v"} if k == "visual" else {"a"} if k == "audio" else {"v", "a"} for k in kinds]
+    for attempt in range(40):
+        if attempt and attempt % 8 == 0:
+            lengths = [max(cfg.min_event_seconds, _quantize(length * 0.8)) for length in lengths]
+        order = [int(i) for i in rng.permutation(len(kinds))]
+        starts = _layout(order, lengths, channels)
+        spare = duration - max(s + length for s, length in zip(starts, lengths))
+        if spare < -1e-9:
+            continue
+        shares = rng.multinomial(int(round(spare / QUANTUM)), np.full(len(kinds) + 1, 1.0 / (len(kinds) + 1)))
+        shift = np.cumsum(shares[: len(kinds)]) * QUANTUM
+        for pos, i in enumerate(order):
+            starts[i] += float(shift[pos])
+        return [(starts[i], starts[i] + lengths[i]) for i in range(len(kinds))]
+    return None
+
+
+def _max_per_channel(duration: float, cfg: SynthConfig) -> int:
+    """How many minimal events fit on one channel with the required gaps."""
+    return int((duration + MIN_GAP) // (cfg.min_event_seconds + MIN_GAP))
+
+
+def plan_video(cfg: SynthConfig, split: str, index: int, position: int) -> VideoPlan:
+    """Plan one video from its own seed stream (seed, split, index)."""
+    split_code = SPLITS.index(split)
+    rng = np.random.default_rng([cfg.seed, split_code, index])
+    duration = _quantize(rng.uniform(cfg.min_seconds, cfg.max_seconds))
+    audio = _audio_kind(position)
+    fit = _max_per_channel(duration, cfg)
+    spans = None
+    while spans is None:
+        n_events = int(rng.integers(cfg.min_events, cfg.max_events + 1))
+        if audio == "none":
+            kinds = ["visual"] * n_events
+        else:
+            kinds = [KINDS[int(i)] for i in rng.integers(0, 3, size=n_events)]
+        n_visual = sum(k != "audio" for k in kinds)
+        n_audible = sum(k != "visual" for k in kinds)
+        if n_visual <= min(fit, len(COLOURS)) and n_audible <= min(fit, len(PITCHES)):
+            spans = _place(rng, kinds, duration, cfg)
+    colours = list(rng.permutation(list(COLOURS)))
+    pitches = list(rng.permutation(list(PITCHES)))
+    events = []
+    for kind, (start, end) in zip(kinds, spans):
+        fields: dict[str, Any] = {}
+        if kind != "audio":
+            fields["colour"] = str(colours.pop())
+            fields["shape"] = SHAPES[int(rng.integers(len(SHAPES)))]
+            fields["path"] = tuple(round(float(v), 3) for v in rng.uniform(0.0, 1.0, size=4))
+        if kind != "visual":
+            fields["pitch"] = str(pitches.pop())
+            fields["pattern"] = PATTERNS[int(rng.integers(len(PATTERNS)))]
+        events.append(SynthEvent(kind, start, end, **fields))
+    events.sort(key=lambda e: (e.start, e.end))
+    noisy = bool(rng.random() < 0.5)
+    grey = int(rng.integers(20, 80))
+    tint = rng.integers(-10, 11, size=3)
+    background = tuple(int(np.clip(grey + t, 0, 255)) for t in tint)
+    return VideoPlan(
+        split=split,
+        index=index,
+        duration=duration,
+        fps=cfg.fps,
+        size=cfg.size,
+        audio=audio,
+        background=background,  # type: ignore[arg-type]
+        noise_std=float(rng.uniform(3.0, 8.0)) if noisy else 0.0,
+        audio_noise=float(rng.uniform(0.002, 0.008)),
+        render_seed=(cfg.seed, split_code, index, 1),
+        events=tuple(events),
+    )
+
+
+def plan_split(cfg: SynthConfig, split: str, count: int) -> list[VideoPlan]:
+    """Plan `count` videos of one split; audio kinds follow a seeded permutation of the split."""
+    positions = np.random.default_rng([cfg.seed, SPLITS.index(split), 1 << 30]).permutation(count)
+    return [plan_video(cfg, split, i, int(positions[i])) for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------------
+# annotations
+
+
+def _event_meta(event: SynthEvent) -> dict[str, Any]:
+    return {k: v for k, v in asdict(event).items() if v is not None and k not in ("start", "end", "path")}
+
+
+def _question(event: SynthEvent, rng: np.random.Generator) -> str:
+    templates = {"visual": VISUAL_QUESTIONS, "audio": AUDIO_QUESTIONS, "audio-visual": AV_QUESTIONS}[event.kind]
+    template = templates[int(rng.integers(len(templates)))]
+    return template.format(
+        visual=event.visual_phrase() if event.visual else "", audio=event.audio_phrase() if event.audible else ""
+    )
+
+
+def annotate(plan: VideoPlan, seed: int) -> list[Record]:
+    """All records of one video: a caption, a grounding query per event, QA, one dialogue."""
+    rng = np.random.default_rng([seed, SPLITS.index(plan.split), plan.index, 2])
+    events = plan.events
+    all_spans = tuple((e.start, e.end) for e in events)
+    base = f"synth-{plan.split}-{plan.index:06d}"
+    meta_video = {"audio": plan.audio}
+
+    def record(suffix: str, task: str, spans: Sequence[tuple[float, float]], turns=(), **kw: Any) -> Record:
+        return Record(
+            id=f"{base}-{suffix}",
+            video=plan.video,
+            duration=plan.duration,
+            task=task,
+            spans=tuple(spans),
+            turns=tuple(Turn(r, c) for r, c in turns),
+            **kw,
+        )
+
+    clauses = [f"{e.description()} {{span:{i}}}" for i, e in enumerate(events)]
+    caption = "first, " + clauses[0] + "."
+    for clause in clauses[1:-1]:
+        caption += " then " + clause + "."
+    if len(clauses) > 1:
+        caption += " finally, " + clauses[-1] + "."
+    out = [
+        record(
+            "caption",
+            "caption",
+            all_spans,
+            caption=caption,
+            meta={**meta_video, "events": [_event_meta(e) for e in events]},
+        )
+    ]
+    for i, event in enumerate(events):
+        out.append(
+            record(
+                f"g{i}",
+                "grounding",
+                [(event.start, event.end)],
+                [("user", _question(event, rng)), ("assistant", ANSWERS[event.kind])],
+                modality=event.kind,
+                meta={**meta_video, "event": _event_meta(event)},
+            )
+        )
+    count = COUNT_WORDS[len(events)] + (" event." if len(events) == 1 else " events.")
+    has_tone = any(e.audible for e in events)
+    out.append(record("qa0", "qa", [], [("user", "how many events happen in the video?"), ("assistant", count)]))
+    out.append(
+        record("qa1", "qa", [all_spans[0]], [("user", "what happens first?"), ("assistant", events[0].description() + " {span:0}.")])
+    )
+    out.append(
+        record("qa2", "qa", [all_spans[-1]], [("user", "what happens last?"), ("assistant", events[-1].description() + " {span:0}.")])
+    )
+    tone_answer = "yes." if has_tone else ("no, the video has no sound." if plan.audio == "none" else "no.")
+    out.append(record("qa3", "qa", [], [("user", "do you hear a tone?"), ("assistant", tone_answer)]))
+
+    # Dialogue: the final answer's span is spans[0] (the evaluation span); the first event is spans[1].
+    target = int(rng.integers(len(events)))
+    spans = [all_spans[target]]
+    first_ref = "{span:0}"
+    if target != 0:
+        spans.append(all_spans[0])
+        first_ref = "{span:1}"
+    turns: list[tuple[str, str]] = []
+    if rng.random() < 0.5:
+        turns += [("user", "how many events happen in the video?"), ("assistant", count)]
+    turns += [("user", "what happens first?"), ("assistant", f"{events[0].description()} {first_ref}.")]
+    turns += [("user", "and " + _question(events[target], rng)), ("assistant", ANSWERS[events[target].kind])]
+    out.append(
+        record(
+            "dialogue",
+            "dialogue",
+            spans,
+            turns,
+            modality=events[target].kind,
+            meta={**meta_video, "event": _event_meta(events[target])},
+        )
+    )
+    return out
+
+
+def vocabulary() -> set[str]:
+    """Every word the generator's templates can produce (checked against the tiny tokenizer's list)."""
+    words: set[str] = set()
+    from damo_lit.data.prompts import CAPTION_PROMPT
+
+    texts = [CAPTION_PROMPT, "user: assistant:", "first, then finally, event events one two three four", "how many events happen in the video?"]
+    texts += ["what happens first? what happens last? do you hear a tone? yes. no, the video has no sound. no. and"]
+    texts += list(VISUAL_QUESTIONS) + list(AUDIO_QUESTIONS) + list(AV_QUESTIONS) + list(ANSWERS.values())
+    texts += ["a appears sounds with", *COLOURS, *SHAPES, *PITCHES, *PATTERNS, "tone"]
+    for text in texts:
+        text = text.replace("{span:0}", " ").replace("{visual}", " ").replace("{audio}", " ")
+        for ch in ".,?!:":
+            text = text.replace(ch, f" {ch} ")
+        words.update(text.lower().split())
+    return words
+
+
+# --------------------------------------------------------------------------------------------
+# rendering (worker processes)
+
+
+def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= radius * radius
+    if shape == "square":
+        side = radius * 0.85
+        return (np.abs(dx) <= side) & (np.abs(dy) <= side)
+    if shape == "triangle":
+        return (dy >= -radius) & (dy <= radius * 0.8) & (np.abs(dx) <= (dy + radius) * 0.6)
+    if shape == "cross":
+        arm = radius / 3.0
+        return ((np.abs(dx) <= arm) & (np.abs(dy) <= radius)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= radius))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_frames(plan: VideoPlan) -> np.ndarray:
+    """All frames (T, H, W, 3) uint8: background (+ noise) and the visible shape at each frame time."""
+    rng = np.random.default_rng(list(plan.render_seed))
+    n = int(round(plan.duration * plan.fps))
+    size = plan.size
+    frames = np.empty((n, size, size, 3), dtype=np.uint8)
+    base = np.array(plan.background, dtype=np.float32)
+    radius = size * 0.14
+    visual = [e for e in plan.events if e.visual]
+    for k in range(n):
+        img = np.broadcast_to(base, (size, size, 3)).copy()
+        if plan.noise_std > 0:
+            img += rng.normal(0.0, plan.noise_std, size=(size, size, 1)).astype(np.float32)
+        t = k / plan.fps
+        for event in visual:
+            if event.start <= t < event.end:
+                assert event.path is not None and event.shape is not None and event.colour is not None
+                frac = (t - event.start) / (event.end - event.start)
+                x0, y0, x1, y1 = event.path
+                lo, hi = radius + 1, size - radius - 2
+                cx = lo + (x0 + (x1 - x0) * frac) * (hi - lo)
+                cy = lo + (y0 + (y1 - y0) * frac) * (hi - lo)
+                img[_shape_mask(event.shape, size, cx, cy, radius)] = COLOURS[event.colour]
+        frames[k] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+def tone(event: SynthEvent, sample_rate: int) -> np.ndarray:
+    """The tone of one audible event, float32 samples over its own span."""
+    assert event.pitch is not None and event.pattern is not None
+    n = int(round((event.end - event.start) * sample_rate))
+    t = np.arange(n, dtype=np.float64) / sample_rate
+    base = PITCHES[event.pitch]
+    frac = t / max(t[-1], 1e-9)
+    if event.pattern == "rising":
+        freq = base * 2.0 ** ((frac - 0.5) * GLIDE_OCTAVES)
+    elif event.pattern == "falling":
+        freq = base * 2.0 ** ((0.5 - frac) * GLIDE_OCTAVES)
+    else:
+        freq = np.full_like(t, base)
+    signal = np.sin(2 * np.pi * np.cumsum(freq) / sample_rate)
+    ramp = max(1, int(0.005 * sample_rate))  # 5 ms ramps: no clicks that smear energy out of the span
+    if event.pattern == "beeping":
+        # distance (in samples) to the nearest on/off edge, inside the 'on' half-periods
+        phase = t % BEEP_PERIOD
+        on = phase < BEEP_PERIOD / 2
+        to_edge = np.minimum(phase, BEEP_PERIOD / 2 - phase) * sample_rate
+        envelope = np.where(on, np.minimum(1.0, (to_edge + 1) / ramp), 0.0)
+    else:
+        envelope = np.ones_like(t)
+    fade = np.minimum(1.0, np.minimum(np.arange(n) + 1, np.arange(n)[::-1] + 1) / ramp)
+    return (TONE_AMPLITUDE * signal * envelope * fade).astype(np.float32)
+
+
+def render_audio(plan: VideoPlan) -> tuple[np.ndarray, int] | None:
+    """(channels, samples) float32 and the sample rate, or None for a video without audio."""
+    if plan.audio == "none":
+        return None
+    rate = AUDIO_RATE[plan.audio]
+    rng = np.random.default_rng(list(plan.render_seed) + [7])
+    n = int(round(plan.duration * rate))
+    mono = (rng.standard_normal(n) * plan.audio_noise).astype(np.float32)
+    for event in plan.events:
+        if event.audible:
+            samples = tone(event, rate)
+            start = int(round(event.start * rate))
+            mono[start : start + len(samples)] += samples[: n - start]
+    if plan.audio == "stereo44k":
+        return np.stack([mono, mono * 0.8]), rate
+    return mono[None, :], rate
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int, audio: tuple[np.ndarray, int] | None) -> None:
+    """Encode H.264 (yuv420p, one thread: deterministic) and AAC with PyAV into `path`."""
+    import av
+
+    tmp = path.with_name(path.stem + ".partial.mp4")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        vstream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "ultrafast"})
+        vstream.width, vstream.height = frames.shape[2], frames.shape[1]
+        vstream.pix_fmt = "yuv420p"
+        vstream.codec_context.thread_count = 1
+        vstream.codec_context.time_base = Fraction(1, fps)
+        astream = None
+        if audio is not None:
+            samples, rate = audio
+            # the 'fast' AAC coder and a modest bit rate cut encoding time (the larger part of
+            # generation) by more than half; tones and faint noise need no better
+            bit_rate = "32k" if samples.shape[0] == 1 else "64k"
+            astream = container.add_stream("aac", rate=rate, options={"aac_coder": "fast", "b": bit_rate})
+            astream.layout = "mono" if samples.shape[0] == 1 else "stereo"
+            astream.codec_context.time_base = Fraction(1, rate)
+        for k, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = k
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode(None))
+        if astream is not None and audio is not None:
+            samples, rate = audio
+            layout = "mono" if samples.shape[0] == 1 else "stereo"
+            chunk = 1024
+            for offset in range(0, samples.shape[1], chunk):
+                part = np.ascontiguousarray(samples[:, offset : offset + chunk])
+                frame = av.AudioFrame.from_ndarray(part, format="fltp", layout=layout)
+                frame.sample_rate = rate
+                frame.pts = offset
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode(None))
+    tmp.replace(path)
+
+
+def render_plan(plan: VideoPlan, out_dir: str) -> str:
+    """Render one planned video to out_dir/videos/NAME.mp4 (worker entry point)."""
+    path = Path(out_dir) / plan.video
+    write_mp4(path, render_frames(plan), plan.fps, render_audio(plan))
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole set
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    out: Path
+    videos: int
+    records: dict[str, int]  # per split
+
+
+def _render_all(plans: list[VideoPlan], out: Path, workers: int) -> None:
+    from rich.progress import Progress
+
+    with Progress(transient=False) as progress:
+        task = progress.add_task(f"rendering {len(plans)} videos", total=len(plans))
+        if workers <= 1:
+            for plan in plans:
+                render_plan(plan, str(out))
+                progress.advance(task)
+            return
+        context = worker_context()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            chunk = max(1, min(16, len(plans) // (workers * 4)))
+            for _ in pool.map(render_plan, plans, [str(out)] * len(plans), chunksize=chunk):
+                progress.advance(task)
+
+
+def manifest_path(out: str | Path) -> Path:
+    return Path(out) / "synth.json"
+
+
+def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
+    """Write out/videos/*.mp4 and out/annotations/{train,val,test}.jsonl (and out/synth.json)."""
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    plans: list[VideoPlan] = []
+    counts: dict[str, int] = {}
+    for split, count in split_sizes(cfg.videos).items():
+        split_plans = plan_split(cfg, split, count)
+        plans += split_plans
+        records = [r for plan in split_plans for r in annotate(plan, cfg.seed)]
+        counts[split] = write_jsonl(out / "annotations" / f"{split}.jsonl", records)
+    _render_all(plans, out, max(1, min(cfg.workers, os.cpu_count() or 1, len(plans))))
+    manifest = {"generator": "damo_lit.data.synthetic", "config": asdict(cfg), "records": counts}
+    manifest_path(out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return SynthResult(out, len(plans), counts)
+
+
+def is_generated(out: str | Path) -> bool:
+    """True when a finished synthetic set is in `out` (the manifest is written last)."""
+    out = Path(out)
+    return manifest_path(out).is_file() and all((out / "annotations" / f"{s}.jsonl").is_file() for s in SPLITS)
+
+
+def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> SynthResult | None:
+    """Generate the set into `out` unless it is already there ("generate when absent")."""
+    if is_generated(out):
+        return None
+    return generate(out, SynthConfig(**dict(params or {})))
+
+
+def iter_plans(cfg: SynthConfig) -> Iterable[VideoPlan]:
+    """Every video's plan, split by split (for tests and tools that check the rendered files)."""
+    for split, count in split_sizes(cfg.videos).items():
+        yield from plan_split(cfg, split, count)
+
+
+def frame_times(plan: VideoPlan) -> np.ndarray:
+    """Presentation time of each rendered frame, seconds."""
+    return np.arange(int(round(plan.duration * plan.fps))) / plan.fps
+
+
+def tone_band(event: SynthEvent) -> tuple[float, float]:
+    """The frequency band (Hz) a tone's energy lies in (pitch +- the glide)."""
+    assert event.pitch is not None
+    base = PITCHES[event.pitch]
+    factor = 2.0 ** (GLIDE_OCTAVES / 2)
+    return base / factor / 1.05, base * factor * 1.05
+
