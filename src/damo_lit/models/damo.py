@@ -64,15 +64,18 @@ class DaMO(nn.Module):
         self.text_encoder = text_encoder
         self.residual = MediaResidual(cfg, vision.dim, audio.dim if audio is not None else None)
         self.fuseformer = build_fusion(cfg.fuseformer, audio is not None)
-        contrastive = cfg.text_encoder.embed_dim if text_encoder is not None else None
-        self.projector = Projector(cfg.projector, cfg.fuseformer.hidden, llm.hidden_size, contrastive)
+        self.projector = Projector(cfg.projector, cfg.fuseformer.hidden, llm.hidden_size)
+        # Stage 1's video head into the shared video-text space. It sits in the `text_encoder`
+        # group (the stage-1-only contrastive parts), so later stages train no unused weights.
+        self.video_proj = (
+            nn.Linear(cfg.fuseformer.hidden, cfg.text_encoder.embed_dim) if text_encoder is not None else None
+        )
         self.llm = llm
         self.time_token_ids = list(time_token_ids) if time_token_ids is not None else None
         self.tokenizer: PreTrainedTokenizerBase | None = None  # set by build_damo (not a module)
-        # Parameters a tower keeps frozen by design (e.g. Whisper's fixed sinusoidal positions)
-        # stay frozen even when the tower trains.
-        towers = [m for m in (vision, audio, text_encoder) if m is not None]
-        self._fixed = {id(p) for m in towers for p in m.parameters() if not p.requires_grad}
+        # Parameters a tower keeps fixed by design (Whisper's sinusoidal positions) stay frozen
+        # even when the tower trains.
+        self._fixed = {id(p) for p in (audio.fixed_parameters() if audio is not None else [])}
         self._frozen_towers: set[str] = set()
         self.set_trainable(set().union(*(self.trainable_groups(s) for s in STAGE_TRAINABLE)))
 
@@ -87,7 +90,11 @@ class DaMO(nn.Module):
             "projector": self.projector,
             "llm": self.llm.base_parameters(),
             "lora": self.llm.lora_parameters(),
-            "text_encoder": self.text_encoder if self.text_encoder is not None else [],
+            "text_encoder": (
+                [*self.text_encoder.parameters(), *self.video_proj.parameters()]
+                if self.text_encoder is not None and self.video_proj is not None
+                else []
+            ),
         }
 
     def group_parameters(self, group: str) -> list[nn.Parameter]:
@@ -235,9 +242,9 @@ class DaMO(nn.Module):
 
     def pooled_video(self, media: MediaTokens) -> Tensor:
         """Stage 1's video embedding (B, text_encoder.embed_dim): mean Q-Former output, projected."""
-        if self.projector.video_proj is None:
+        if self.video_proj is None:
             raise ValueError("model.text_encoder.enabled=false: there is no contrastive video head")
-        return self.projector.video_proj(self.projector(media).mean(1))
+        return self.video_proj(self.projector(media).mean(1))
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Stage 1's text embedding (B, text_encoder.embed_dim) from the text encoder's own tokens."""

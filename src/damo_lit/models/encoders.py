@@ -147,6 +147,10 @@ class AudioTower(nn.Module):
         if cfg.n_mels != self.n_mels:
             raise ConfigError(f"{where}.n_mels={cfg.n_mels}, but this Whisper encoder has {self.n_mels} mel bins")
 
+    def fixed_parameters(self) -> list[nn.Parameter]:
+        """Whisper's sinusoidal positions are fixed by design: they never train, even when the tower does."""
+        return [self.model.embed_positions.weight]
+
     def _encode(self, mel: Tensor) -> tuple[Tensor, Tensor]:
         hidden = self.model(mel.to(next(self.model.parameters()).dtype)).last_hidden_state
         return hidden.mean(1), hidden

@@ -4,8 +4,8 @@ into the LLM's embedding space, giving K soft-prompt tokens per video.
 With `time_anchors`, query k stands for relative time (k + 0.5) / K: it carries the sinusoid of
 that time, the memory tokens carry the sinusoids of theirs (so attention can match times), and
 DaMO adds the LLM's own embedding of the matching time token ("0".."99") to projected token k.
-The same Q-Former's mean query output, through `video_proj`, is stage 1's video embedding
-(BLIP-2 style VTC over the query outputs).
+The same Q-Former's mean query output is stage 1's video embedding (BLIP-2 style VTC over the
+query outputs; the projection into the shared space belongs to the `text_encoder` group).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class QFormerLayer(nn.Module):
 
 
 class Projector(nn.Module):
-    def __init__(self, cfg: ProjectorConfig, dim: int, llm_dim: int, contrastive_dim: int | None) -> None:
+    def __init__(self, cfg: ProjectorConfig, dim: int, llm_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.queries = nn.Parameter(torch.randn(cfg.queries, dim) * 0.02)
@@ -43,7 +43,6 @@ class Projector(nn.Module):
         self.layers = nn.ModuleList(QFormerLayer(dim, cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, llm_dim)
-        self.video_proj = nn.Linear(dim, contrastive_dim) if contrastive_dim else None
 
     @property
     def num_tokens(self) -> int:

@@ -1,0 +1,237 @@
+"""Every transformers part goes through save_pretrained / from_pretrained(local_files_only=True):
+the tiny parts, other vision kinds, multimodal LM checkpoints, and Whisper layouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
+
+from damo_lit.cli.model import MANIFEST, ensure_tiny_pretrained, read_tiny_vocab
+from damo_lit.models.config import ConfigError, DaMOConfig, LLMConfig, LoraSettings, VisionConfig
+from damo_lit.models.encoders import AudioTower, TextEncoder, VisionTower
+from damo_lit.models.llm import CausalLM, prepare_tokenizer
+from damo_lit.models.tiny import build_tiny_parts
+from tests.models.conftest import tiny_config
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_tiny_parts_round_trip_through_from_pretrained(tiny_cache: Path, make_damo) -> None:
+    folder = tiny_cache / "tiny_models"
+    assert {p.name for p in folder.iterdir() if p.is_dir()} == {"vision", "audio", "text_encoder", "llm"}
+    for part in ("vision", "audio", "text_encoder", "llm"):
+        assert (folder / part / "config.json").is_file() and (folder / part / "model.safetensors").is_file()
+    assert (folder / "llm" / "tokenizer.json").is_file()
+    cfg = tiny_config(tiny_cache)
+    assert cfg["vision"]["name_or_path"] == str(folder / "vision") and cfg["vision"]["offline"] is True
+    # the loaded model holds exactly the weights built in memory from the same seed
+    parts = build_tiny_parts(cfg, read_tiny_vocab())
+    damo = make_damo("llm.lora.enabled=false")  # LoRA renames the wrapped layers' weights
+    assert _states_equal(damo.vision.model, parts.vision)
+    assert _states_equal(damo.audio.model, parts.audio)
+    assert _states_equal(damo.text_encoder.model, parts.text_encoder)
+    assert _states_equal(damo.llm.model, parts.llm)
+    assert len(damo.tokenizer) == len(parts.tokenizer)
+    assert damo.tokenizer.convert_ids_to_tokens(damo.llm.video_token_id) == "<video>"
+
+
+def test_tiny_build_is_deterministic_and_seeded() -> None:
+    cfg = DaMOConfig.from_mapping(tiny_config(Path("/nonexistent")))
+    words = read_tiny_vocab()
+    a, b = build_tiny_parts(cfg, words, seed=0), build_tiny_parts(cfg, words, seed=0)
+    c = build_tiny_parts(cfg, words, seed=1)
+    assert _states_equal(a.llm, b.llm) and _states_equal(a.vision, b.vision)
+    assert not _states_equal(a.llm, c.llm)
+
+
+def test_ensure_tiny_pretrained_reuses_and_rebuilds(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    folder = ensure_tiny_pretrained(tmp_path / "tiny", cfg)
+    stamp = (folder / "llm" / "model.safetensors").stat().st_mtime_ns
+    assert ensure_tiny_pretrained(tmp_path / "tiny", cfg) == folder
+    assert (folder / "llm" / "model.safetensors").stat().st_mtime_ns == stamp  # up to date: untouched
+    cfg["llm"]["arch"]["num_hidden_layers"] = 1  # other architecture numbers: rebuilt
+    ensure_tiny_pretrained(tmp_path / "tiny", cfg)
+    assert json.loads((folder / "llm" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert json.loads((folder / MANIFEST).read_text())["arch"]["llm"]["num_hidden_layers"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tiny-")]  # no staging left behind
+
+
+def test_tiny_vocab_must_fit_the_arch() -> None:
+    cfg = tiny_config(Path("/nonexistent"))
+    cfg["llm"]["arch"]["vocab_size"] = 50
+    with pytest.raises(ConfigError, match=r"model.llm.arch.vocab_size=50"):
+        build_tiny_parts(cfg, read_tiny_vocab())
+
+
+def _vision_cfg(**kw) -> VisionConfig:
+    return VisionConfig(**{"image_size": 32, "trainable": False, **kw})
+
+
+def test_clip_tower_loads_from_a_full_clip_checkpoint(tmp_path: Path) -> None:
+    """openai/clip-vit-large-patch14 is a full CLIPModel checkpoint: the vision half loads."""
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+            projection_dim=16,
+        )
+    ).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    tower = VisionTower(_vision_cfg(kind="clip", name_or_path=str(tmp_path / "clip")))
+    frames = torch.randint(0, 256, (1, 2, 3, 48, 40), dtype=torch.uint8)
+    out = tower(frames)
+    assert out.global_.shape == (1, 2, 32) and out.local.shape == (1, 2, 16, 32)
+    ref = clip.vision_model(pixel_values=tower.preprocess(frames[0])).pooler_output
+    torch.testing.assert_close(out.global_[0], ref)
+
+
+@pytest.mark.parametrize(
+    "kind, arch, tokens",
+    [
+        ("siglip", {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, 16),
+        ("resnet", {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1],
+                    "layer_type": "basic"}, 16),
+        ("eva_clip", {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                      "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}, 16),
+    ],
+)
+def test_vision_kinds_save_load_and_encode(tmp_path: Path, kind: str, arch: dict, tokens: int) -> None:
+    built = VisionTower(_vision_cfg(kind=kind, arch=arch))
+    built.model.save_pretrained(tmp_path / kind)
+    loaded = VisionTower(_vision_cfg(kind=kind, name_or_path=str(tmp_path / kind), trust_remote_code=kind == "eva_clip"))
+    assert _states_equal(built.model, loaded.model)
+    frames = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    out = loaded.eval()(frames, mask)
+    assert loaded.num_tokens == tokens
+    assert out.local.shape == (2, 3, tokens, loaded.dim) and out.global_.shape == (2, 3, loaded.dim)
+    assert torch.count_nonzero(out.local[~mask]) == 0 and torch.count_nonzero(out.local[mask]) > 0
+
+
+def test_eva_clip_needs_remote_code_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model.vision.trust_remote_code"):
+        VisionTower(_vision_cfg(kind="eva_clip", name_or_path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("layout", ["conditional_generation", "model", "encoder"])
+def test_whisper_encoder_loads_from_every_checkpoint_layout(tmp_path: Path, layout: str) -> None:
+    cfg = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16, max_target_positions=8,
+                        vocab_size=60, num_mel_bins=80, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    full = WhisperForConditionalGeneration(cfg).eval()
+    saved = {"conditional_generation": full, "model": full.model, "encoder": full.model.encoder}[layout]
+    saved.save_pretrained(tmp_path / "w")
+    from damo_lit.models.config import AudioConfig
+
+    tower = AudioTower(AudioConfig(name_or_path=str(tmp_path / "w"), segment_frames=32)).eval()
+    mel = torch.randn(1, 2, 80, 32)
+    out = tower(mel)
+    ref = full.model.encoder(mel[0]).last_hidden_state
+    torch.testing.assert_close(out.local[0], ref)
+    torch.testing.assert_close(out.global_[0], ref.mean(1))
+    with pytest.raises(ConfigError, match=r"model.audio.segment_frames=3000.*exactly 32 mel frames"):
+        AudioTower(AudioConfig(name_or_path=str(tmp_path / "w"), segment_frames=3000))
+
+
+def test_llm_loads_from_a_multimodal_checkpoint(tmp_path: Path) -> None:
+    """llava-hf/llava-v1.6-mistral-7b-hf style: the language model is extracted, vision left behind."""
+    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    llava = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text.to_dict(), image_token_index=63)).eval()
+    llava.save_pretrained(tmp_path / "llava")
+    lm = CausalLM(LLMConfig(name_or_path=str(tmp_path / "llava"), lora=LoraSettings(enabled=False)))
+    ids = torch.tensor([[1, 5, 9, 12]])
+    torch.testing.assert_close(lm.model(input_ids=ids).logits, llava(input_ids=ids).logits)
+    assert not any("vision" in n for n, _ in lm.model.named_parameters())
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_an_error(tiny_cache: Path) -> None:
+    """Loading the BERT text encoder as the LM must not give a silently random LM head."""
+    with pytest.raises(ValueError, match=r"lacks .* weight"):
+        CausalLM(LLMConfig(name_or_path=str(tiny_cache / "tiny_models" / "text_encoder"), lora=LoraSettings(enabled=False)))
+
+
+def test_missing_folder_names_the_config_key(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match=r"model.vision.name_or_path=.*could not be loaded"):
+        VisionTower(_vision_cfg(name_or_path=str(tmp_path / "nothing")))
+
+
+def test_prepare_tokenizer_adds_video_and_pad_and_the_lm_grows(tiny_cache: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(WordLevel({"<unk>": 0, "</s>": 1, "a": 2, "b": 3}, unk_token="<unk>"))
+    core.pre_tokenizer = WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="</s>")
+    assert tok.pad_token is None and "<video>" not in tok.get_vocab()
+    prepare_tokenizer(tok)
+    assert tok.pad_token == "<unk>"
+    video_id = tok.convert_tokens_to_ids("<video>")
+    assert tok("a <video> b")["input_ids"] == [2, video_id, 3]
+    lm = CausalLM(
+        LLMConfig(arch={"model_type": "llama", "vocab_size": 4, "hidden_size": 16, "intermediate_size": 32,
+                        "num_hidden_layers": 1, "num_attention_heads": 2}, lora=LoraSettings(enabled=False)),
+        vocab_size=len(tok), video_token_id=video_id, pad_token_id=tok.pad_token_id,
+    )
+    assert lm.model.get_input_embeddings().weight.shape[0] == len(tok) == 5
+
+
+def test_text_encoder_features(make_damo) -> None:
+    damo = make_damo()
+    enc = damo.tokenizer(["a red circle appears", "a tone"], return_tensors="pt", padding=True)
+    feats = damo.encode_text(enc.input_ids, enc.attention_mask)
+    assert feats.shape == (2, damo.cfg.text_encoder.embed_dim)
+    assert not torch.allclose(feats[0], feats[1])
+    assert isinstance(damo.text_encoder, TextEncoder)
+
+
+def test_meta_build_touches_no_weights() -> None:
+    from damo_lit.models.damo import build_damo
+
+    cfg = tiny_config(Path("/nonexistent"))  # the tiny folders do not exist: nothing is read
+    damo = build_damo(cfg, meta=True)
+    assert all(p.device.type == "meta" for p in damo.parameters())
+    assert damo.tokenizer is None
+
+
+def test_config_errors_name_the_dotted_key() -> None:
+    cfg = tiny_config(Path("/nonexistent"))
+    bad = json.loads(json.dumps(cfg))
+    bad["fuseformer"]["dept"] = 4
+    with pytest.raises(ConfigError, match=r"model.fuseformer: unknown key\(s\) dept; expected some of .*depth"):
+        DaMOConfig.from_mapping(bad)
+    bad = json.loads(json.dumps(cfg))
+    bad["fuseformer"]["depth"] = "two"
+    with pytest.raises(ConfigError, match=r"model.fuseformer.depth: expected an integer, got 'two'"):
+        DaMOConfig.from_mapping(bad)
+    bad = json.loads(json.dumps(cfg))
+    bad["fuseformer"]["kind"] = "mamba"
+    with pytest.raises(ConfigError, match=r"model.fuseformer.kind: expected one of tfuseformer, concat"):
+        DaMOConfig.from_mapping(bad)
+    bad = json.loads(json.dumps(cfg))
+    bad["residual"]["video_tokens"] = 6
+    with pytest.raises(ConfigError, match=r"model.residual.video_tokens: must be a square"):
+        DaMOConfig.from_mapping(bad)
+    ok = DaMOConfig.from_mapping(cfg)
+    assert dataclasses.asdict(ok)["fuseformer"]["depth"] == cfg["fuseformer"]["depth"]
+    assert ok.vision.mean == tuple(cfg["vision"]["mean"])
