@@ -169,9 +169,9 @@ def decode_frames(path: str | Path, params: DecodeParams) -> tuple[np.ndarray, n
         batch = reader.get_batch(list(indices)).asnumpy()
         stamps = reader.get_frame_timestamp(list(indices))
         duration = float(reader.get_frame_timestamp([available - 1])[0, 1])
-    except DECORDError as err:
+    except (DECORDError, RuntimeError) as err:  # decord raises both, for unreadable and truncated files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DecodeError(path, f"decord cannot read the video ({first})") from None
+        raise DecodeError(path, f"decord cannot read the video ({first[:200]})") from None
     n = params.num_frames
     frames = np.zeros((n, 3, params.height, params.width), dtype=np.uint8)
     times = np.zeros(n, dtype=np.float32)

@@ -1,0 +1,210 @@
+"""The synthetic generator: files decode and agree with their annotations, output is deterministic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from decord import VideoReader
+
+from damo_lit.data.decode import load_audio
+from damo_lit.data.prompts import conversation, encode
+from damo_lit.data.schema import read_jsonl
+from damo_lit.data.synthetic import (
+    COLOURS,
+    SPLITS,
+    SynthConfig,
+    VideoPlan,
+    generate,
+    iter_plans,
+    split_sizes,
+    tone_band,
+)
+
+COLOUR_TOLERANCE = 60.0  # RGB distance after H.264 (yuv420p, crf 18) round trip
+MIN_SHAPE_PIXELS = 40
+
+
+def _records(out: Path, split: str):
+    return [r for _, r in read_jsonl(out / "annotations" / f"{split}.jsonl")]
+
+
+def _plans(cfg: SynthConfig) -> list[VideoPlan]:
+    return list(iter_plans(cfg))
+
+
+def _colour_pixels(frames: np.ndarray, colour: str) -> np.ndarray:
+    """Per frame, how many pixels lie close to `colour`."""
+    target = np.array(COLOURS[colour], dtype=np.float32)
+    distance = np.linalg.norm(frames.astype(np.float32) - target, axis=-1)
+    return (distance < COLOUR_TOLERANCE).sum(axis=(1, 2))
+
+
+def _band_energy(wave: np.ndarray, band: tuple[float, float], rate: int = 16000, hop: float = 0.05):
+    """Energy in a frequency band per 50 ms frame, and each frame's centre time."""
+    n = int(rate * hop)
+    frames = wave[: len(wave) // n * n].reshape(-1, n) * np.hanning(n)
+    spectrum = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    energy = spectrum[:, (freqs >= band[0]) & (freqs <= band[1])].sum(axis=1)
+    return energy, (np.arange(len(energy)) + 0.5) * hop
+
+
+def test_split_sizes_and_files(synth_dir):
+    assert split_sizes(1000) == {"train": 800, "val": 100, "test": 100}
+    assert split_sizes(20) == {"train": 16, "val": 2, "test": 2}
+    names = sorted(p.name for p in (synth_dir / "videos").glob("*.mp4"))
+    assert len(names) == 20
+    assert not list((synth_dir / "videos").glob("*.partial.mp4"))
+    manifest = json.loads((synth_dir / "synth.json").read_text())
+    assert manifest["config"]["videos"] == 20 and manifest["config"]["seed"] == 3
+
+
+def test_annotations_cover_every_task_and_match_the_plan(synth_dir, synth_config):
+    plans = {p.video: p for p in _plans(synth_config)}
+    for split in SPLITS:
+        records = _records(synth_dir, split)
+        assert all(not isinstance(r, Exception) for r in records), records
+        by_video: dict[str, list] = {}
+        for r in records:
+            by_video.setdefault(r.video, []).append(r)
+        assert len(by_video) == split_sizes(20)[split]
+        for video, recs in by_video.items():
+            plan = plans[video]
+            tasks = [r.task for r in recs]
+            assert tasks.count("caption") == 1 and tasks.count("dialogue") == 1
+            assert tasks.count("grounding") == len(plan.events) and 2 <= len(plan.events) <= 4
+            assert tasks.count("qa") >= 2
+            assert 8 <= plan.duration <= 20
+            for event in plan.events:
+                assert 2.0 <= event.end - event.start <= 7.0
+                assert 0 <= event.start < event.end <= plan.duration
+            grounding = [r for r in recs if r.task == "grounding"]
+            assert [r.spans[0] for r in grounding] == [(e.start, e.end) for e in plan.events]
+            assert [r.modality for r in grounding] == [e.kind for e in plan.events]
+            # a grounding question picks its event alone: shapes differ in colour, tones in pitch
+            questions = [r.turns[0].content for r in grounding]
+            assert len(set(questions)) == len(questions)
+            colours = [e.colour for e in plan.events if e.visual]
+            pitches = [e.pitch for e in plan.events if e.audible]
+            assert len(set(colours)) == len(colours) and len(set(pitches)) == len(pitches)
+            for r, event in zip(grounding, plan.events):
+                if event.visual:
+                    assert event.colour in r.turns[0].content and event.shape in r.turns[0].content
+                if event.audible:
+                    assert f"{event.pitch} {event.pattern} tone" in r.turns[0].content
+                if event.kind == "audio":
+                    assert not any(c in r.turns[0].content for c in COLOURS)
+            dialogue = next(r for r in recs if r.task == "dialogue")
+            assert 2 <= len(dialogue.turns) // 2 <= 3 and dialogue.turns[-1].role == "assistant"
+            assert "{span:0}" in dialogue.turns[-1].content  # the evaluation span is spans[0]
+            assert dialogue.spans[0] in [(e.start, e.end) for e in plan.events]
+            caption = next(r for r in recs if r.task == "caption")
+            assert caption.spans == tuple((e.start, e.end) for e in plan.events)
+            if plan.audio == "none":
+                assert all(e.kind == "visual" for e in plan.events)
+
+
+def test_same_channel_events_never_overlap_over_many_plans():
+    cfg = SynthConfig(videos=400, seed=11)
+    kinds = set()
+    for plan in iter_plans(cfg):
+        for channel in ("visual", "audible"):
+            spans = sorted((e.start, e.end) for e in plan.events if getattr(e, channel))
+            assert all(b[0] >= a[1] + 0.5 - 1e-9 for a, b in zip(spans, spans[1:])), plan
+        kinds.update(e.kind for e in plan.events)
+    assert kinds == {"visual", "audio", "audio-visual"}
+    audio = [p.audio for p in iter_plans(cfg)]
+    assert audio.count("none") == 40 and audio.count("stereo44k") == 80  # exact 10% / 20%
+
+
+def test_decoded_pixels_agree_with_the_annotations(synth_dir, synth_config):
+    for plan in _plans(synth_config):
+        reader = VideoReader(str(synth_dir / plan.video))
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+        times = reader.get_frame_timestamp(list(range(len(reader))))[:, 0]
+        assert frames.shape == (round(plan.duration * plan.fps), 64, 64, 3)
+        np.testing.assert_allclose(times, np.arange(len(frames)) / plan.fps, atol=1e-3)
+        visual_on = np.zeros(len(frames), dtype=bool)
+        for event in plan.events:
+            if not event.visual:
+                continue
+            inside = (times >= event.start) & (times < event.end)
+            visual_on |= inside
+            pixels = _colour_pixels(frames, event.colour)
+            assert (pixels[inside] >= MIN_SHAPE_PIXELS).all(), (plan.video, event)
+            assert (pixels[~inside] <= 3).all(), (plan.video, event)
+        # nothing visual happens during an audio-only event: no shape colour on screen then
+        for event in plan.events:
+            if event.kind == "audio":
+                quiet = (times >= event.start) & (times < event.end) & ~visual_on
+                for colour in COLOURS:
+                    assert (_colour_pixels(frames[quiet], colour) <= 3).all(), (plan.video, event, colour)
+
+
+def test_tone_energy_lies_inside_its_window(synth_dir, synth_config):
+    checked = 0
+    for plan in _plans(synth_config):
+        with av.open(str(synth_dir / plan.video)) as container:
+            streams = container.streams.audio
+            if plan.audio == "none":
+                assert len(streams) == 0
+                continue
+            assert streams[0].rate == (44100 if plan.audio == "stereo44k" else 16000)
+            assert streams[0].channels == (2 if plan.audio == "stereo44k" else 1)
+        wave = load_audio(synth_dir / plan.video)
+        assert wave is not None and wave.ndim == 1
+        assert abs(len(wave) / 16000 - plan.duration) < 0.1
+        for event in plan.events:
+            if not event.audible:
+                continue
+            energy, t = _band_energy(wave, tone_band(event))
+            peak = energy.max()
+            inside = (t > event.start + 0.1) & (t < event.end - 0.1)
+            outside = (t < event.start - 0.1) | (t > event.end + 0.1)
+            # beeping tones are on half the time; every other pattern all the time
+            assert (energy[inside] > 0.05 * peak).mean() >= 0.4, (plan.video, event)
+            assert (energy[outside] < 0.01 * peak).all(), (plan.video, event)
+            checked += 1
+    assert checked >= 5
+
+
+def test_same_seed_gives_identical_output_and_splits_are_disjoint(tmp_path, synth_dir, synth_config):
+    # fewer processes, same seed: the same bytes of annotations and the same decoded pixels
+    again = tmp_path / "again"
+    generate(again, SynthConfig(videos=20, seed=3, workers=1))
+    for split in SPLITS:
+        first = (synth_dir / "annotations" / f"{split}.jsonl").read_bytes()
+        assert first == (again / "annotations" / f"{split}.jsonl").read_bytes()
+    for name in ("train_000000.mp4", "test_000001.mp4"):
+        a = VideoReader(str(synth_dir / "videos" / name))
+        b = VideoReader(str(again / "videos" / name))
+        np.testing.assert_array_equal(a.get_batch(list(range(len(a)))).asnumpy(), b.get_batch(list(range(len(b)))).asnumpy())
+    # another seed: other annotations
+    other = list(iter_plans(SynthConfig(videos=20, seed=4)))
+    assert [p.events for p in other] != [p.events for p in _plans(synth_config)]
+    # disjoint splits: no video or record id in two splits, and each split has its own stream
+    seen_videos: dict[str, str] = {}
+    seen_ids: set[str] = set()
+    for split in SPLITS:
+        for r in _records(synth_dir, split):
+            assert seen_videos.setdefault(r.video, split) == split
+            assert r.id not in seen_ids
+            seen_ids.add(r.id)
+    plans = {(p.split, p.index): p for p in _plans(synth_config)}
+    assert plans[("train", 0)].events != plans[("val", 0)].events != plans[("test", 0)].events
+
+
+@pytest.mark.parametrize("fmt", ["relative", "seconds"])
+def test_generated_text_tokenises_without_unknown_words(synth_dir, tokenizer, fmt):
+    unk = tokenizer.unk_token_id
+    for split in SPLITS:
+        for record in _records(synth_dir, split):
+            conv = conversation(record, fmt)
+            encoded = encode(conv.turns, tokenizer, "plain")
+            assert unk not in encoded.input_ids, (record.id, tokenizer.decode(encoded.input_ids))
+            if conv.caption is not None:
+                assert unk not in tokenizer(conv.caption)["input_ids"]

@@ -1,0 +1,86 @@
+"""Timestamp text: rendering placeholders, and parsing spans back from free model text."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from damo_lit.data.timestamps import (
+    format_span,
+    from_relative,
+    parse_spans,
+    referenced_spans,
+    render,
+    to_relative,
+)
+
+
+def test_render_both_formats():
+    spans = [(3.2, 5.0), (0.0, 20.0)]
+    text = "it sounds {span:0}; it starts at {start:1} and ends at {end:1}."
+    assert render(text, spans, 20.0, "seconds") == (
+        "it sounds from 3.2 to 5.0 seconds; it starts at 0.0 seconds and ends at 20.0 seconds."
+    )
+    assert render(text, spans, 20.0, "relative") == "it sounds from 16 to 25; it starts at 0 and ends at 99."
+    assert referenced_spans("{span:1} then {start:0} and {end:1}") == [0, 1]
+    with pytest.raises(ValueError, match="timestamps must be one of"):
+        render(text, spans, 20.0, "frames")
+    with pytest.raises(ValueError, match=r"\{span:2\}"):
+        render("{span:2}", spans, 20.0, "seconds")
+
+
+@pytest.mark.parametrize("fmt", ["relative", "seconds"])
+def test_round_trip(fmt):
+    rng = random.Random(0)
+    for _ in range(500):
+        duration = rng.uniform(1.0, 200.0)
+        start = rng.uniform(0, duration)
+        end = rng.uniform(start, duration)
+        text = f"it happens {format_span(start, end, duration, fmt)}."
+        (got,) = parse_spans(text, duration, fmt)
+        tolerance = duration / 99 / 2 + 1e-6 if fmt == "relative" else 0.05 + 1e-6
+        assert got[0] == pytest.approx(start, abs=tolerance) and got[1] == pytest.approx(end, abs=tolerance)
+
+
+def test_relative_scale():
+    assert to_relative(0.0, 30.0) == 0 and to_relative(30.0, 30.0) == 99 and to_relative(45.0, 30.0) == 99
+    assert from_relative(99, 30.0) == 30.0 and from_relative(33, 30.0) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "expected"),
+    [
+        ("from 3 . 2 to 5 . 0 seconds", "seconds", [(3.2, 5.0)]),
+        ("from 3. 2 to 5 .0 seconds.", "seconds", [(3.2, 5.0)]),
+        ("it is heard from 5.0 to 3.2 seconds", "seconds", [(3.2, 5.0)]),  # reversed
+        ("between 1 and 2.5 s, and again 7 - 9 seconds", "seconds", [(1.0, 2.5), (7.0, 9.0)]),
+        ("from 30 to 45 seconds", "seconds", [(20.0, 20.0)]),  # clipped to the 20 s video
+        ("they occur from 0 to 99 .", "relative", [(0.0, 20.0)]),
+        ("um , from 50 to 25 i think", "relative", [(20.0 * 25 / 99, 20.0 * 50 / 99)]),
+        ("no numbers here", "seconds", []),
+        ("from 16 to", "relative", []),
+    ],
+)
+def test_parse_spans_tolerates_model_text(text, fmt, expected):
+    got = parse_spans(text, 20.0, fmt)
+    assert len(got) == len(expected)
+    for (a, b), (c, d) in zip(got, expected):
+        assert a == pytest.approx(c, abs=1e-6) and b == pytest.approx(d, abs=1e-6)
+
+
+def test_parse_spans_survives_garbage():
+    rng = random.Random(1)
+    alphabet = list("0123456789 .,-–:;sS\n\t{}()") + ["from ", " to ", " and ", "seconds", "99", "1e309", "nan", "é"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        for fmt in ("relative", "seconds"):
+            spans = parse_spans(text, rng.choice([None, 0.0, -3.0, float("nan"), 12.5]), fmt)
+            assert isinstance(spans, list)
+            for start, end in spans:
+                assert 0 <= start <= end
+    for bad in (None, 3, b"from 1 to 2", ["from 1 to 2"]):
+        assert parse_spans(bad, 10.0, "seconds") == []
+    assert parse_spans("from 1 to 2", 10.0, "frames") == []
+    assert parse_spans("from 1 to 2", None, "relative") == []  # relative needs the duration
+    assert parse_spans("from 1 to 2", None, "seconds") == [(1.0, 2.0)]
