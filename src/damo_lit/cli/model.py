@@ -126,33 +126,31 @@ def _format_int(n: int) -> str:
     return str(n)
 
 
-def print_summary_table(summary: Any, title: str) -> None:
+def print_summary_table(summary: Any, rows: dict[str, dict[str, int]], title: str) -> None:
+    """One row per module group: parameters, and how many train in each stage."""
     from rich.console import Console
     from rich.table import Table
 
-    from damo_lit.models.damo import STAGE_TRAINABLE
-
-    table = Table(title=title)
-    table.add_column("module group")
+    stages = list(summary.trainable)
+    table = Table(title=title, caption="stage columns: parameters that train in that stage")
+    table.add_column("module group", no_wrap=True)
     table.add_column("parameters", justify="right")
-    for key, value in summary.params.items():
-        table.add_row(key, f"{_format_int(value)} ({value:,})", style="bold" if key == "total" else None)
-    stages = Table(title="trainable per stage")
-    stages.add_column("stage")
-    stages.add_column("groups")
-    stages.add_column("trainable", justify="right")
-    for stage, value in summary.trainable.items():
-        stages.add_row(stage, ", ".join(STAGE_TRAINABLE[stage]), f"{_format_int(value)} ({value:,})")
+    for stage in stages:
+        table.add_column(stage, justify="right")
+    for key, row in rows.items():
+        table.add_row(key, _format_int(row["params"]), *(_format_int(row[s]) if row[s] else "-" for s in stages))
+    table.add_row(
+        "total", _format_int(summary.params["total"]), *(_format_int(summary.trainable[s]) for s in stages), style="bold"
+    )
     console = Console()
     console.print(table)
-    console.print(stages)
     console.print(f"LLM tokens per video: [bold]{summary.llm_tokens_per_video}[/bold]")
 
 
 def summary_command(overrides: Sequence[str]) -> dict[str, Any]:
     """Compose conf/model_summary.yaml with overrides, build on meta, print; returns the JSON dict."""
     from damo_lit.models.damo import build_damo
-    from damo_lit.models.summary import summarize
+    from damo_lit.models.summary import stage_table, summarize
 
     cfg = compose("model_summary", overrides)
     fmt = cfg.get("format", "table")
@@ -164,7 +162,7 @@ def summary_command(overrides: Sequence[str]) -> dict[str, Any]:
         print(json.dumps(summary.to_dict()))
     else:
         choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "damo_tiny")
-        print_summary_table(summary, f"DaMO parameters ({choice})")
+        print_summary_table(summary, stage_table(damo), f"DaMO parameters ({choice}, built on the meta device)")
     return summary.to_dict()
 
 

@@ -72,6 +72,8 @@ class DaMO(nn.Module):
         )
         self.llm = llm
         self.time_token_ids = list(time_token_ids) if time_token_ids is not None else None
+        ids = torch.tensor(self.time_token_ids or [], dtype=torch.long)
+        self.register_buffer("_time_token_tensor", ids, persistent=False)  # follows .to(device)
         self.tokenizer: PreTrainedTokenizerBase | None = None  # set by build_damo (not a module)
         # Parameters a tower keeps fixed by design (Whisper's sinusoidal positions) stay frozen
         # even when the tower trains.
@@ -235,8 +237,8 @@ class DaMO(nn.Module):
                     "tokens); build_damo passes them from the tokenizer"
                 )
             duration = media.duration if duration is None else duration
-            ids = torch.tensor(self.time_token_ids, device=embeds.device)
-            index = self.projector.time_token_index(duration, len(self.time_token_ids))
+            ids = self._time_token_tensor
+            index = self.projector.time_token_index(duration, len(ids))
             embeds = embeds + self.llm.embed_tokens(ids[index]).to(embeds.dtype)
         return embeds
 

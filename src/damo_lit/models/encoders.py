@@ -48,8 +48,9 @@ def _run_on_valid(fn, items: Tensor, mask: Tensor | None, dim: int, tokens: int)
     local = flat.new_zeros((b * n, tokens, dim), dtype=torch.float32)
     if valid.any():
         g, loc = fn(flat[valid])
-        glob = glob.to(g.dtype).index_put((valid.nonzero().squeeze(1),), g)
-        local = local.to(loc.dtype).index_put((valid.nonzero().squeeze(1),), loc)
+        rows = (valid.nonzero().squeeze(1),)
+        glob = glob.to(g.dtype).index_put(rows, g)
+        local = local.to(loc.dtype).index_put(rows, loc)
     return TowerOutput(glob.view(b, n, dim), local.view(b, n, tokens, dim))
 
 

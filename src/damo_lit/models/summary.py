@@ -36,6 +36,18 @@ def _count(params: list[nn.Parameter]) -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
+def stage_table(damo: DaMO) -> dict[str, dict[str, int]]:
+    """Per summary row: its parameter count and, per stage, how many of them train."""
+    table = {}
+    for key, group in SUMMARY_ROWS:
+        row = {"params": _count(damo.group_parameters(group))}
+        for stage in STAGE_TRAINABLE:
+            trains = group in damo.trainable_groups(stage)
+            row[stage] = _count(damo.trainable_parameters([group])) if trains else 0
+        table[key] = row
+    return table
+
+
 def summarize(damo: DaMO) -> ModelSummary:
     """Count without touching requires_grad (works on the meta device)."""
     params = {key: _count(damo.group_parameters(group)) for key, group in SUMMARY_ROWS}
