@@ -235,3 +235,23 @@ def test_config_errors_name_the_dotted_key() -> None:
     ok = DaMOConfig.from_mapping(cfg)
     assert dataclasses.asdict(ok)["fuseformer"]["depth"] == cfg["fuseformer"]["depth"]
     assert ok.vision.mean == tuple(cfg["vision"]["mean"])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_llm_families_take_lora_and_media(tmp_path: Path, model_type: str) -> None:
+    arch = {"model_type": model_type, "vocab_size": 40, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}
+    built = CausalLM(LLMConfig(arch=arch, lora=LoraSettings(enabled=False)))
+    built.model.save_pretrained(tmp_path / model_type)
+    lm = CausalLM(
+        LLMConfig(name_or_path=str(tmp_path / model_type), lora=LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"])),
+        video_token_id=39, pad_token_id=0, eos_token_id=1,
+    )
+    assert lm.lora_parameters() and all("lora_" not in n for n, _ in built.model.named_parameters())
+    ids = torch.tensor([[0, 0, 5, 39, 7], [5, 6, 39, 7, 8]])
+    mask = (ids != 0).long()
+    media = torch.randn(2, 3, 32)
+    out = lm(ids, mask, ids.masked_fill(ids == 0, -100), media)
+    assert out.logits.shape == (2, 7, 40) and torch.isfinite(out.loss)
+    new = lm.generate(ids, mask, media, max_new_tokens=3, eos_token_id=None)
+    assert new.shape == (2, 3)
