@@ -76,6 +76,14 @@ def test_segments_are_centred_and_padded_with_silence():
     assert np.allclose(mel[2:], silence) and mel[2:].max() < mel[0].max()
 
 
+@pytest.mark.parametrize("width", [16, 48, 50])
+def test_any_frame_size_decodes(shared_data, width):
+    """decord's scaler fails for some widths (16, 48, ...): those are resized after decoding."""
+    params = DecodeParams(num_frames=3, frame_size=(20, width), num_audio_segments=1, audio_segment_frames=4)
+    decoded = decode_video(shared_data / "videos" / "silence_girl.mp4", params)
+    assert decoded.frames.shape == (3, 3, 20, width) and decoded.frames.mean() > 10
+
+
 def test_sample_indices_uniform_and_short_videos_padded():
     np.testing.assert_array_equal(sample_indices(100, 4), [12, 37, 62, 87])
     np.testing.assert_array_equal(sample_indices(3, 8), [0, 1, 2])

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, check_file, decode_video, worker_context
+from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, decode_video, worker_context
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,17 @@ class DecodedCache:
         text = f"{path.absolute()}|{stat.st_size}|{stat.st_mtime_ns}|{self.params.fingerprint()}"
         key = hashlib.sha1(text.encode()).hexdigest()
         return self.root / key[:2] / key
+
+    def known_bad(self, path: str | Path) -> str | None:
+        """Why `path` cannot be decoded, when that is known without decoding (missing, or recorded bad)."""
+        path = Path(path)
+        if not path.is_file():
+            return "file not found"
+        stem = self._stem(path)
+        bad = stem.with_suffix(".bad.json") if stem is not None else None
+        if bad is not None and bad.is_file():
+            return str(json.loads(bad.read_text())["reason"])
+        return None
 
     def lookup(self, path: str | Path) -> DecodedVideo | BadFile | None:
         """The cached decode, the recorded failure, or None (not cached)."""
@@ -178,10 +189,8 @@ def prepare(
     todo: list[str] = []
     cache = DecodedCache(root, params)
     for path in unique:
-        try:
-            check_file(path)
-        except DecodeError as err:
-            report.bad[path] = err.reason
+        if not Path(path).is_file():  # reported, not cached: the file may appear later
+            report.bad[path] = "file not found"
             continue
         cached = cache.lookup(path)
         if isinstance(cached, BadFile):

@@ -26,7 +26,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from damo_lit.data.cache import prepare, warn_bad
-from damo_lit.data.collection import SplitRecords, check_tasks, load_split, source_specs
+from damo_lit.data.collection import Sample, SplitRecords, check_tasks, load_split, source_specs
 from damo_lit.data.dataset import BATCH_KEYS, Collator, RecordDataset, VideoLoader
 from damo_lit.data.decode import DecodeParams, worker_context
 from damo_lit.data.prompts import PROMPT_STYLES
@@ -171,10 +171,27 @@ class DaMODataModule(L.LightningDataModule):
             if split in self.datasets:
                 continue
             loaded = self.load_split(split)
+            if self.decoded_cache_dir is not None:
+                loaded.samples = self._without_known_bad(loaded.samples)
             self.splits[split] = loaded
             self.datasets[split] = RecordDataset(
                 loaded.samples, self.loader, self.tokenizer, self.timestamps, self.prompt_style
             )
+
+    def _without_known_bad(self, samples: list[Sample]) -> list[Sample]:
+        """Leave out (and record as skipped) samples whose file is missing or recorded bad in the cache,
+        so that a batch is practically never empty: under DDP every rank must step together."""
+        verdict: dict[str, str | None] = {}
+        kept = []
+        for sample in samples:
+            if sample.video_path not in verdict:
+                verdict[sample.video_path] = self.loader.cache.known_bad(sample.video_path)
+            reason = verdict[sample.video_path]
+            if reason is None:
+                kept.append(sample)
+            else:
+                self.loader.failures.record(sample.video_path, reason)
+        return kept
 
     def _dataloader(self, split: str, shuffle: bool) -> DataLoader:
         if self.tokenizer is None:

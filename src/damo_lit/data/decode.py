@@ -155,20 +155,40 @@ def sample_indices(num_available: int, num_frames: int) -> np.ndarray:
     return np.arange(num_available, dtype=np.int64)
 
 
+def _read_frames(path: Path, num_frames: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """decord: (frames (n, h, w, 3) uint8, timestamps (n, 2), duration); width/height -1 = native."""
+    from decord import VideoReader, cpu
+
+    reader = VideoReader(str(path), ctx=cpu(0), width=width, height=height, num_threads=1)
+    available = len(reader)
+    if available == 0:
+        raise DecodeError(path, "the video stream has no frames")
+    indices = list(sample_indices(available, num_frames))
+    batch = reader.get_batch(indices).asnumpy()
+    stamps = reader.get_frame_timestamp(indices)
+    duration = float(reader.get_frame_timestamp([available - 1])[0, 1])
+    return batch, stamps, duration
+
+
+def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
+
+
 def decode_frames(path: str | Path, params: DecodeParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(frames uint8 (N,3,H,W), times float32 (N,), mask bool (N,), video duration in seconds)."""
-    from decord import DECORDError, VideoReader, cpu
+    from decord import DECORDError
 
     path = check_file(path)
     try:
-        reader = VideoReader(str(path), ctx=cpu(0), width=params.width, height=params.height, num_threads=1)
-        available = len(reader)
-        if available == 0:
-            raise DecodeError(path, "the video stream has no frames")
-        indices = sample_indices(available, params.num_frames)
-        batch = reader.get_batch(list(indices)).asnumpy()
-        stamps = reader.get_frame_timestamp(list(indices))
-        duration = float(reader.get_frame_timestamp([available - 1])[0, 1])
+        try:
+            batch, stamps, duration = _read_frames(path, params.num_frames, params.width, params.height)
+        except (DECORDError, RuntimeError):
+            # decord's own scaler fails for some widths (8, 12, 16, 24, 48, 72, ...): decode at the
+            # native size and resize here; a file that still fails is unreadable
+            batch, stamps, duration = _read_frames(path, params.num_frames, -1, -1)
+            batch = _resize(batch, params.height, params.width)
     except (DECORDError, RuntimeError) as err:  # decord raises both, for unreadable and truncated files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DecodeError(path, f"decord cannot read the video ({first[:200]})") from None
@@ -176,7 +196,7 @@ def decode_frames(path: str | Path, params: DecodeParams) -> tuple[np.ndarray, n
     frames = np.zeros((n, 3, params.height, params.width), dtype=np.uint8)
     times = np.zeros(n, dtype=np.float32)
     mask = np.zeros(n, dtype=bool)
-    got = len(indices)
+    got = len(batch)
     frames[:got] = batch.transpose(0, 3, 1, 2)
     times[:got] = stamps[:, 0]
     times[got:] = stamps[-1, 0] if got else 0.0

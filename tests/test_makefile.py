@@ -1,0 +1,35 @@
+"""`make stage3 a.b=1 c=2` hands exactly those Hydra overrides on, in the order typed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def _make(repo_root, *words: str) -> list[str]:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    if not (repo_root / ".venv" / ".installed").is_file():
+        pytest.skip(".venv/.installed is absent: run `make venv` first")
+    env = {**os.environ, "DAMO_DRY_RUN": "1"}
+    # -o .venv/.installed: never (re)install the virtualenv from a test
+    proc = subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", *words], cwd=repo_root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_stage3_forwards_overrides_in_order(repo_root):
+    argv = _make(repo_root, "stage3", "a.b=1", "c=2", "d=x y")
+    assert argv[0].endswith("damo-train")
+    assert argv[1:] == ["stage=stage3_temporal", "a.b=1", "c=2", "d=x y"]
+
+
+def test_make_variables_and_args_are_not_mixed_up(repo_root):
+    argv = _make(repo_root, "stage1", "z=1", "PYTEST_ARGS=-x", "ARGS=~logger +k='v w'", "y.q=$HOME")
+    assert argv[1:] == ["stage=stage1_align", "z=1", "y.q=$HOME", "~logger", "+k=v w"]
