@@ -152,8 +152,8 @@ def test_bad_files_are_skipped_named_and_counted(tmp_path, synth_dir, tokenizer,
     assert sorted(seen) == sorted(good_ids)  # every good sample came through, once
     failures = module.decode_failures()  # counted in whichever process decoded
     assert sorted(failures) == sorted(bad_paths)
-    assert "0 bytes" in failures[bad_paths[1]] and "not found" in failures[bad_paths[2]]
-    assert "cannot read" in failures[bad_paths[0]]
+    assert "0 bytes" in failures[bad_paths[1]][0] and "not found" in failures[bad_paths[2]][0]
+    assert "cannot read" in failures[bad_paths[0]][0]
     # with the cache, setup("fit") leaves the known-bad samples out of train and val (3 each);
     # without it, each is skipped when the train loader reaches it
     assert module.skipped_samples() == (6 if cached else 3)
@@ -220,7 +220,8 @@ def test_chat_prompt_style(tokenizer):
 def test_config_builds_the_module_and_generates_when_absent(tmp_path, synth_dir, tokenizer):
     from hydra.utils import instantiate
 
-    cfg = compose("data_stats", [f"data.root={synth_dir}", "data.decoded_cache_dir=null", "data.num_frames=4"])
+    cfg = compose("data_stats", [f"data.root={synth_dir}", "data.decoded_cache_dir=null", "data.num_frames=4",
+                                 "data.generate.videos=20", "data.generate.seed=3"])  # as the fixture made it
     module = instantiate(cfg.data, tokenizer=tokenizer)
     assert isinstance(module, DaMODataModule) and module.params.num_frames == 4
     module.prepare_data()  # the set is there: nothing to generate
@@ -233,3 +234,6 @@ def test_config_builds_the_module_and_generates_when_absent(tmp_path, synth_dir,
     names = [p.name for p in (fresh / "videos").glob("*.mp4")]
     assert len(names) == 10 and sum(n.startswith("val_") for n in names) == sum(n.startswith("test_") for n in names) == 1
     assert len(next(iter(module.train_dataloader()))["sample_id"]) == 2
+    cfg = compose("data_stats", [f"data.root={fresh}", "data.generate.videos=12"])
+    with pytest.raises(ValueError, match="generated with other parameters \\(videos: 10 there, 12 asked\\)"):
+        instantiate(cfg.data).prepare_data()

@@ -147,9 +147,12 @@ class FailureLog:
                     out.append(BadFile(obj["path"], obj["reason"]))
         return out
 
-    def files(self) -> dict[str, str]:
-        """Each failed file once, with its reason."""
-        return {e.path: e.reason for e in self.entries()}
+    def files(self) -> dict[str, list[str]]:
+        """Each failed file, with the reason of every sample skipped because of it."""
+        out: dict[str, list[str]] = {}
+        for entry in self.entries():
+            out.setdefault(entry.path, []).append(entry.reason)
+        return out
 
     def skipped(self) -> int:
         """Samples skipped so far (a file used by several records counts once per record)."""

@@ -8,7 +8,7 @@
 - A sample whose video cannot be decoded is skipped: the dataset returns None and records the
   failure (file named in a warning, counted across worker processes), the collate drops it,
   and every good sample of the batch still comes through. `decode_failures()` exposes the
-  counts (see `damo_lit.data.callbacks.DecodeFailureReport`).
+  counts for a Lightning callback to log (damo_lit.stages.callbacks.DecodeFailureReport does).
 - DataLoaders use a plain (shuffled) sampler, which Lightning swaps for a DistributedSampler
   under DDP, and a 'forkserver' context for worker processes (fork after torch deadlocks).
 """
@@ -102,7 +102,7 @@ class DaMODataModule(L.LightningDataModule):
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"data.prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
         self.prompt_style = prompt_style
-        size = tuple(frame_size) if isinstance(frame_size, (list, tuple)) else int(frame_size)
+        size = int(frame_size) if isinstance(frame_size, (int, str)) else tuple(int(v) for v in frame_size)
         self.params = DecodeParams(
             num_frames=int(num_frames),
             frame_size=size,  # type: ignore[arg-type]
@@ -232,12 +232,13 @@ class DaMODataModule(L.LightningDataModule):
         starts, ends = zip(*rel)
         return SpanPrior(float(np.mean(starts)), float(np.mean(ends)), len(rel))
 
-    def decode_failures(self) -> dict[str, str]:
-        """Files that failed to decode so far (path -> reason), in every worker process."""
+    def decode_failures(self) -> dict[str, list[str]]:
+        """Files that failed to decode so far, in every worker process: path -> the reason, once per
+        sample skipped because of it (len(dict): files; sum of lengths: skipped samples)."""
         return self.loader.failures.files()
 
     def skipped_samples(self) -> int:
-        """Samples skipped so far because their file failed to decode."""
+        """Samples skipped so far (cumulative over epochs) because their file failed to decode."""
         return self.loader.failures.skipped()
 
     def fixes(self) -> dict[str, dict[str, int]]:

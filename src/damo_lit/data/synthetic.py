@@ -406,8 +406,14 @@ def vocabulary() -> set[str]:
 # rendering (worker processes)
 
 
+_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if size not in _GRIDS:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        _GRIDS[size] = (yy, xx)
+    yy, xx = _GRIDS[size]
     dx, dy = xx - cx, yy - cy
     if shape == "circle":
         return dx * dx + dy * dy <= radius * radius
@@ -510,7 +516,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, audio: tuple[np.ndarray,
             samples, rate = audio
             # the 'fast' AAC coder and a modest bit rate cut encoding time (the larger part of
             # generation) by more than half; tones and faint noise need no better
-            bit_rate = "32k" if samples.shape[0] == 1 else "64k"
+            bit_rate = "32k" if samples.shape[0] == 1 else "48k"
             astream = container.add_stream("aac", rate=rate, options={"aac_coder": "fast", "b": bit_rate})
             astream.layout = "mono" if samples.shape[0] == 1 else "stereo"
             astream.codec_context.time_base = Fraction(1, rate)
@@ -596,10 +602,27 @@ def is_generated(out: str | Path) -> bool:
 
 
 def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> SynthResult | None:
-    """Generate the set into `out` unless it is already there ("generate when absent")."""
-    if is_generated(out):
-        return None
-    return generate(out, SynthConfig(**dict(params or {})))
+    """Generate the set into `out` unless it is already there ("generate when absent").
+
+    A set that is there but was generated with other parameters (the number of workers aside)
+    is an error, not silently reused.
+    """
+    try:
+        cfg = SynthConfig(**dict(params or {}))
+    except TypeError as err:
+        raise ValueError(f"data.generate: {err} (keys: {', '.join(SynthConfig.__dataclass_fields__)})") from None
+    if not is_generated(out):
+        return generate(out, cfg)
+    existing = json.loads(manifest_path(out).read_text())["config"]
+    wanted = asdict(cfg)
+    differ = sorted(k for k in wanted if k != "workers" and existing.get(k) != wanted[k])
+    if differ:
+        details = ", ".join(f"{k}: {existing.get(k)} there, {wanted[k]} asked" for k in differ)
+        raise ValueError(
+            f"the synthetic set in {out} was generated with other parameters ({details}); "
+            "delete it, or set data.root to another folder"
+        )
+    return None
 
 
 def iter_plans(cfg: SynthConfig) -> Iterable[VideoPlan]:
