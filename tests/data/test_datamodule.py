@@ -237,3 +237,25 @@ def test_config_builds_the_module_and_generates_when_absent(tmp_path, synth_dir,
     cfg = compose("data_stats", [f"data.root={fresh}", "data.generate.videos=12"])
     with pytest.raises(ValueError, match="generated with other parameters \\(videos: 10 there, 12 asked\\)"):
         instantiate(cfg.data).prepare_data()
+
+
+def test_lightning_can_shard_the_loaders_for_ddp(synth_dir, tokenizer):
+    """Under DDP Lightning rebuilds each DataLoader around a DistributedSampler: every rank gets its
+    own shard, and the rebuilt loader keeps the collate and the forkserver context."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    module = _module(synth_dir, tokenizer, train_tasks=["grounding"], batch_size=5, num_workers=1)
+    loader = module.train_dataloader()
+    shards = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        rebuilt = _update_dataloader(loader, sampler)
+        assert rebuilt.collate_fn is loader.collate_fn and rebuilt.multiprocessing_context is loader.multiprocessing_context
+        shards.append([i for batch in rebuilt for i in batch["sample_id"]])
+    everything = [s.record.id for s in module.splits["train"].samples]
+    n = len(everything)
+    assert len(shards[0]) == len(shards[1]) == (n + 1) // 2
+    # every sample on exactly one rank (DistributedSampler repeats one sample when n is odd)
+    assert set(shards[0]) | set(shards[1]) == set(everything)
+    assert len(set(shards[0]) & set(shards[1])) == n % 2
