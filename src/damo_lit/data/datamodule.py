@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -167,6 +168,13 @@ class DaMODataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        if stage == "fit" and not any(spec.has_split_files() for spec in self.specs):
+            warnings.warn(
+                f"data {self.name}: data.annotations ({self.specs[0].annotations}) serves every split, so validation "
+                "runs on the training records; set data.splits.train / data.splits.val to separate them",
+                UserWarning,
+                stacklevel=2,
+            )
         for split in wanted.get(stage, SPLITS) if stage else SPLITS:
             if split in self.datasets:
                 continue

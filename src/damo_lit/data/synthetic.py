@@ -385,23 +385,6 @@ def annotate(plan: VideoPlan, seed: int) -> list[Record]:
     return out
 
 
-def vocabulary() -> set[str]:
-    """Every word the generator's templates can produce (checked against the tiny tokenizer's list)."""
-    words: set[str] = set()
-    from damo_lit.data.prompts import CAPTION_PROMPT
-
-    texts = [CAPTION_PROMPT, "user: assistant:", "first, then finally, event events one two three four", "how many events happen in the video?"]
-    texts += ["what happens first? what happens last? do you hear a tone? yes. no, the video has no sound. no. and"]
-    texts += list(VISUAL_QUESTIONS) + list(AUDIO_QUESTIONS) + list(AV_QUESTIONS) + list(ANSWERS.values())
-    texts += ["a appears sounds with", *COLOURS, *SHAPES, *PITCHES, *PATTERNS, "tone"]
-    for text in texts:
-        text = text.replace("{span:0}", " ").replace("{visual}", " ").replace("{audio}", " ")
-        for ch in ".,?!:":
-            text = text.replace(ch, f" {ch} ")
-        words.update(text.lower().split())
-    return words
-
-
 # --------------------------------------------------------------------------------------------
 # rendering (worker processes)
 
@@ -629,11 +612,6 @@ def iter_plans(cfg: SynthConfig) -> Iterable[VideoPlan]:
     """Every video's plan, split by split (for tests and tools that check the rendered files)."""
     for split, count in split_sizes(cfg.videos).items():
         yield from plan_split(cfg, split, count)
-
-
-def frame_times(plan: VideoPlan) -> np.ndarray:
-    """Presentation time of each rendered frame, seconds."""
-    return np.arange(int(round(plan.duration * plan.fps))) / plan.fps
 
 
 def tone_band(event: SynthEvent) -> tuple[float, float]:
