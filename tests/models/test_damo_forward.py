@@ -34,7 +34,9 @@ def test_forward_backward_shapes(damo: DaMO) -> None:
     assert all(p.grad is not None for p in damo.audio.parameters() if p.requires_grad)
 
 
-def test_encode_features_equals_encode(damo: DaMO) -> None:
+@pytest.mark.parametrize("feature_norm", ["none", "batch"])
+def test_encode_features_equals_encode(make_damo, feature_norm: str) -> None:
+    damo = make_damo(f"residual.feature_norm={feature_norm}").eval()
     b = make_batch(damo, batch=2, seed=1)
     b.frame_mask[1, -5:] = False  # padded frames
     b.audio_mask[0, 3:9] = False
@@ -154,6 +156,8 @@ def test_generate_differs_with_media(damo: DaMO) -> None:
         (("fuseformer.kind=concat", "audio.enabled=false"), False),
         (("projector.inputs=fusion", "projector.time_anchors=false", "fuseformer.time_anchors=false"), True),
         (("fuseformer.time_bias=false", "projector.time_bias=false"), True),
+        (("fuseformer.query_init=learned", "fuseformer.layer_scale=null", "residual.feature_norm=none"), True),
+        (("fuseformer.query_init=pooled", "audio.enabled=false"), False),
     ],
 )
 def test_ablations_run(make_damo, overrides: tuple[str, ...], audio: bool) -> None:
@@ -210,3 +214,42 @@ def test_bad_mel_length_names_the_config_key(damo: DaMO) -> None:
     b = make_batch(damo, batch=1, seed=11)
     with pytest.raises(ValueError, match="model.audio.segment_frames"):
         damo.encode(**{**b.media(), "audio_mel": b.audio_mel[..., :-2]})
+
+
+def test_masked_batch_norm_ignores_padding_and_keeps_running_stats() -> None:
+    from damo_lit.models.layers import MaskedBatchNorm
+
+    norm = MaskedBatchNorm(3, momentum=1.0)
+    x = torch.randn(4, 5, 3) * 3 + 7
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[:, 3:] = False
+    padded = x.clone()
+    padded[~mask] = 1e6  # padding must not move the statistics
+    y = norm(padded, mask)
+    valid = y[mask]
+    torch.testing.assert_close(valid.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(valid.std(0, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(norm.running_mean, x[mask].mean(0))
+    norm.eval()  # eval: the running statistics, whatever the batch
+    torch.testing.assert_close(norm(x[:1, :2]), (x[:1, :2] - norm.running_mean) / (norm.running_var + 1e-5).sqrt())
+
+
+def test_zero_layer_scale_makes_the_fuseformer_start_as_pooling(make_damo) -> None:
+    """query_init=pooled + layer_scale=0: every block is the identity, queries hold their time bin."""
+    from damo_lit.models.layers import masked_adaptive_pool
+
+    damo = make_damo("fuseformer.query_init=pooled", "fuseformer.layer_scale=0.0").eval()
+    b = make_batch(damo, batch=2, seed=12)
+    b.audio_mask[1] = False
+    with torch.no_grad():
+        feats = damo.encoder_features(b.frames, b.audio_mel, b.frame_mask, b.audio_mask)
+        video = damo.residual.video_stream(feats["vision_global"], feats["vision_local"], b.frame_times, b.frame_mask, b.duration)
+        audio = damo.residual.audio_stream(feats["audio_global"], feats["audio_local"], b.audio_times, b.audio_mask, b.duration)
+        media = damo.fuseformer(video, audio, b.duration)
+        fuse = damo.fuseformer
+        expected_video = fuse.norm(fuse.video_queries(2)[0] + masked_adaptive_pool(video.tokens, video.mask, None, 32)[0])
+        expected_audio = fuse.norm(fuse.audio_queries(2)[0] + masked_adaptive_pool(audio.tokens, audio.mask, None, 32)[0])
+    torch.testing.assert_close(media.video, expected_video)
+    torch.testing.assert_close(media.audio, expected_audio)
+    # the silent sample's audio queries hold nothing but the learned queries
+    torch.testing.assert_close(media.audio[1], fuse.norm(fuse.audio_queries(1)[0][0]))

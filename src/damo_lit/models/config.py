@@ -78,6 +78,10 @@ class ResidualConfig:
     video_tokens: int = 16  # L' per frame; a square number (the patch grid pools to sqrt x sqrt)
     audio_tokens: int = 8  # L' per audio segment
     ffn_ratio: float = 2.0
+    # none | batch: standardise every tower feature over the batch's valid frames / segments
+    # before the residual. Random-init towers give features whose content is a few percent of
+    # their constant part; standardising lets that content through from the first step.
+    feature_norm: str = "none"
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
 
@@ -94,6 +98,10 @@ class FuseformerConfig:
     fusion_tokens: int = 128
     time_anchors: bool = False  # bind query j of each set to relative time (j + 0.5) / count
     time_bias: bool = False  # per-head learnable -slope * |dt| attention bias where both ends have times
+    # learned: queries and fusion tokens start as learned vectors (the paper); pooled: plus the
+    # stream content of their time bin, so fusion starts where `kind=concat` ends
+    query_init: str = "learned"
+    layer_scale: float | None = None  # initial LayerScale of every residual branch; null: none (paper)
 
 
 @dataclass
@@ -158,6 +166,8 @@ class DaMOConfig:
             "audio.kind": (self.audio.kind, ("whisper",)),
             "fuseformer.kind": (self.fuseformer.kind, ("tfuseformer", "concat")),
             "projector.inputs": (self.projector.inputs, ("fusion", "all")),
+            "residual.feature_norm": (self.residual.feature_norm, ("none", "batch")),
+            "fuseformer.query_init": (self.fuseformer.query_init, ("learned", "pooled")),
             "projector.time_tokens": (self.projector.time_tokens, ("relative", "seconds")),
         }
         for key, (value, allowed) in choices.items():

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from damo_lit.models.config import FuseformerConfig
-from damo_lit.models.layers import CrossBlock, SelfBlock, anchor_times, masked_adaptive_pool, relative_sinusoid
+from damo_lit.models.layers import (
+    TIME_GAIN_INIT,
+    CrossBlock,
+    SelfBlock,
+    anchor_times,
+    masked_adaptive_pool,
+    relative_sinusoid,
+)
 from damo_lit.models.media import MediaTokens, Stream
 
 
@@ -38,20 +45,21 @@ class _Queries(nn.Module):
         super().__init__()
         self.tokens = nn.Parameter(torch.randn(count, dim) * 0.02)
         self.anchored = anchored
+        self.time_gain = nn.Parameter(torch.tensor(TIME_GAIN_INIT)) if anchored else None
         self.register_buffer("times", anchor_times(count), persistent=False)
 
     def forward(self, batch: int) -> tuple[Tensor, Tensor | None]:
         tokens = self.tokens
-        if not self.anchored:
+        if self.time_gain is None:
             return tokens.expand(batch, -1, -1), None
-        tokens = tokens + relative_sinusoid(self.times, tokens.shape[-1]).to(tokens.dtype)
+        tokens = tokens + self.time_gain * relative_sinusoid(self.times, tokens.shape[-1]).to(tokens.dtype)
         return tokens.expand(batch, -1, -1), self.times.expand(batch, -1)
 
 
 class UnimodalAttention(nn.Module):
     def __init__(self, cfg: FuseformerConfig) -> None:
         super().__init__()
-        args = (cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.time_bias)
+        args = (cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.time_bias, cfg.layer_scale)
         self.stream = SelfBlock(*args)
         self.compress = CrossBlock(*args)
 
@@ -67,7 +75,7 @@ class FuseformerBlock(nn.Module):
         super().__init__()
         self.video = UnimodalAttention(cfg)
         self.audio = UnimodalAttention(cfg) if audio else None
-        self.fusion = SelfBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.time_bias)
+        self.fusion = SelfBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.time_bias, cfg.layer_scale)
 
     def forward(
         self,
@@ -97,16 +105,20 @@ class TFuseformer(nn.Module):
         self.no_audio = nn.Parameter(torch.randn(1, 1, cfg.hidden) * 0.02) if audio else None
         self.blocks = nn.ModuleList(FuseformerBlock(cfg, audio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.hidden)
+        self.pooled_init = cfg.query_init == "pooled"
 
     def forward(self, video: Stream, audio: Stream | None, duration: Tensor) -> MediaTokens:
         b = video.tokens.shape[0]
         sets = [self.fusion_tokens(b), self.video_queries(b)]
-        if audio is not None:
-            if self.audio_queries is None or self.no_audio is None:
-                raise ValueError("audio stream given to a Fuseformer built without audio (model.audio.enabled=false)")
-            audio = _with_no_audio(audio, self.no_audio)
+        if audio is not None and (self.audio_queries is None or self.no_audio is None):
+            raise ValueError("audio stream given to a Fuseformer built without audio (model.audio.enabled=false)")
+        if audio is not None and self.audio_queries is not None:
             sets.append(self.audio_queries(b))
         tokens = [t.to(video.tokens.dtype) for t, _ in sets]
+        if self.pooled_init:
+            tokens = [t + p for t, p in zip(tokens, self._pooled(video, audio, [t.shape[1] for t in tokens]))]
+        if audio is not None and self.no_audio is not None:
+            audio = _with_no_audio(audio, self.no_audio)
         anchored = all(tt is not None for _, tt in sets)
         times = torch.cat([tt for _, tt in sets], dim=1) if anchored else None
         for block in self.blocks:
@@ -122,6 +134,24 @@ class TFuseformer(nn.Module):
             video_times=set_times[1],
             audio_times=set_times[2] if audio is not None else None,
         )
+
+
+    @staticmethod
+    def _pooled(video: Stream, audio: Stream | None, counts: list[int]) -> list[Tensor]:
+        """Time-ordered stream content pooled to each token set's size: [fusion, video(, audio)].
+
+        Fusion token j starts from the video and audio content of its time bin, video and audio
+        queries from their own stream's, so every query holds its time's content from step one.
+        """
+
+        def pool(stream: Stream, bins: int) -> Tensor:
+            return masked_adaptive_pool(stream.tokens, stream.mask, None, bins)[0]
+
+        fusion = pool(video, counts[0]) + (pool(audio, counts[0]) if audio is not None else 0)
+        out = [fusion, pool(video, counts[1])]
+        if audio is not None:
+            out.append(pool(audio, counts[2]))
+        return out
 
 
 class ConcatFusion(nn.Module):

@@ -37,6 +37,11 @@ def relative_sinusoid(rel: Tensor, dim: int) -> Tensor:
     return out.masked_fill(torch.isnan(rel).unsqueeze(-1), 0.0)
 
 
+# Initial weight of the time sinusoids added to learned queries and to the tokens they read:
+# at full size (+-1 per feature) they would swamp the content that varies between videos.
+TIME_GAIN_INIT = 0.1
+
+
 def anchor_times(count: int) -> Tensor:
     """Relative times (k + 0.5) / count of `count` evenly spread anchors."""
     return (torch.arange(count, dtype=torch.float32) + 0.5) / count
@@ -108,31 +113,52 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+class LayerScale(nn.Module):
+    """Learnable per-channel scale of a residual branch (CaiT); identity when `init` is None.
+
+    A small `init` makes a deep stack start close to the identity, so whatever its input
+    tokens carry reaches the output before the attention has learned anything.
+    """
+
+    def __init__(self, dim: int, init: float | None) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init))) if init is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.gamma is None else x * self.gamma
+
+
 class SelfBlock(nn.Module):
     """Pre-norm self-attention + FFN over a token set."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, time_bias: bool) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, time_bias: bool, layer_scale: float | None = None
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout, time_bias)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, mlp_ratio, dropout)
+        self.scale1, self.scale2 = LayerScale(dim, layer_scale), LayerScale(dim, layer_scale)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, times: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), key_mask=mask, q_times=times, k_times=times)
-        return x + self.ffn(self.norm2(x))
+        x = x + self.scale1(self.attn(self.norm1(x), key_mask=mask, q_times=times, k_times=times))
+        return x + self.scale2(self.ffn(self.norm2(x)))
 
 
 class CrossBlock(nn.Module):
     """Pre-norm cross-attention of queries to a context, then FFN on the queries."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, time_bias: bool) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, time_bias: bool, layer_scale: float | None = None
+    ) -> None:
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout, time_bias)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, mlp_ratio, dropout)
+        self.scale1, self.scale2 = LayerScale(dim, layer_scale), LayerScale(dim, layer_scale)
 
     def forward(
         self,
@@ -142,10 +168,40 @@ class CrossBlock(nn.Module):
         q_times: Tensor | None = None,
         k_times: Tensor | None = None,
     ) -> Tensor:
-        queries = queries + self.attn(
-            self.norm_q(queries), self.norm_kv(context), key_mask=mask, q_times=q_times, k_times=k_times
+        queries = queries + self.scale1(
+            self.attn(self.norm_q(queries), self.norm_kv(context), key_mask=mask, q_times=q_times, k_times=k_times)
         )
-        return queries + self.ffn(self.norm2(queries))
+        return queries + self.scale2(self.ffn(self.norm2(queries)))
+
+
+class MaskedBatchNorm(nn.Module):
+    """Per-feature standardisation over the valid items of a batch (running statistics in eval).
+
+    Like BatchNorm1d over the last dimension, but padded frames / silent segments (mask False)
+    neither count in the statistics nor update the running ones.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (..., D); mask broadcastable to x[..., 0], True = valid."""
+        mean, var = self.running_mean, self.running_var
+        if self.training:
+            valid = x.reshape(-1, x.shape[-1]) if mask is None else x[mask.expand(x.shape[:-1]).bool()]
+            if valid.shape[0] > 1:
+                mean, var = valid.mean(0), valid.var(0, unbiased=False)
+                with torch.no_grad():
+                    n = valid.shape[0]
+                    self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                    unbiased = var.detach() * n / (n - 1)
+                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 def bin_matrix(length: int, bins: int, device: torch.device | None = None) -> Tensor:

@@ -14,7 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from damo_lit.models.config import ProjectorConfig
-from damo_lit.models.layers import REL_UNITS, Attention, CrossBlock, anchor_times, relative_sinusoid
+from damo_lit.models.layers import (
+    REL_UNITS,
+    TIME_GAIN_INIT,
+    Attention,
+    CrossBlock,
+    anchor_times,
+    relative_sinusoid,
+)
 from damo_lit.models.media import MediaTokens
 
 
@@ -39,6 +46,7 @@ class Projector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.queries = nn.Parameter(torch.randn(cfg.queries, dim) * 0.02)
+        self.time_gain = nn.Parameter(torch.tensor(TIME_GAIN_INIT)) if cfg.time_anchors else None
         self.register_buffer("query_times", anchor_times(cfg.queries), persistent=False)
         self.layers = nn.ModuleList(QFormerLayer(dim, cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(dim)
@@ -55,11 +63,11 @@ class Projector(nn.Module):
         queries = self.queries.expand(b, -1, -1)
         q_times = k_times = None
         tokens = memory.tokens
-        if self.cfg.time_anchors:
+        if self.time_gain is not None:
             q_times = self.query_times.expand(b, -1)
             k_times = memory.times
-            queries = queries + relative_sinusoid(q_times, queries.shape[-1]).to(queries.dtype)
-            tokens = tokens + relative_sinusoid(k_times, tokens.shape[-1]).to(tokens.dtype)
+            queries = queries + self.time_gain * relative_sinusoid(q_times, queries.shape[-1]).to(queries.dtype)
+            tokens = tokens + self.time_gain * relative_sinusoid(k_times, tokens.shape[-1]).to(tokens.dtype)
         for layer in self.layers:
             queries = layer(queries, tokens, memory.mask, q_times, k_times)
         return self.norm(queries)

@@ -15,23 +15,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from damo_lit.models.config import DaMOConfig
-from damo_lit.models.layers import FeedForward, relative_sinusoid, sinusoid
+from damo_lit.models.layers import FeedForward, MaskedBatchNorm, relative_sinusoid, sinusoid
 from damo_lit.models.media import Stream
 
 
 class GlobalResidual(nn.Module):
     """Pool local tokens to `tokens` (a square grid for vision), add FFN(global), project to `out_dim`."""
 
-    def __init__(self, in_dim: int, out_dim: int, tokens: int, grid: bool, enabled: bool, ffn_ratio: float) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, tokens: int, grid: bool, enabled: bool, ffn_ratio: float, feature_norm: str
+    ) -> None:
         super().__init__()
         self.tokens = tokens
         self.grid = grid
+        batch = feature_norm == "batch"
+        self.global_norm = MaskedBatchNorm(in_dim) if batch else None
+        self.local_norm = MaskedBatchNorm(in_dim) if batch else None
         self.ffn = FeedForward(in_dim, ffn_ratio) if enabled else None
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, out_dim)
 
-    def forward(self, global_: Tensor, local: Tensor) -> Tensor:
-        """global_ (B', Din), local (B', P, Din) -> (B', tokens, Dout)."""
+    def forward(self, global_: Tensor, local: Tensor, mask: Tensor) -> Tensor:
+        """global_ (B', Din), local (B', P, Din), mask (B',) valid items -> (B', tokens, Dout)."""
+        if self.global_norm is not None and self.local_norm is not None:
+            global_ = self.global_norm(global_, mask)
+            local = self.local_norm(local, mask[:, None])
         x = local.transpose(1, 2)  # (B', Din, P)
         if self.grid:
             side = int(round(math.sqrt(x.shape[-1])))
@@ -104,10 +112,12 @@ class MediaResidual(nn.Module):
     def __init__(self, cfg: DaMOConfig, vision_dim: int, audio_dim: int | None) -> None:
         super().__init__()
         d, r = cfg.fuseformer.hidden, cfg.residual
-        self.video = GlobalResidual(vision_dim, d, r.video_tokens, True, r.enabled, r.ffn_ratio)
+        self.video = GlobalResidual(vision_dim, d, r.video_tokens, True, r.enabled, r.ffn_ratio, r.feature_norm)
         self.temporal = TemporalConv(d, r.temporal.kernel, r.temporal.stride, r.temporal.groups)
         self.video_time = TimeEmbedding(d)
-        self.audio = GlobalResidual(audio_dim, d, r.audio_tokens, False, r.enabled, r.ffn_ratio) if audio_dim else None
+        self.audio = (
+            GlobalResidual(audio_dim, d, r.audio_tokens, False, r.enabled, r.ffn_ratio, r.feature_norm) if audio_dim else None
+        )
         self.audio_time = TimeEmbedding(d) if audio_dim else None
 
     def video_stream(
@@ -115,8 +125,9 @@ class MediaResidual(nn.Module):
     ) -> Stream:
         """(B, N, Dv), (B, N, P, Dv) -> time-embedded stream of (N' x L') tokens per video."""
         b, n = vision_global.shape[:2]
-        x = self.video(vision_global.flatten(0, 1), vision_local.flatten(0, 1)).view(b, n, self.video.tokens, -1)
-        x, times, mask = self.temporal(x, frame_times, frame_mask.bool())
+        frame_mask = frame_mask.bool()
+        x = self.video(vision_global.flatten(0, 1), vision_local.flatten(0, 1), frame_mask.flatten())
+        x, times, mask = self.temporal(x.view(b, n, self.video.tokens, -1), frame_times, frame_mask)
         return self._stream(x, times, mask, duration, self.video_time)
 
     def audio_stream(
@@ -125,8 +136,9 @@ class MediaResidual(nn.Module):
         """(B, M, Da), (B, M, Q, Da) -> time-embedded stream of (M x L'a) tokens per video."""
         assert self.audio is not None and self.audio_time is not None
         b, m = audio_global.shape[:2]
-        x = self.audio(audio_global.flatten(0, 1), audio_local.flatten(0, 1)).view(b, m, self.audio.tokens, -1)
         mask = audio_mask.bool()
+        x = self.audio(audio_global.flatten(0, 1), audio_local.flatten(0, 1), mask.flatten())
+        x = x.view(b, m, self.audio.tokens, -1)
         return self._stream(x * mask[:, :, None, None].to(x.dtype), audio_times.float(), mask, duration, self.audio_time)
 
     @staticmethod
