@@ -39,3 +39,26 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 register_resolvers()
+
+
+def compose_run(config_name: str, overrides: Sequence[str], output_dir: str | os.PathLike) -> DictConfig:
+    """Compose a config as @hydra.main would for a run in `output_dir`, and make it current.
+
+    `${hydra:runtime.output_dir}` resolves to `output_dir`, so in-process runs (tests, the demo,
+    the experiments) write where they are told, exactly like `damo-train hydra.run.dir=...`.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    check_conf_dir()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(output_dir).resolve())
+        cfg.hydra.run.dir = str(Path(output_dir).resolve())
+    HydraConfig.instance().set_config(cfg)
+    return cfg
