@@ -59,7 +59,7 @@ def test_batches_follow_the_contract(synth_dir, tokenizer):
         assert batch[key].dtype == torch.long and batch[key].shape[0] == b
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     video_id = tokenizer.convert_tokens_to_ids("<video>")
-    for key in ("sample_id", "task", "modality", "spans", "answer_text", "caption"):
+    for key in ("sample_id", "task", "modality", "spans", "answer_text", "question", "caption"):
         assert isinstance(batch[key], list) and len(batch[key]) == b
     for i in range(b):
         n = int(batch["attention_mask"][i].sum())

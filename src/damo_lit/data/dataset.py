@@ -21,7 +21,7 @@ from damo_lit.data.timestamps import check_format
 BATCH_KEYS = (
     "sample_id", "task", "modality", "duration", "spans", "frames", "frame_times", "frame_mask", "audio_mel",
     "audio_times", "audio_mask", "has_audio", "input_ids", "attention_mask", "labels", "prompt_ids",
-    "prompt_attention_mask", "answer_text", "caption",
+    "prompt_attention_mask", "answer_text", "question", "caption",
 )  # fmt: skip
 
 
@@ -79,6 +79,7 @@ class RecordDataset(Dataset):
             "labels": encoded.labels,
             "prompt_ids": encoded.prompt_ids,
             "answer_text": conv.answer_text,
+            "question": next((text for role, text in reversed(conv.turns[:-1]) if role == "user"), ""),
             "caption": conv.caption,
         }
 
@@ -135,5 +136,6 @@ class Collator:
             "prompt_ids": _pad(prompts, self.pad_token_id, left=True),
             "prompt_attention_mask": _mask(prompts, left=True),
             "answer_text": [item["answer_text"] for item in items],
+            "question": [item["question"] for item in items],
             "caption": [item["caption"] for item in items],
         }
