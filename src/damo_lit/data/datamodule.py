@@ -11,6 +11,10 @@
   counts for a Lightning callback to log (damo_lit.stages.callbacks.DecodeFailureReport does).
 - DataLoaders use a plain (shuffled) sampler, which Lightning swaps for a DistributedSampler
   under DDP, and a 'forkserver' context for worker processes (fork after torch deadlocks).
+- `features=DIR` (a frozen-encoder feature cache made by `damo-cache`, damo_lit.data.features):
+  no decoding at all; batches carry the cached tower outputs instead of frames / audio_mel.
+  The cache must have been made with this model's encoder config (`features_model`, the
+  composed `model` node) and the towers must be frozen.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from damo_lit.data.cache import prepare, warn_bad
 from damo_lit.data.collection import Sample, SplitRecords, check_tasks, load_split, source_specs
 from damo_lit.data.dataset import BATCH_KEYS, Collator, RecordDataset, VideoLoader
 from damo_lit.data.decode import DecodeParams, worker_context
+from damo_lit.data.features import (
+    FeatureCacheError, FeatureLoader, FeatureStore, trainable_towers, video_key,
+)  # fmt: skip
 from damo_lit.data.prompts import PROMPT_STYLES
 from damo_lit.data.sources.base import SPLITS
 from damo_lit.data.timestamps import check_format
@@ -85,6 +92,8 @@ class DaMODataModule(L.LightningDataModule):
         on_bad_window: str = "clip",
         on_bad_record: str = "error",
         seed: int = 0,
+        features: str | None = None,
+        features_model: dict[str, Any] | None = None,
         tokenizer: Any = None,
     ) -> None:
         super().__init__()
@@ -127,6 +136,16 @@ class DaMODataModule(L.LightningDataModule):
         self._failure_dir = tempfile.mkdtemp(prefix="damo-decode-failures-")
         weakref.finalize(self, shutil.rmtree, self._failure_dir, True)
         self.loader = VideoLoader(self.params, self.decoded_cache_dir, self._failure_dir)
+        self.features = str(features) if features else None
+        self.features_model = dict(features_model) if features_model else None
+        self.feature_store: FeatureStore | None = None
+        if self.features:
+            towers = trainable_towers(self.features_model or {})
+            if towers:
+                raise FeatureCacheError(
+                    f"data.features={self.features} replaces the towers by their cached outputs, so they must be "
+                    f"frozen: set {'=false '.join(towers)}=false (the cache is only valid while they never change)"
+                )
 
     # ---------------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer: Any) -> None:
@@ -155,7 +174,7 @@ class DaMODataModule(L.LightningDataModule):
             from damo_lit.data.synthetic import ensure_generated
 
             ensure_generated(self.root, self.generate)
-        if self.decoded_cache_dir is None:
+        if self.decoded_cache_dir is None or self.features:
             return
         paths: set[str] = set()
         for split in SPLITS:
@@ -179,12 +198,38 @@ class DaMODataModule(L.LightningDataModule):
             if split in self.datasets:
                 continue
             loaded = self.load_split(split)
-            if self.decoded_cache_dir is not None:
+            loader: Any = self.loader
+            if self.features:
+                loaded.samples, loader = self._from_features(split, loaded.samples)
+            elif self.decoded_cache_dir is not None:
                 loaded.samples = self._without_known_bad(loaded.samples)
             self.splits[split] = loaded
             self.datasets[split] = RecordDataset(
-                loaded.samples, self.loader, self.tokenizer, self.timestamps, self.prompt_style
+                loaded.samples, loader, self.tokenizer, self.timestamps, self.prompt_style
             )
+
+    def _from_features(self, split: str, samples: list[Sample]) -> tuple[list[Sample], FeatureLoader]:
+        """The samples the feature cache serves (videos that failed to decode left out and counted),
+        and the loader that reads their rows; an error when the cache lacks some video."""
+        if self.feature_store is None:
+            self.feature_store = FeatureStore(self.features, self.features_model, self.params)
+        store = self.feature_store
+        kept, keys, missing = [], {}, []
+        for sample in samples:
+            key = video_key(sample)
+            if key in store.bad:
+                self.loader.failures.record(sample.video_path, store.bad[key])
+            elif key in store:
+                kept.append(sample)
+                keys[sample.video_path] = key
+            else:
+                missing.append(key)
+        if missing:
+            raise FeatureCacheError(
+                f"data.features={self.features} has no features for {len(set(missing))} video(s) of split {split} "
+                f"(e.g. {sorted(set(missing))[:3]}); rerun damo-cache with this data config to add them"
+            )
+        return kept, FeatureLoader(store, keys)
 
     def _without_known_bad(self, samples: list[Sample]) -> list[Sample]:
         """Leave out (and record as skipped) samples whose file is missing or recorded bad in the cache,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -16,6 +15,7 @@ from damo_lit.data.cache import DecodedCache, FailureLog
 from damo_lit.data.collection import Sample
 from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams
 from damo_lit.data.prompts import IGNORE_INDEX, conversation, encode
+from damo_lit.data.schema import Record
 from damo_lit.data.timestamps import check_format
 
 BATCH_KEYS = (
@@ -65,23 +65,41 @@ class RecordDataset(Dataset):
         video = self.loader(sample.video_path)
         if video is None:
             return None
-        record = sample.record
-        conv = conversation(record, self.timestamps)
-        encoded = encode(conv.turns, self.tokenizer, self.prompt_style)
-        return {
-            "sample_id": record.id,
-            "task": record.task,
-            "modality": record.modality,
-            "duration": record.duration,
-            "spans": [tuple(s) for s in conv.spans],
-            "video": video,
-            "input_ids": encoded.input_ids,
-            "labels": encoded.labels,
-            "prompt_ids": encoded.prompt_ids,
-            "answer_text": conv.answer_text,
-            "question": next((text for role, text in reversed(conv.turns[:-1]) if role == "user"), ""),
-            "caption": conv.caption,
-        }
+        return sample_item(sample.record, video, self.tokenizer, self.timestamps, self.prompt_style)
+
+
+def sample_item(record: Record, video: Any, tokenizer: Any, timestamps: str, prompt_style: str) -> dict[str, Any]:
+    """One sample for the Collator: the record's rendered text and token ids beside its decoded
+    video (or cached features). Shared by the map-style and the streaming datasets."""
+    conv = conversation(record, timestamps)
+    encoded = encode(conv.turns, tokenizer, prompt_style)
+    return {
+        "sample_id": record.id,
+        "task": record.task,
+        "modality": record.modality,
+        "duration": record.duration,
+        "spans": [tuple(s) for s in conv.spans],
+        "video": video,
+        "input_ids": encoded.input_ids,
+        "labels": encoded.labels,
+        "prompt_ids": encoded.prompt_ids,
+        "answer_text": conv.answer_text,
+        "question": next((text for role, text in reversed(conv.turns[:-1]) if role == "user"), ""),
+        "caption": conv.caption,
+    }
+
+
+# The media keys of a decoded batch and their dtypes (docs/contracts.md).
+MEDIA_FIELDS: dict[str, torch.dtype | None] = {
+    "frames": torch.uint8, "frame_times": torch.float32, "frame_mask": torch.bool, "audio_mel": torch.float32,
+    "audio_times": torch.float32, "audio_mask": torch.bool,
+}  # fmt: skip
+
+
+def _stack(values: Sequence[Any], dtype: torch.dtype | None) -> torch.Tensor:
+    """Stack numpy arrays or tensors along a new batch dimension; dtype None keeps theirs."""
+    out = torch.stack([torch.as_tensor(v) for v in values])
+    return out if dtype is None else out.to(dtype)
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -110,10 +128,11 @@ class Collator:
         items = [item for item in items if item is not None]
         if not items:
             return None
-        videos: list[DecodedVideo] = [item["video"] for item in items]
-
-        def stack(name: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.from_numpy(np.stack([getattr(v, name) for v in videos])).to(dtype)
+        videos = [item["video"] for item in items]
+        # Decoded videos give frames and mel; cached features (data.features) give tower outputs.
+        fields = getattr(videos[0], "BATCH_FIELDS", MEDIA_FIELDS)
+        media = {name: _stack([getattr(v, name) for v in videos], dtype) for name, dtype in fields.items()
+                 if getattr(videos[0], name) is not None}  # fmt: skip
 
         ids = [item["input_ids"] for item in items]
         prompts = [item["prompt_ids"] for item in items]
@@ -123,12 +142,7 @@ class Collator:
             "modality": [item["modality"] for item in items],
             "duration": torch.tensor([item["duration"] for item in items], dtype=torch.float32),
             "spans": [list(item["spans"]) for item in items],
-            "frames": stack("frames", torch.uint8),
-            "frame_times": stack("frame_times", torch.float32),
-            "frame_mask": stack("frame_mask", torch.bool),
-            "audio_mel": stack("audio_mel", torch.float32),
-            "audio_times": stack("audio_times", torch.float32),
-            "audio_mask": stack("audio_mask", torch.bool),
+            **media,
             "has_audio": torch.tensor([v.has_audio for v in videos], dtype=torch.bool),
             "input_ids": _pad(ids, self.pad_token_id),
             "attention_mask": _mask(ids),

@@ -1,0 +1,224 @@
+"""damo-cache: the frozen-encoder feature cache (docs/scale.md).
+
+    damo-cache data=synthetic model=damo_tiny [out=DIR] [batch_size=8 num_workers=2 shard_size=64]
+    damo-cache data=charades_sta model=damo_paper device=cuda out=/data/features/charades
+    damo-cache kind=stream data=synthetic out=DIR [data.features=CACHE] [tasks=[grounding]]
+
+Composes conf/cache.yaml (defaults: paths default, model damo_tiny, data synthetic), decodes
+every video of every split through the data layer, runs `DaMO.encoder_features` on it once and
+writes the rows into safetensors shards with a manifest of the encoder config they were made
+with. An interrupted run keeps its finished shards; the same command continues it. Training
+then takes `data.features=DIR` (with frozen towers) and skips decoding and the towers.
+
+kind=stream writes litdata shards instead (damo_lit.data.streaming): one dataset per split and
+task, of MP4 bytes plus records, or of cached features when data.features is set; training
+streams them with data=streaming data.streaming_dir=DIR on any number of nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from dataclasses import asdict
+from typing import Any, Mapping, Sequence
+
+from damo_lit.cli.common import compose
+
+log = logging.getLogger("damo_lit.cache")
+
+USAGE = __doc__
+
+
+def pool_local_tokens(features: dict[str, Any], model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Pool local tokens to the global residual's L' tokens, exactly as the residual would: the
+    vision patch grid to a sqrt(L') x sqrt(L') grid, the audio tokens to L' windows."""
+    import torch.nn.functional as F
+
+    residual = model_cfg["residual"]
+    out = dict(features)
+    local = features["vision_local"]  # (B, N, P, D)
+    b, n, p, d = local.shape
+    side, target = int(round(p**0.5)), int(round(int(residual["video_tokens"]) ** 0.5))
+    grid = local.reshape(b * n, side, side, d).permute(0, 3, 1, 2)
+    out["vision_local"] = F.adaptive_avg_pool2d(grid, target).flatten(2).transpose(1, 2).reshape(b, n, -1, d)
+    if features.get("audio_local") is not None:
+        audio = features["audio_local"]  # (B, M, Q, D)
+        b, m, q, d = audio.shape
+        pooled = F.adaptive_avg_pool1d(audio.reshape(b * m, q, d).transpose(1, 2), int(residual["audio_tokens"]))
+        out["audio_local"] = pooled.transpose(1, 2).reshape(b, m, -1, d)
+    return out
+
+
+def _pooled(option: Any, model_cfg: Mapping[str, Any]) -> bool:
+    """pool_local: auto pools when it is exact (no feature norm before the residual's pooling)."""
+    norm = (model_cfg.get("residual") or {}).get("feature_norm", "none")
+    value = str(option).lower()
+    if value not in ("auto", "true", "false"):
+        raise SystemExit(f"damo-cache: pool_local must be auto, true or false, got {option!r}")
+    if value == "true" and norm != "none":
+        raise SystemExit(
+            f"damo-cache: pool_local=true needs model.residual.feature_norm=none (it is {norm!r}): the feature "
+            "norm comes before the residual's pooling, so pooled rows would not reproduce the model"
+        )
+    return value == "true" or (value == "auto" and norm == "none")
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _datamodule(cfg: Any) -> Any:
+    """The data config's datamodule, its synthetic set generated first when it is absent."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    if datamodule.generate is not None and datamodule.root:
+        from damo_lit.data.synthetic import ensure_generated
+
+        ensure_generated(datamodule.root, datamodule.generate)
+    return datamodule
+
+
+def build_cache(cfg: Any) -> Any:
+    """Fill (or finish) the cache folder `cfg.out`; returns a CacheReport."""
+    import numpy as np
+    import torch
+    from omegaconf import OmegaConf
+    from rich.progress import Progress
+    from torch.utils.data import DataLoader
+
+    from damo_lit.cli.model import ensure_model_parts
+    from damo_lit.data.collection import load_split
+    from damo_lit.data.decode import worker_context
+    from damo_lit.data.features import (
+        CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list, row_tensors,
+        trainable_towers, video_key,
+    )  # fmt: skip
+    from damo_lit.models.damo import build_damo
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    towers = trainable_towers(model_cfg)
+    if towers:
+        log.warning("%s: the cache holds these towers' outputs as they are now; training with data.features "
+                    "needs them frozen (%s)", ", ".join(towers), " ".join(f"{t}=false" for t in towers))
+    pooled = _pooled(cfg.pool_local, model_cfg)
+    datamodule = _datamodule(cfg)
+    split_keys: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    for split in cfg.splits:
+        try:
+            samples = load_split(datamodule.specs, split).samples
+        except FileNotFoundError as err:
+            log.warning("split %s skipped: %s", split, err)
+            continue
+        split_keys[split] = sorted({video_key(s) for s in samples})
+        paths.update({video_key(s): s.video_path for s in samples})
+    if not paths:
+        raise SystemExit(f"damo-cache: data {datamodule.name} has no videos in splits {list(cfg.splits)}")
+
+    writer = FeatureCacheWriter(
+        cfg.out, encoder_signature(model_cfg, pooled=pooled), datamodule.params, int(cfg.shard_size),
+        info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled},
+    )  # fmt: skip
+    done = writer.done()
+    todo = [(key, paths[key]) for key in sorted(paths) if key not in done]
+    report = CacheReport(out=str(cfg.out), reused=len(paths) - len(todo))
+    if todo:
+        ensure_model_parts(model_cfg)
+        device = _device(str(cfg.device))
+        damo = build_damo(model_cfg).to(device).eval()
+        damo.requires_grad_(False)
+        dtype = getattr(torch, str(cfg.dtype)) if cfg.get("dtype") else None
+        workers = int(cfg.num_workers)
+        loader = DataLoader(
+            VideoFiles(todo, datamodule.params, datamodule.decoded_cache_dir), batch_size=int(cfg.batch_size),
+            num_workers=workers, collate_fn=keep_list, multiprocessing_context=worker_context() if workers else None,
+        )  # fmt: skip
+        pending: list[FeatureRow] = []
+        with Progress() as progress, torch.inference_mode():
+            task = progress.add_task(f"encoding {len(todo)} videos into {cfg.out}", total=len(todo))
+            for batch in loader:
+                good = [(key, video) for key, video, _ in batch if video is not None]
+                for key, video, reason in batch:
+                    if video is None:
+                        writer.mark_bad(key, reason)
+                        report.bad[key] = reason
+                if good:
+                    def stack(name: str) -> torch.Tensor:
+                        return torch.from_numpy(np.stack([getattr(v, name) for _, v in good])).to(device)
+
+                    feats = damo.encoder_features(
+                        stack("frames"), stack("audio_mel") if damo.has_audio else None,
+                        stack("frame_mask"), stack("audio_mask") if damo.has_audio else None,
+                    )  # fmt: skip
+                    if pooled:
+                        feats = pool_local_tokens(feats, model_cfg)
+                    for i, (key, video) in enumerate(good):
+                        row = {k: (v[i].to(dtype) if dtype is not None else v[i]) for k, v in feats.items()}
+                        pending.append(FeatureRow(key, {**row, **row_tensors(video.to_arrays())}))
+                    report.encoded += len(good)
+                while len(pending) >= writer.shard_size:
+                    writer.write_shard(pending[: writer.shard_size])
+                    pending = pending[writer.shard_size :]
+                progress.advance(task, len(batch))
+        if pending:
+            writer.write_shard(pending)
+    manifest = writer.finish(split_keys)
+    report.shards = len(writer.shards)
+    report.videos = int(manifest["videos"])
+    return report
+
+
+def build_stream(cfg: Any) -> Any:
+    """Write the litdata stream of `cfg.data` into `cfg.out`; returns a StreamReport."""
+    from omegaconf import OmegaConf
+
+    from damo_lit.data.streaming import write_stream
+
+    datamodule = _datamodule(cfg)
+    tasks = list(OmegaConf.to_container(cfg.tasks, resolve=True))
+    return write_stream(datamodule, cfg.out, list(cfg.splits), tasks, str(cfg.chunk_bytes), int(cfg.num_workers))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise SystemExit(f"damo-cache: expected key=value overrides, got {bad}\n{USAGE}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    from damo_lit.data.features import FeatureCacheError
+
+    cfg = compose("cache", args)
+    if cfg.kind not in ("features", "stream"):
+        raise SystemExit(f"damo-cache: kind must be features or stream, got {cfg.kind!r}")
+    try:
+        report = build_cache(cfg) if cfg.kind == "features" else build_stream(cfg)
+    except FeatureCacheError as err:
+        raise SystemExit(f"damo-cache: {err}") from None
+    if cfg.kind == "features":
+        print(f"{report.out}: {report.videos} videos in {report.shards} shards "
+              f"(encoded now {report.encoded}, kept {report.reused}, failed {len(report.bad)})")
+        failed = report.bad
+    else:
+        total = sum(n for tasks in report.samples.values() for n in tasks.values())
+        print(f"{report.out}: a {report.kind} stream of {total} samples {report.samples} "
+              f"(kept complete: {report.reused or 'none'}; left out {len(report.skipped)})")
+        failed = report.skipped
+    for key, reason in sorted(failed.items())[:20]:
+        print(f"  left out: {key}: {reason}")
+    print(json.dumps(asdict(report), sort_keys=True))  # last line: the report, for scripts
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The frozen-encoder feature cache: tower outputs computed once, read back instead of decoding.
+
+The towers never change while they are frozen, and decoding plus encoding costs more than a
+training step of everything after them. `damo-cache` (damo_lit.cli.cache) runs the towers once
+over every video of a dataset and writes what `DaMO.encoder_features` returns, plus each video's
+frame / segment times, masks and duration, into safetensors shards (never pickle):
+
+    DIR/manifest.json          format, status (partial | complete), the encoder signature (the
+                               model-config keys that decide the towers' outputs), decode
+                               parameters, the full model config for the record, counts
+    DIR/shards/00000.safetensors  rows of up to `shard_size` videos; metadata "keys" names them
+    DIR/index.json             shard -> video keys, and the videos that failed to decode
+
+A shard is written atomically (temporary file, then rename), so an interrupted run leaves only
+finished shards, and a rerun encodes only the videos no shard holds. A video is named by its
+key: `<source label>/<record video path>` (the data config's source name and the path as the
+annotation file states it), so the cache follows the data when it moves.
+
+The datamodule (`data.features=DIR`) reads rows by key (`FeatureStore`) and yields the cached
+keys `vision_global`, `vision_local`, `audio_global`, `audio_local` instead of `frames` /
+`audio_mel`; every other key of the batch contract is unchanged. It refuses a cache made with
+another encoder signature or other decode parameters, and a model config whose towers train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from damo_lit.data.collection import Sample
+from damo_lit.data.decode import DecodeParams
+
+FORMAT = "damo-features-v1"
+MANIFEST = "manifest.json"
+INDEX = "index.json"
+SHARD_DIR = "shards"
+FEATURE_KEYS = ("vision_global", "vision_local", "audio_global", "audio_local")
+ROW_KEYS = (*FEATURE_KEYS, "frame_times", "frame_mask", "audio_times", "audio_mask", "has_audio", "duration")
+# Model-config keys of a tower that do not change what it outputs.
+NOT_IN_SIGNATURE = ("trainable",)
+
+
+class FeatureCacheError(ValueError):
+    """A feature cache that cannot serve this run; the message names the folder and what differs."""
+
+
+def video_key(sample: Sample) -> str:
+    """The cache key of a sample's video: `<source label>/<video path as the record states it>`."""
+    return f"{sample.source}/{sample.record.video}"
+
+
+def encoder_signature(model_cfg: Mapping[str, Any], pooled: bool = False) -> dict[str, Any]:
+    """What decides the cached rows: the tower configs (less `trainable`), the frame and segment
+    counts and the seed (random-init towers); with `pooled` (local tokens stored already pooled to
+    the residual's L' tokens) also those token counts and the feature norm, which pooling assumes."""
+
+    def tower(name: str) -> dict[str, Any] | None:
+        part = model_cfg.get(name)
+        if part is None:
+            return None
+        return {k: _plain(v) for k, v in dict(part).items() if k not in NOT_IN_SIGNATURE}
+
+    return {
+        "num_frames": model_cfg.get("num_frames"),
+        "num_audio_segments": model_cfg.get("num_audio_segments"),
+        "seed": model_cfg.get("seed"),
+        "vision": tower("vision"),
+        "audio": tower("audio"),
+        "pooled_local": _pooled_local(model_cfg) if pooled else None,
+    }
+
+
+def _pooled_local(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    residual = model_cfg.get("residual") or {}
+    return {"video_tokens": residual.get("video_tokens"), "audio_tokens": residual.get("audio_tokens"),
+            "feature_norm": residual.get("feature_norm", "none")}
+
+
+def trainable_towers(model_cfg: Mapping[str, Any]) -> list[str]:
+    """The model-config keys of towers that train (`model.vision.trainable` ...): none may, with a cache."""
+    out = []
+    for name in ("vision", "audio"):
+        part = model_cfg.get(name) or {}
+        if part.get("trainable") and part.get("enabled", True):
+            out.append(f"model.{name}.trainable")
+    return out
+
+
+def signature_diff(made: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "model") -> list[str]:
+    """Dotted keys whose values differ between two signatures, as 'key: cache X, this run Y'."""
+    diffs: list[str] = []
+    for key in sorted(set(made) | set(wanted)):
+        a, b = made.get(key), wanted.get(key)
+        name = f"{prefix}.{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += signature_diff(a, b, name)
+        elif a != b:
+            diffs.append(f"{name}: cache {a!r}, this run {b!r}")
+    return diffs
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class CachedFeatures:
+    """One video's row of the cache: the batch-contract media keys of a cached-feature batch."""
+
+    # The media fields the collate stacks, and the dtype each becomes (None: as stored).
+    BATCH_FIELDS = {
+        "vision_global": None, "vision_local": None, "audio_global": None, "audio_local": None,
+        "frame_times": torch.float32, "frame_mask": torch.bool, "audio_times": torch.float32,
+        "audio_mask": torch.bool,
+    }  # fmt: skip
+
+    vision_global: torch.Tensor  # (N, Dv)
+    vision_local: torch.Tensor  # (N, P, Dv)
+    audio_global: torch.Tensor | None  # (M, Da)
+    audio_local: torch.Tensor | None  # (M, Q, Da)
+    frame_times: torch.Tensor  # (N,)
+    frame_mask: torch.Tensor  # (N,)
+    audio_times: torch.Tensor  # (M,)
+    audio_mask: torch.Tensor  # (M,)
+    has_audio: bool
+    duration: float
+
+
+@dataclass
+class FeatureRow:
+    """What the cache writer receives per video: its key and one row of each tensor."""
+
+    key: str
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass
+class CacheReport:
+    """What a `damo-cache` run did: videos encoded now, found in finished shards, and failed."""
+
+    out: str
+    encoded: int = 0
+    reused: int = 0
+    bad: dict[str, str] = field(default_factory=dict)
+    shards: int = 0
+    videos: int = 0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FeatureCacheError(f"{path}: cannot read it ({err})") from None
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_manifest(path: Path, fmt: str, key: str, command: str) -> dict[str, Any]:
+    """A folder's manifest of format `fmt`; errors name the config `key` and the `command` that makes it."""
+    if not path.is_file():
+        raise FeatureCacheError(f"{key}={path.parent}: no {path.name} there; make it with `{command}`")
+    manifest = _read_json(path)
+    if manifest.get("format") != fmt:
+        raise FeatureCacheError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
+    return manifest
+
+
+def _shard_keys(path: Path) -> list[str]:
+    """The video keys a finished shard holds (read from its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(json.loads((handle.metadata() or {})["keys"]))
+
+
+class FeatureCacheWriter:
+    """Writes a cache folder shard by shard; a rerun into the same folder continues it.
+
+    Args:
+        root: the cache folder.
+        signature: `encoder_signature(model_cfg, ...)`; a folder made with another one is refused.
+        params: the decode parameters the rows were decoded with.
+        shard_size: videos per shard.
+        info: anything else to record in the manifest (the full model config, the data name).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        signature: Mapping[str, Any],
+        params: DecodeParams,
+        shard_size: int = 64,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.root = Path(root)
+        self.signature = _plain(dict(signature))
+        self.params = params
+        self.shard_size = int(shard_size)
+        self.info = _plain(dict(info or {}))
+        (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        manifest_path = self.root / MANIFEST
+        if manifest_path.is_file():
+            old = _read_json(manifest_path)
+            problems = signature_diff(old.get("signature", {}), self.signature)
+            if old.get("decode") != _plain(asdict(params)):
+                problems.append(f"decode parameters: cache {old.get('decode')}, this run {asdict(params)}")
+            if problems:
+                raise FeatureCacheError(
+                    f"{self.root} holds a feature cache made with another config ({'; '.join(problems)}); "
+                    "write to another folder (out=...) or delete this one"
+                )
+        self.shards: dict[str, list[str]] = {}
+        for path in sorted((self.root / SHARD_DIR).glob("*.safetensors")):
+            try:
+                self.shards[path.name] = _shard_keys(path)
+            except Exception as err:  # noqa: BLE001 - a torn shard (cannot happen with rename, but disks lie)
+                raise FeatureCacheError(f"{path}: unreadable shard ({err}); delete it and rerun") from None
+        self.bad: dict[str, str] = {}
+        self._write_manifest("partial", {})
+
+    def _write_manifest(self, status: str, splits: Mapping[str, int]) -> None:
+        _write_json(self.root / MANIFEST, {
+            "format": FORMAT, "status": status, "signature": self.signature, "decode": _plain(asdict(self.params)),
+            "shard_size": self.shard_size, "splits": dict(splits), "info": self.info,
+            "videos": sum(len(k) for k in self.shards.values()), "bad": len(self.bad),
+        })  # fmt: skip
+
+    def done(self) -> set[str]:
+        """Keys already in a finished shard."""
+        return {key for keys in self.shards.values() for key in keys}
+
+    def write_shard(self, rows: Sequence[FeatureRow]) -> Path:
+        """Stack the rows into the next shard file (atomic: a crash leaves no partial shard)."""
+        from safetensors.torch import save_file
+
+        if not rows:
+            raise ValueError("write_shard needs at least one row")
+        names = sorted(rows[0].tensors)
+        for row in rows[1:]:
+            if sorted(row.tensors) != names:
+                raise ValueError(f"video {row.key}: tensors {sorted(row.tensors)} differ from {names}")
+        tensors = {name: torch.stack([row.tensors[name].detach().cpu() for row in rows]).contiguous()
+                   for name in names}  # fmt: skip
+        number = 1 + max((int(Path(n).stem) for n in self.shards), default=-1)
+        target = self.root / SHARD_DIR / f"{number:05d}.safetensors"
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp), metadata={"keys": json.dumps([row.key for row in rows])})
+        os.chmod(tmp, 0o666 & ~_umask())  # readable by the team, like any other file written here
+        os.replace(tmp, target)
+        self.shards[target.name] = [row.key for row in rows]
+        return target
+
+    def mark_bad(self, key: str, reason: str) -> None:
+        self.bad[key] = reason
+
+    def finish(self, splits: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+        """Write the index and mark the cache complete; `splits` names each split's video keys."""
+        have = self.done()
+        counts = {}
+        for split, keys in splits.items():
+            keys = set(keys)
+            missing = keys - have - set(self.bad)
+            if missing:
+                raise FeatureCacheError(f"{self.root}: {len(missing)} video(s) of split {split} were not encoded, "
+                                        f"e.g. {sorted(missing)[:3]}")
+            counts[split] = len(keys)
+        _write_json(self.root / INDEX, {"shards": self.shards, "bad": self.bad})
+        self._write_manifest("complete", counts)
+        return _read_json(self.root / MANIFEST)
+
+
+class FeatureStore:
+    """Reads a finished cache: one video's row by key (memory-mapped safetensors, row slices only).
+
+    Args:
+        root: the cache folder.
+        model_cfg: this run's model config; its `encoder_signature` must equal the cache's (None
+            skips the check: tools that only read).
+        params: this run's decode parameters (frame and segment counts); None skips the check.
+    """
+
+    def __init__(
+        self, root: str | Path, model_cfg: Mapping[str, Any] | None = None, params: DecodeParams | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root / MANIFEST, FORMAT, "data.features",
+                                      f"damo-cache data=... model=... out={self.root}")  # fmt: skip
+        if self.manifest.get("status") != "complete":
+            raise FeatureCacheError(
+                f"data.features={self.root}: the cache is incomplete (interrupted?); rerun the same damo-cache "
+                "command to finish it (finished shards are kept)"
+            )
+        made = self.manifest.get("signature", {})
+        if model_cfg is not None:
+            signature = encoder_signature(model_cfg, pooled=made.get("pooled_local") is not None)
+            problems = signature_diff(made, _plain(signature))
+            if problems:
+                raise FeatureCacheError(
+                    f"data.features={self.root} was made by another model config: {'; '.join(problems)}. "
+                    "Rebuild it with this model config (damo-cache model=... out=NEW_DIR) or use the config it "
+                    "was made with"
+                )
+        if params is not None and self.manifest.get("decode") != _plain(asdict(params)):
+            raise FeatureCacheError(
+                f"data.features={self.root} was decoded with {self.manifest.get('decode')}, this run decodes with "
+                f"{asdict(params)}; rebuild the cache"
+            )
+        index = _read_json(self.root / INDEX)
+        self.bad: dict[str, str] = dict(index.get("bad", {}))
+        self.rows: dict[str, tuple[str, int]] = {}
+        for shard, keys in index["shards"].items():
+            for row, key in enumerate(keys):
+                self.rows[key] = (shard, row)
+        self._handles: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def _handle(self, shard: str) -> Any:
+        from safetensors import safe_open
+
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.root / SHARD_DIR / shard), framework="pt")
+        return self._handles[shard]
+
+    def load(self, key: str) -> CachedFeatures:
+        """The row of video `key`; KeyError names the cache when it has no such video."""
+        if key not in self.rows:
+            raise KeyError(f"video {key!r} is not in the feature cache {self.root}")
+        shard, row = self.rows[key]
+        handle = self._handle(shard)
+        names = set(handle.keys())
+        get = {name: handle.get_slice(name)[row] for name in names}
+        return CachedFeatures(
+            vision_global=get["vision_global"],
+            vision_local=get["vision_local"],
+            audio_global=get.get("audio_global"),
+            audio_local=get.get("audio_local"),
+            frame_times=get["frame_times"],
+            frame_mask=get["frame_mask"],
+            audio_times=get["audio_times"],
+            audio_mask=get["audio_mask"],
+            has_audio=bool(get["has_audio"]),
+            duration=float(get["duration"]),
+        )
+
+
+class FeatureLoader:
+    """The datamodule's loader when data.features is set: video path -> cached row.
+
+    Called like `dataset.VideoLoader` (by path), so the record dataset and the collate serve both.
+    """
+
+    def __init__(self, store: FeatureStore, keys: Mapping[str, str]) -> None:
+        self.store = store
+        self.keys = dict(keys)  # absolute video path -> cache key
+
+    def __call__(self, path: str) -> CachedFeatures:
+        return self.store.load(self.keys[path])
+
+
+def row_tensors(arrays: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """One video's non-feature row entries (times, masks, has_audio, duration) as tensors."""
+    return {
+        "frame_times": torch.as_tensor(np.asarray(arrays["frame_times"], dtype=np.float32)),
+        "frame_mask": torch.as_tensor(np.asarray(arrays["frame_mask"], dtype=bool)),
+        "audio_times": torch.as_tensor(np.asarray(arrays["audio_times"], dtype=np.float32)),
+        "audio_mask": torch.as_tensor(np.asarray(arrays["audio_mask"], dtype=bool)),
+        "has_audio": torch.tensor(bool(arrays["has_audio"])),
+        "duration": torch.tensor(float(arrays["duration"]), dtype=torch.float64),
+    }
+
+
+class VideoFiles(torch.utils.data.Dataset):
+    """(key, decoded video or None, reason) per video: what damo-cache decodes, through the decoded
+    cache when the data config has one. A failure is returned (and recorded bad), never raised."""
+
+    def __init__(self, items: Sequence[tuple[str, str]], params: DecodeParams, cache_dir: str | None) -> None:
+        self.items = list(items)
+        self.params = params
+        self.cache_dir = cache_dir
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, Any, str]:
+        from damo_lit.data.cache import DecodedCache
+        from damo_lit.data.decode import DecodeError
+
+        key, path = self.items[index]
+        try:
+            return key, DecodedCache(self.cache_dir, self.params).load(path), ""
+        except DecodeError as err:
+            return key, None, err.reason
+
+
+def keep_list(items: list[Any]) -> list[Any]:
+    """A DataLoader collate that keeps the samples as they are (the caller stacks what decoded)."""
+    return items

@@ -1,0 +1,322 @@
+"""Sharded streaming for many nodes (litdata): write once, stream from any number of ranks.
+
+`write_stream` (run by `damo-cache kind=stream`) turns a data config into litdata datasets,
+one per (split, task), under one folder:
+
+    DIR/damo_stream.json        format, kind (video | features), the records per split and task,
+                                the training span prior, the feature cache's manifest (features)
+    DIR/{split}/{task}/         litdata chunks + index.json; each item is one sample: the
+                                record (JSON text) and either the MP4 file's bytes (kind video)
+                                or its cached tower outputs (kind features, from data.features)
+
+Nothing is pickled: items hold strings, bytes and tensors only. Training samples of a mixture
+are weighted when written (the split as the datamodule would load it).
+
+`StreamingDataModule` (conf/data/streaming.yaml, `data.streaming_dir=DIR`) reads them with
+litdata's StreamingDataset: MP4 bytes are decoded through the data layer's own decode path
+(`decode_video`, from a memory-backed temporary file), text goes through the same prompt and
+token code as the map-style dataset, and the same Collator makes the batch contract. Under DDP
+every rank streams a disjoint share with the same number of batches (litdata's drop_last), and
+the StreamingDataLoader's `state_dict()` resumes mid-epoch (Lightning saves it in checkpoints).
+A stage that trains on several tasks streams their datasets together (CombinedStreamingDataset,
+iterating over all of them).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+# litdata asks PyPI for newer versions unless told not to (there is no network here).
+os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+
+from damo_lit.data.cache import FailureLog  # noqa: E402
+from damo_lit.data.collection import Sample, load_split  # noqa: E402
+from damo_lit.data.datamodule import DaMODataModule, SpanPrior  # noqa: E402
+from damo_lit.data.dataset import Collator, sample_item  # noqa: E402
+from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, decode_video, worker_context  # noqa: E402
+from damo_lit.data.features import (  # noqa: E402
+    FEATURE_KEYS, CachedFeatures, FeatureCacheError, FeatureStore, encoder_signature, read_manifest,
+    signature_diff, trainable_towers, video_key,
+)  # fmt: skip
+from damo_lit.data.schema import TASKS, Record  # noqa: E402
+from damo_lit.data.sources.base import SPLITS  # noqa: E402
+
+FORMAT = "damo-stream-v1"
+META = "damo_stream.json"
+TIME_KEYS = ("frame_times", "frame_mask", "audio_times", "audio_mask")
+
+
+def decode_bytes(data: bytes | memoryview, params: DecodeParams, name: str = "video.mp4") -> DecodedVideo:
+    """Decode an MP4 held in memory exactly as a file (`decode_video`), via a memory-backed
+    temporary file; DecodeError names `name`."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".mp4", dir=folder) as handle:
+        handle.write(data)
+        handle.flush()
+        try:
+            return decode_video(handle.name, params)
+        except DecodeError as err:
+            raise DecodeError(name, err.reason) from None
+
+
+def record_json(record: Record) -> str:
+    """The record as JSON text, times at full precision (Record.to_dict rounds to milliseconds)."""
+    obj = record.to_dict()
+    obj["duration"] = record.duration
+    obj["spans"] = [[s, e] for s, e in record.spans]
+    return json.dumps(obj)
+
+
+class StreamItem:
+    """litdata.optimize's function: (record JSON, video path, cache key) -> one stored item."""
+
+    def __init__(self, features: str | None = None) -> None:
+        self.features = features
+        self._store: FeatureStore | None = None
+
+    def __call__(self, entry: tuple[str, str, str]) -> dict[str, Any]:
+        record, path, key = entry
+        item: dict[str, Any] = {"record": record, "key": key}
+        if self.features is None:
+            item["mp4"] = Path(path).read_bytes()
+            return item
+        if self._store is None:
+            self._store = FeatureStore(self.features)
+        row = self._store.load(key)
+        for name in (*FEATURE_KEYS, *TIME_KEYS):
+            value = getattr(row, name)
+            if value is not None:
+                item[name] = value
+        item["has_audio"] = int(row.has_audio)
+        item["video_duration"] = float(row.duration)
+        return item
+
+
+@dataclass
+class StreamReport:
+    """What write_stream wrote: samples per split and task, and what it left out and why."""
+
+    out: str
+    kind: str
+    samples: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # video path -> reason
+    reused: list[str] = field(default_factory=list)  # split/task datasets found complete
+
+
+def write_stream(
+    datamodule: DaMODataModule,
+    out: str | Path,
+    splits: Sequence[str] = SPLITS,
+    tasks: Sequence[str] = TASKS,
+    chunk_bytes: str = "64MB",
+    num_workers: int = 1,
+) -> StreamReport:
+    """Write litdata datasets of the data config's samples, one per (split, task), into `out`.
+
+    With `datamodule.features` set, items carry the cached tower outputs instead of MP4 bytes.
+    A (split, task) dataset already complete (its index.json exists) is kept: a rerun after an
+    interruption writes only the rest.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "features" if datamodule.features else "video"
+    store = FeatureStore(datamodule.features, None, datamodule.params) if datamodule.features else None
+    meta_path = out / META
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("kind") != kind or old.get("data") != datamodule.name:
+            raise FeatureCacheError(
+                f"{out} holds a {old.get('kind')} stream of data {old.get('data')}; this run writes a {kind} "
+                f"stream of {datamodule.name}: write to another folder"
+            )
+    report = StreamReport(out=str(out), kind=kind)
+    worker_context()  # litdata's worker processes start from the warm fork server (never fork after torch)
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    try:
+        _write_datasets(datamodule, out, splits, tasks, store, report, chunk_bytes, num_workers)
+    finally:  # litdata sets the process-wide start method: give the caller back its own
+        multiprocessing.set_start_method(start_method, force=True)
+    meta = {
+        "format": FORMAT, "kind": kind, "data": datamodule.name, "samples": report.samples,
+        "decode": json.loads(json.dumps(asdict(datamodule.params))),
+        "features_manifest": store.manifest if store is not None else None,
+        "span_prior": _span_prior(datamodule),
+    }  # fmt: skip
+    tmp = meta_path.with_name(f"{META}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, meta_path)
+    return report
+
+
+def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str], tasks: Sequence[str],
+                    store: FeatureStore | None, report: StreamReport, chunk_bytes: str, num_workers: int) -> None:
+    """One litdata dataset per (split, task) with samples; complete ones are kept."""
+    from litdata import optimize
+
+    for split in splits:
+        for task in tasks:
+            try:
+                samples = load_split(datamodule.specs, split, (task,), weighted=split == "train",
+                                     seed=datamodule.seed).samples  # fmt: skip
+            except FileNotFoundError:
+                break  # a split this source does not have
+            if datamodule.max_samples_per_split:
+                samples = samples[: datamodule.max_samples_per_split]
+            entries = _entries(samples, store, report)
+            if not entries:
+                continue
+            report.samples.setdefault(split, {})[task] = len(entries)
+            target = out / split / task
+            if (target / "index.json").is_file():
+                report.reused.append(f"{split}/{task}")
+                continue
+            optimize(
+                fn=StreamItem(datamodule.features), inputs=entries, output_dir=str(target), chunk_bytes=chunk_bytes,
+                num_workers=max(1, int(num_workers)), reorder_files=False, verbose=False,
+                start_method="forkserver", mode="overwrite",
+            )  # fmt: skip
+
+
+def _entries(samples: Sequence[Sample], store: FeatureStore | None, report: StreamReport) -> list[tuple[str, str, str]]:
+    entries = []
+    for sample in samples:
+        key = video_key(sample)
+        if store is not None:
+            reason = store.bad.get(key) or (None if key in store else "not in the feature cache")
+        else:
+            reason = None if Path(sample.video_path).is_file() else "file not found"
+        if reason is not None:
+            report.skipped[sample.video_path] = reason
+            continue
+        entries.append((record_json(sample.record), sample.video_path, key))
+    return entries
+
+
+def _span_prior(datamodule: DaMODataModule) -> dict[str, Any] | None:
+    try:
+        return asdict(datamodule.train_span_prior())
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+class StreamingRecords:
+    """Item -> sample for the Collator (a StreamingDataset transform): decode the MP4 bytes or
+    take the cached rows, render and tokenise the record. None when the video fails to decode."""
+
+    def __init__(self, params: DecodeParams, tokenizer: Any, timestamps: str, prompt_style: str,
+                 failures: FailureLog) -> None:  # fmt: skip
+        self.params = params
+        self.tokenizer = tokenizer
+        self.timestamps = timestamps
+        self.prompt_style = prompt_style
+        self.failures = failures
+
+    def __call__(self, item: Mapping[str, Any]) -> dict[str, Any] | None:
+        record = Record.from_dict(json.loads(item["record"]), where=f"stream item {item.get('key')}")
+        if "mp4" in item:
+            try:
+                video: Any = decode_bytes(item["mp4"], self.params, item["key"])
+            except DecodeError as err:
+                self.failures.record(err.path, err.reason)
+                return None
+        else:
+            video = CachedFeatures(
+                **{name: item.get(name) for name in (*FEATURE_KEYS, *TIME_KEYS)},
+                has_audio=bool(item["has_audio"]), duration=float(item["video_duration"]),
+            )  # fmt: skip
+        return sample_item(record, video, self.tokenizer, self.timestamps, self.prompt_style)
+
+
+class StreamingDataModule(DaMODataModule):
+    """The datamodule over a folder written by `damo-cache kind=stream` (conf/data/streaming.yaml).
+
+    Takes every key of DaMODataModule (tasks, prompts, decoding, batch size, workers) plus
+    `streaming_dir`; annotations and videos are not needed on the training nodes.
+    """
+
+    def __init__(self, streaming_dir: str | None = None, format: str = "damo_jsonl", **kwargs: Any) -> None:
+        if not streaming_dir:
+            raise ValueError("data.streaming_dir is not set: the folder written by `damo-cache kind=stream`")
+        super().__init__(format=format, **kwargs)
+        self.streaming_dir = Path(streaming_dir)
+        self.meta = read_manifest(self.streaming_dir / META, FORMAT, "data.streaming_dir",
+                                  f"damo-cache kind=stream data=... out={self.streaming_dir}")  # fmt: skip
+        if self.meta["kind"] == "features":
+            self._check_features()
+
+    def _check_features(self) -> None:
+        """A features stream serves only a model with the same frozen towers (as data.features)."""
+        if self.features_model is None:
+            return
+        towers = trainable_towers(self.features_model)
+        if towers:
+            raise FeatureCacheError(
+                f"data.streaming_dir={self.streaming_dir} holds cached tower outputs, so the towers must be frozen: "
+                f"set {'=false '.join(towers)}=false"
+            )
+        made = self.meta["features_manifest"]["signature"]
+        problems = signature_diff(made, encoder_signature(self.features_model, made.get("pooled_local") is not None))
+        if problems:
+            raise FeatureCacheError(
+                f"data.streaming_dir={self.streaming_dir} holds features of another model config: {'; '.join(problems)}"
+            )
+
+    def prepare_data(self) -> None:
+        """Nothing to generate or decode: the stream was written beforehand."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Datasets are made per DataLoader (a StreamingDataset is an iterable with its own state)."""
+
+    def _datasets(self, split: str, shuffle: bool) -> Any:
+        from litdata import CombinedStreamingDataset, StreamingDataset
+
+        have = self.meta["samples"].get(split, {})
+        tasks = [t for t in self.tasks_for(split) if t in have]
+        if not tasks:
+            raise ValueError(
+                f"data.streaming_dir={self.streaming_dir} has no {split} samples of tasks {list(self.tasks_for(split))} "
+                f"(it has {have or 'none'}); write them with `damo-cache kind=stream` and these tasks"
+            )
+        missing = sorted(set(self.tasks_for(split)) - set(tasks))
+        if missing:
+            warnings.warn(f"{self.streaming_dir}: no {split} samples of task(s) {missing}", UserWarning, stacklevel=3)
+        transform = StreamingRecords(self.params, self.tokenizer, self.timestamps, self.prompt_style,
+                                     self.loader.failures)  # fmt: skip
+        datasets = [
+            StreamingDataset(str(self.streaming_dir / split / task), shuffle=shuffle, seed=self.seed,
+                             transform=transform)
+            for task in tasks
+        ]  # fmt: skip
+        if len(datasets) == 1:
+            return datasets[0]
+        return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
+
+    def _dataloader(self, split: str, shuffle: bool) -> Any:
+        from litdata import StreamingDataLoader
+
+        if self.tokenizer is None:
+            raise RuntimeError("StreamingDataModule has no tokenizer: call set_tokenizer(tokenizer) first")
+        workers = self.num_workers
+        return StreamingDataLoader(
+            self._datasets(split, shuffle),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            num_workers=workers,
+            collate_fn=Collator(self.tokenizer.pad_token_id),
+            multiprocessing_context=worker_context() if workers > 0 else None,
+            persistent_workers=workers > 0,
+        )
+
+    def train_span_prior(self) -> SpanPrior:
+        """The constant-span baseline, computed from the training records when the stream was written."""
+        prior = self.meta.get("span_prior")
+        if not prior:
+            raise ValueError(f"{self.streaming_dir}: the stream holds no training grounding records for a span prior")
+        return SpanPrior(**prior)
+

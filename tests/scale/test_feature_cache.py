@@ -1,0 +1,143 @@
+"""The frozen-encoder feature cache: same loss as decoding, every stage takes it, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from damo_lit.cli.cache import build_cache, main, pool_local_tokens
+from damo_lit.cli.common import compose, compose_run
+from damo_lit.cli.train import build_run
+from damo_lit.data.features import FEATURE_KEYS, FeatureCacheError, FeatureCacheWriter, FeatureStore
+
+from .conftest import FROZEN
+
+STAGES = ["stage1_align", "stage2_bridge", "stage3_temporal", "stage4_dialogue"]
+
+
+def _first_train_batch(datamodule) -> dict:
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    torch.manual_seed(0)  # the same shuffle for both runs
+    return next(iter(datamodule.train_dataloader()))
+
+
+def test_step0_loss_is_the_same_with_and_without_the_cache(
+    train_overrides: list[str], feature_cache: Path, tmp_path: Path
+) -> None:
+    plain = compose_run("train", [*train_overrides, *FROZEN], tmp_path / "decoded")
+    cached = compose_run("train", [*train_overrides, *FROZEN, f"data.features={feature_cache}"], tmp_path / "cached")
+    stage_a, dm_a, _ = build_run(plain)
+    stage_b, dm_b, _ = build_run(cached)
+    batch_a, batch_b = _first_train_batch(dm_a), _first_train_batch(dm_b)
+
+    assert batch_a["sample_id"] == batch_b["sample_id"]
+    assert {"frames", "audio_mel"} <= set(batch_a) and not set(FEATURE_KEYS) & set(batch_a)
+    assert set(FEATURE_KEYS) <= set(batch_b) and not {"frames", "audio_mel"} & set(batch_b)
+    for key in set(batch_a) - {"frames", "audio_mel"}:  # everything else of the contract is unchanged
+        a, b = batch_a[key], batch_b[key]
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+    n, m = plain.model.num_frames, plain.model.num_audio_segments
+    assert batch_b["vision_global"].shape[:2] == (4, n) and batch_b["audio_local"].shape[:2] == (4, m)
+
+    stage_a.train()
+    stage_b.train()
+    loss_a, loss_b = stage_a.lm_loss(batch_a)[0], stage_b.lm_loss(batch_b)[0]
+    assert torch.isfinite(loss_a)
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_trains_from_the_cache(stage: str, train_overrides: list[str], feature_cache: Path,
+                                           tmp_path: Path) -> None:
+    cfg = compose_run("train", [f"stage={stage}", *train_overrides, *FROZEN, f"data.features={feature_cache}",
+                                "model.llm.trainable=false", "data.batch_size=2", "trainer.max_steps=1",
+                                "trainer.limit_val_batches=0", "test_after_fit=false",
+                                "callbacks.model_checkpoint=null", "trainer.log_every_n_steps=1"], tmp_path)  # fmt: skip
+    stage_module, datamodule, trainer = build_run(cfg)
+    trainer.fit(stage_module, datamodule=datamodule)
+    assert trainer.global_step == 1
+    loss = trainer.callback_metrics.get("train/loss")
+    assert loss is not None and torch.isfinite(loss)
+
+
+def test_trainable_towers_with_a_cache_are_refused(data_overrides: list[str], feature_cache: Path) -> None:
+    cfg = compose("train", [*data_overrides, "model.audio.trainable=false", f"data.features={feature_cache}"])
+    with pytest.raises(InstantiationException, match=r"must be frozen: set model\.vision\.trainable=false"):
+        instantiate(cfg.data, _convert_="partial")
+
+
+def test_a_cache_of_another_model_config_is_refused(data_overrides: list[str], feature_cache: Path) -> None:
+    cfg = compose("train", [*data_overrides, *FROZEN, "model.vision.std=[0.5,0.5,0.5]",
+                            f"data.features={feature_cache}"])  # fmt: skip
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    with pytest.raises(FeatureCacheError, match=r"another model config: model\.vision\.std"):
+        datamodule.setup("fit")
+    # ... and damo-cache will not mix two configs in one folder either.
+    with pytest.raises(SystemExit, match=r"made with another config \(model\.vision\.std"):
+        main([*data_overrides, *FROZEN, "model.vision.std=[0.5,0.5,0.5]", f"out={feature_cache}"])
+
+
+def test_interrupted_cache_is_refused_then_resumed(data_overrides: list[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "cache"
+    cfg = compose("cache", [*data_overrides, *FROZEN, f"out={out}", "num_workers=0", "shard_size=4", "batch_size=4"])
+    original = FeatureCacheWriter.write_shard
+    calls = []
+
+    def crash_on_second(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the job were killed while writing shard 2
+        return original(self, rows)
+
+    monkeypatch.setattr(FeatureCacheWriter, "write_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(cfg)
+    monkeypatch.setattr(FeatureCacheWriter, "write_shard", original)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
+    assert len(list((out / "shards").glob("*.safetensors"))) == 1, "only the finished shard is on disk"
+    with pytest.raises(FeatureCacheError, match="incomplete"):
+        FeatureStore(out)
+
+    report = build_cache(cfg)
+    assert report.reused == 4, "the finished shard is kept"
+    assert report.encoded == report.videos - 4 == 12
+    store = FeatureStore(out)
+    assert len(store) == 16 and store.manifest["status"] == "complete"
+    again = build_cache(cfg)
+    assert again.encoded == 0 and again.reused == 16
+
+
+def test_pooled_locals_reproduce_the_model_exactly(data_overrides: list[str]) -> None:
+    """pool_local stores L' tokens instead of every patch: exact when no feature norm precedes pooling."""
+    from omegaconf import OmegaConf
+
+    from damo_lit.cli.model import ensure_model_parts
+    from damo_lit.models.damo import build_damo
+
+    cfg = compose("cache", [*FROZEN, "model.residual.feature_norm=none"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    ensure_model_parts(model_cfg)
+    damo = build_damo(model_cfg).eval()
+    n, m, size = model_cfg["num_frames"], model_cfg["num_audio_segments"], model_cfg["vision"]["image_size"]
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 255, (2, n, 3, size, size), generator=gen, dtype=torch.uint8)
+    mel = torch.randn(2, m, 80, model_cfg["audio"]["segment_frames"], generator=gen)
+    times = {"frame_times": torch.linspace(0, 9, n).expand(2, n), "audio_times": torch.linspace(0, 9, m).expand(2, m),
+             "frame_mask": torch.ones(2, n, dtype=torch.bool), "audio_mask": torch.ones(2, m, dtype=torch.bool),
+             "duration": torch.tensor([10.0, 10.0])}  # fmt: skip
+    with torch.no_grad():
+        feats = damo.encoder_features(frames, mel, times["frame_mask"], times["audio_mask"])
+        pooled = pool_local_tokens(feats, model_cfg)
+        assert pooled["vision_local"].shape[2] == model_cfg["residual"]["video_tokens"] < feats["vision_local"].shape[2]
+        assert pooled["audio_local"].shape[2] == model_cfg["residual"]["audio_tokens"] < feats["audio_local"].shape[2]
+        full = damo.encode_features(**feats, **times)
+        small = damo.encode_features(**pooled, **times)
+    torch.testing.assert_close(small.fusion, full.fusion, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(small.video, full.video, rtol=1e-5, atol=1e-5)
