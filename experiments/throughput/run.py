@@ -1,0 +1,368 @@
+"""make bench: the throughput study. Every figure is measured side by side in one run, on this
+machine, and written to OUT/throughput.json with a printed table (docs/scale.md).
+
+    python experiments/throughput/run.py [out=outputs/bench] [quick=true] [sections=[sparse,loader,cache,fuse]]
+    make bench [quick=true]
+
+- sparse_vs_full: decoding N frames of 30-60 s clips (written by the synthetic generator's
+  writer) with decord's sparse access (the data layer's decode_frames) vs decoding every
+  frame with PyAV and keeping the same N (target >= 3);
+- loader_samples_per_s with 0, 1 and 2 DataLoader workers (no decoded cache: every sample is
+  decoded), beside the raw decode rate of one process;
+- cache_speedup: stage-3 training step time on damo_tiny with frozen towers, decoding every
+  batch vs reading the frozen-encoder feature cache (target >= 5); the decoded .npz cache too;
+- fuse_time_192_over_24: residual + T-Fuseformer + projector forward time at 192 vs 24 frames
+  (target <= 10) and llm_tokens at 24, 48, 96, 192 frames (constant).
+The machine's load is recorded beside the figures: other jobs on the same cores slow them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from damo_lit.cli.common import PROJECT_ROOT, compose, compose_run  # noqa: E402
+
+DEFAULTS: dict[str, Any] = {
+    "out": str(PROJECT_ROOT / "outputs" / "bench"),
+    "quick": False,  # tiny sizes: the smoke test
+    "sections": ["sparse", "loader", "cache", "fuse"],
+    "seed": 0,
+    # sparse_vs_full
+    "clips": 3, "clip_size": 128, "clip_fps": 24, "clip_min_seconds": 30.0, "clip_max_seconds": 60.0,
+    "num_frames": 24, "repeats": 3,
+    # loader_samples_per_s and cache_speedup: a synthetic set of this many videos (default 64x64, 8 fps)
+    "videos": 40, "batch_size": 16, "loader_batches": 6, "workers": [0, 1, 2], "decode_videos": 12,
+    "cache_steps": 6,
+    # fuse_time_192_over_24
+    "fuse_frames": [24, 48, 96, 192], "fuse_batch": 4, "fuse_repeats": 5,
+}  # fmt: skip
+QUICK: dict[str, Any] = {
+    "clips": 1, "clip_size": 64, "clip_fps": 8, "clip_min_seconds": 8.0, "clip_max_seconds": 8.0, "num_frames": 8,
+    "repeats": 1, "videos": 10, "batch_size": 2, "loader_batches": 2, "workers": [0], "decode_videos": 2,
+    "cache_steps": 2, "fuse_frames": [8, 16], "fuse_batch": 1, "fuse_repeats": 1,
+}  # fmt: skip
+TARGETS = {"sparse_vs_full": (">=", 3.0), "cache_speedup": (">=", 5.0), "fuse_time_192_over_24": ("<=", 10.0)}
+FROZEN = ["model.vision.trainable=false", "model.audio.trainable=false"]
+WARMUP_STEPS = 2  # the first training steps allocate and warm up; they are not the steady state
+
+log = logging.getLogger("bench")
+
+
+def settings(argv: list[str]) -> Any:
+    """DEFAULTS, then QUICK when quick=true, then the key=value words of the command line."""
+    cli = OmegaConf.from_dotlist(argv)
+    unknown = sorted(set(cli) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"bench: unknown key(s) {unknown}; expected some of {sorted(DEFAULTS)}")
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), cli)
+    if cfg.quick:
+        cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(QUICK), cli)
+    return cfg
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `repeats` calls (after one untimed warm-up call)."""
+    fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- sparse_vs_full ------------------------------------------------------------------------------
+def make_clips(folder: Path, cfg: Any) -> list[Path]:
+    """Long clips written by the synthetic generator's writer (kept between runs)."""
+    from damo_lit.data.synthetic import SynthConfig, plan_video, render_plan
+
+    synth = SynthConfig(videos=int(cfg.clips), seed=int(cfg.seed), fps=int(cfg.clip_fps), size=int(cfg.clip_size),
+                        min_seconds=float(cfg.clip_min_seconds), max_seconds=float(cfg.clip_max_seconds))  # fmt: skip
+    paths = []
+    for index in range(int(cfg.clips)):
+        plan = plan_video(synth, "test", index, index + 1)  # position 0 would be a clip without audio
+        path = folder / plan.video
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            render_plan(plan, str(folder))
+        paths.append(path)
+    return paths
+
+
+def decode_all_pyav(path: Path, num_frames: int) -> np.ndarray:
+    """Decode every frame with PyAV (one thread, RGB), then keep the N uniformly sampled ones."""
+    import av
+
+    from damo_lit.data.decode import sample_indices
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
+
+
+def bench_sparse(cfg: Any, out: Path) -> dict[str, Any]:
+    from damo_lit.data.decode import DecodeParams, decode_frames
+
+    clips = make_clips(out / "clips", cfg)
+    params = DecodeParams(num_frames=int(cfg.num_frames), frame_size=int(cfg.clip_size))
+    rows = []
+    for path in clips:
+        sparse = median_time(lambda: decode_frames(path, params), int(cfg.repeats))
+        full = median_time(lambda: decode_all_pyav(path, int(cfg.num_frames)), int(cfg.repeats))
+        a = decode_frames(path, params)[0].transpose(0, 2, 3, 1).astype(np.int16)
+        b = decode_all_pyav(path, int(cfg.num_frames)).astype(np.int16)
+        rows.append({"clip": path.name, "sparse_s": sparse, "full_s": full, "ratio": full / sparse,
+                     "same_frames_mean_abs_diff": float(np.abs(a - b).mean())})  # fmt: skip
+    return {
+        "sparse_vs_full": statistics.median(r["ratio"] for r in rows),
+        "sparse_vs_full_clips": rows,
+        "sparse_vs_full_setup": f"{cfg.num_frames} frames of {len(clips)} clips {cfg.clip_min_seconds:g}-"
+        f"{cfg.clip_max_seconds:g} s, {cfg.clip_size}x{cfg.clip_size}, {cfg.clip_fps} fps (H.264 ultrafast)",
+    }
+
+
+# -- loader_samples_per_s ------------------------------------------------------------------------
+def data_overrides(cfg: Any, root: Path) -> list[str]:
+    """The bench's synthetic set (generated once into OUT/synth), decoded every time."""
+    return [f"data.root={root}", f"data.generate.videos={int(cfg.videos)}", f"data.generate.seed={int(cfg.seed)}",
+            "data.decoded_cache_dir=null", f"data.batch_size={int(cfg.batch_size)}"]  # fmt: skip
+
+
+def bench_loader(cfg: Any, out: Path) -> dict[str, Any]:
+    from hydra.utils import instantiate
+
+    from damo_lit.cli.model import read_tiny_vocab
+    from damo_lit.data.decode import decode_video
+    from damo_lit.models.tokenizer import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(read_tiny_vocab())
+    result: dict[str, Any] = {"loader_samples_per_s": {}}
+    for workers in cfg.workers:
+        data_cfg = compose("train", [*data_overrides(cfg, out / "synth"), f"data.num_workers={int(workers)}"])
+        datamodule = instantiate(data_cfg.data, timestamps=data_cfg.timestamps, _convert_="partial")
+        datamodule.prepare_data()
+        datamodule.set_tokenizer(tokenizer)
+        datamodule.setup("fit")
+        iterator = iter(datamodule.train_dataloader())
+        next(iterator)  # worker start-up is not throughput
+        start, samples = time.perf_counter(), 0
+        for _ in range(int(cfg.loader_batches)):
+            samples += len(next(iterator)["sample_id"])
+        result["loader_samples_per_s"][str(workers)] = samples / (time.perf_counter() - start)
+        del iterator
+    videos = sorted((out / "synth" / "videos").glob("*.mp4"))[: int(cfg.decode_videos)]
+    params = datamodule.params
+    decode_video(videos[0], params)
+    start = time.perf_counter()
+    for path in videos:
+        decode_video(path, params)
+    result["raw_decode_videos_per_s"] = len(videos) / (time.perf_counter() - start)
+    result["loader_setup"] = (f"{int(cfg.videos)} synthetic videos 8-20 s 64x64 8 fps, {datamodule.params.num_frames} "
+                              f"frames + {datamodule.params.num_audio_segments} audio segments, batch "
+                              f"{int(cfg.batch_size)}, {int(cfg.loader_batches)} batches after the first")  # fmt: skip
+    return result
+
+
+# -- cache_speedup --------------------------------------------------------------------------------
+class StepTimer:
+    """Lightning callback: wall time between consecutive training-batch starts (step + loading)."""
+
+    def __init__(self) -> None:
+        import lightning as L
+
+        class _Timer(L.Callback):
+            def __init__(inner) -> None:
+                inner.starts: list[float] = []
+
+            def on_train_batch_start(inner, trainer, pl_module, batch, batch_idx) -> None:
+                inner.starts.append(time.perf_counter())
+
+            def on_train_end(inner, trainer, pl_module) -> None:
+                inner.starts.append(time.perf_counter())
+
+        self.callback = _Timer()
+
+    def median_step(self, warmup: int) -> float:
+        """Median over the steps after the first `warmup` (allocation and first-call costs)."""
+        starts = self.callback.starts
+        steps = [b - a for a, b in zip(starts, starts[1:])]
+        return statistics.median(steps[warmup:] or steps)
+
+
+def train_steps(cfg: Any, out: Path, name: str, overrides: list[str]) -> float:
+    """Median stage-3 step time of a short damo_tiny run with these data overrides."""
+    from damo_lit.cli.train import build_run
+
+    run_cfg = compose_run("train", [
+        "stage=stage3_temporal", *FROZEN, *data_overrides(cfg, out / "synth"), "data.num_workers=0", *overrides,
+        f"trainer.max_steps={int(cfg.cache_steps) + WARMUP_STEPS}", "trainer.limit_val_batches=0", "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false", "logger=csv", "callbacks.progress_bar=null",
+        "callbacks.model_checkpoint=null", "test_after_fit=false", f"seed={int(cfg.seed)}",
+    ], out / "runs" / name)  # fmt: skip
+    stage, datamodule, trainer = build_run(run_cfg)
+    for logger_name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(logger_name).setLevel(logging.ERROR)
+    timer = StepTimer()
+    trainer.callbacks.append(timer.callback)
+    trainer.fit(stage, datamodule=datamodule)
+    return timer.median_step(WARMUP_STEPS)
+
+
+def bench_cache(cfg: Any, out: Path) -> dict[str, Any]:
+    from damo_lit.cli.cache import build_cache
+
+    features = out / "features"
+    cache_cfg = compose("cache", [*FROZEN, *data_overrides(cfg, out / "synth"), f"out={features}",
+                                  "num_workers=0", f"batch_size={int(cfg.batch_size)}"])  # fmt: skip
+    start = time.perf_counter()
+    report = build_cache(cache_cfg)
+    build_s = time.perf_counter() - start
+    decoded = train_steps(cfg, out, "decode", [])
+    npz = train_steps(cfg, out, "npz", [f"data.decoded_cache_dir={out / 'decoded'}"])
+    cached = train_steps(cfg, out, "features", [f"data.features={features}"])
+    return {
+        "cache_speedup": decoded / cached,
+        "cache_speedup_vs_decoded_npz": npz / cached,
+        "step_s": {"decode": decoded, "decoded_npz_cache": npz, "feature_cache": cached},
+        "feature_cache_build": {"videos": report.videos, "encoded": report.encoded, "seconds": build_s},
+        "cache_setup": f"stage 3, damo_tiny with frozen towers, batch {int(cfg.batch_size)}, 0 workers, "
+        f"median of {int(cfg.cache_steps)} steps after {WARMUP_STEPS} warm-up steps",
+    }
+
+
+# -- fuse_time_192_over_24 ------------------------------------------------------------------------
+def bench_fuse(cfg: Any, out: Path) -> dict[str, Any]:
+    from damo_lit.cli.model import ensure_model_parts
+    from damo_lit.models.damo import build_damo
+
+    frames = [int(n) for n in cfg.fuse_frames]
+    b = int(cfg.fuse_batch)
+    times, tokens = {}, {}
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    for n in frames:
+        model_cfg = OmegaConf.to_container(compose("cache", [*FROZEN, f"model.num_frames={n}"]).model, resolve=True)
+        ensure_model_parts(model_cfg)
+        damo = build_damo(model_cfg).eval()
+        m = model_cfg["num_audio_segments"]
+        size, mel_t = model_cfg["vision"]["image_size"], model_cfg["audio"]["segment_frames"]
+        with torch.no_grad():  # the towers' output shapes for one frame and one segment
+            probe = damo.encoder_features(torch.zeros(1, 1, 3, size, size, dtype=torch.uint8),
+                                          torch.zeros(1, 1, 80, mel_t))  # fmt: skip
+        feats = {
+            "vision_global": torch.randn(b, n, *probe["vision_global"].shape[2:], generator=gen),
+            "vision_local": torch.randn(b, n, *probe["vision_local"].shape[2:], generator=gen),
+            "audio_global": torch.randn(b, m, *probe["audio_global"].shape[2:], generator=gen),
+            "audio_local": torch.randn(b, m, *probe["audio_local"].shape[2:], generator=gen),
+        }
+        duration = torch.full((b,), 60.0)
+        times_kw = {"frame_times": torch.linspace(0, 60, n).expand(b, n), "audio_times": torch.linspace(0, 60, m)
+                    .expand(b, m), "duration": duration}  # fmt: skip
+
+        def forward() -> torch.Tensor:
+            with torch.no_grad():
+                return damo.media_embeds(damo.encode_features(**feats, **times_kw), duration)
+
+        times[str(n)] = median_time(forward, int(cfg.fuse_repeats))
+        tokens[str(n)] = int(forward().shape[1])
+    lo, hi = str(min(frames)), str(max(frames))
+    return {
+        f"fuse_time_{hi}_over_{lo}": times[hi] / times[lo],
+        "fuse_forward_s": times,
+        "llm_tokens": tokens,
+        "fuse_setup": f"damo_tiny residual + T-Fuseformer + projector, batch {b}, random tower features, "
+        f"{m} audio segments",
+    }
+
+
+# -- the run --------------------------------------------------------------------------------------
+SECTIONS = {"sparse": bench_sparse, "loader": bench_loader, "cache": bench_cache, "fuse": bench_fuse}
+
+
+def environment() -> dict[str, Any]:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=False).stdout.strip()  # fmt: skip
+    except OSError:
+        rev = ""
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "git": rev,
+            "load_average_at_start": list(os.getloadavg()), "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+
+
+def table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title="damo-lit throughput (make bench)")
+    for column in ("figure", "value", "target"):
+        out.add_column(column)
+
+    def verdict(name: str, value: float) -> str:
+        if name not in TARGETS:
+            return ""
+        op, target = TARGETS[name]
+        ok = value >= target if op == ">=" else value <= target
+        return f"{op} {target:g} {'ok' if ok else 'MISSED'}"
+
+    for name, value in results.items():
+        if isinstance(value, float):
+            out.add_row(name, f"{value:.2f}", verdict(name, value))
+    for name in ("loader_samples_per_s", "step_s", "fuse_forward_s", "llm_tokens"):
+        for key, value in (results.get(name) or {}).items():
+            out.add_row(f"{name}[{key}]", f"{value:.3f}" if isinstance(value, float) else str(value), "")
+    console = Console(width=120)
+    console.print(out)
+    for name in sorted(k for k in results if k.endswith("_setup")):
+        console.print(f"{name}: {results[name]}")
+    env = results["environment"]
+    console.print(f"load average (1 min) at start {env['load_average_at_start'][0]:.2f}, at end "
+                  f"{env['load_average_at_end'][0]:.2f} on {env['cpu_count']} cores")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = settings(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    unknown = sorted(set(cfg.sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"bench: unknown section(s) {unknown}; expected some of {sorted(SECTIONS)}")
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"environment": environment(), "settings": OmegaConf.to_container(cfg)}
+    for name in cfg.sections:
+        start = time.perf_counter()
+        print(f"bench: {name} ...", flush=True)
+        results.update(SECTIONS[name](cfg, out))
+        results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - start, 1)
+    results["environment"]["load_average_at_end"] = list(os.getloadavg())
+    (out / "throughput.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    table(results)
+    print(f"wrote {out / 'throughput.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

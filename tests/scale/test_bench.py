@@ -1,0 +1,45 @@
+"""Smoke tests of the throughput study (experiments/throughput/run.py) at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "throughput" / "run.py"
+
+
+def _bench(out: Path, *args: str) -> dict:
+    done = subprocess.run([sys.executable, str(SCRIPT), "quick=true", f"out={out}", *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "damo-lit throughput" in done.stdout, "the table is printed"
+    return json.loads((out / "throughput.json").read_text())
+
+
+def test_bench_decoding_and_fusion_figures(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "sections=[sparse,fuse]")
+    assert result["sparse_vs_full"] > 0
+    for clip in result["sparse_vs_full_clips"]:
+        assert clip["same_frames_mean_abs_diff"] < 2.0, "decord and PyAV decode the same frames"
+    assert set(result["llm_tokens"]) == {"8", "16"} and len(set(result["llm_tokens"].values())) == 1
+    assert result["fuse_time_16_over_8"] > 0
+    assert "cache_speedup" not in result and "loader_samples_per_s" not in result
+
+
+def test_bench_unknown_key_is_an_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), f"out={tmp_path}", "bogus=1"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "unknown key(s) ['bogus']" in done.stderr
+
+
+@pytest.mark.slow
+def test_bench_every_section(tmp_path: Path) -> None:
+    result = _bench(tmp_path)
+    assert result["loader_samples_per_s"]["0"] > 0 and result["raw_decode_videos_per_s"] > 0
+    assert result["cache_speedup"] > 0 and set(result["step_s"]) == {"decode", "decoded_npz_cache", "feature_cache"}
+    assert result["feature_cache_build"]["videos"] == 10
+    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "fuse"}
