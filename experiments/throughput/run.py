@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "quick": False,  # tiny sizes: the smoke test
     "sections": ["sparse", "loader", "cache", "fuse"],
     "seed": 0,
+    # torch intra-op threads. 1 by default: on a shared 2-core machine two spinning OpenMP threads per
+    # process slowed the tiny model 5-10x while other jobs ran; null = torch's default (one per core)
+    "threads": 1,
     # sparse_vs_full
     "clips": 3, "clip_size": 128, "clip_fps": 24, "clip_min_seconds": 30.0, "clip_max_seconds": 60.0,
     "num_frames": 24, "repeats": 3,
@@ -159,7 +162,8 @@ def bench_loader(cfg: Any, out: Path) -> dict[str, Any]:
     tokenizer = build_word_tokenizer(read_tiny_vocab())
     result: dict[str, Any] = {"loader_samples_per_s": {}}
     for workers in cfg.workers:
-        data_cfg = compose("train", [*data_overrides(cfg, out / "synth"), f"data.num_workers={int(workers)}"])
+        data_cfg = compose("train", [*data_overrides(cfg, out / "synth"), f"data.num_workers={int(workers)}",
+                                     "data.train_tasks=[caption,grounding,qa,dialogue]"])
         datamodule = instantiate(data_cfg.data, timestamps=data_cfg.timestamps, _convert_="partial")
         datamodule.prepare_data()
         datamodule.set_tokenizer(tokenizer)
@@ -241,10 +245,16 @@ def bench_cache(cfg: Any, out: Path) -> dict[str, Any]:
     decoded = train_steps(cfg, out, "decode", [])
     npz = train_steps(cfg, out, "npz", [f"data.decoded_cache_dir={out / 'decoded'}"])
     cached = train_steps(cfg, out, "features", [f"data.features={features}"])
+    # As in the paper's stage 3: the base LM frozen too (damo_tiny trains its random LM), LoRA trains.
+    frozen_lm = ["model.llm.trainable=false"]
+    decoded_lm = train_steps(cfg, out, "decode_frozen_lm", frozen_lm)
+    cached_lm = train_steps(cfg, out, "features_frozen_lm", [*frozen_lm, f"data.features={features}"])
     return {
         "cache_speedup": decoded / cached,
         "cache_speedup_vs_decoded_npz": npz / cached,
-        "step_s": {"decode": decoded, "decoded_npz_cache": npz, "feature_cache": cached},
+        "cache_speedup_frozen_lm": decoded_lm / cached_lm,
+        "step_s": {"decode": decoded, "decoded_npz_cache": npz, "feature_cache": cached,
+                   "decode_frozen_lm": decoded_lm, "feature_cache_frozen_lm": cached_lm},
         "feature_cache_build": {"videos": report.videos, "encoded": report.encoded, "seconds": build_s},
         "cache_setup": f"stage 3, damo_tiny with frozen towers, batch {int(cfg.batch_size)}, 0 workers, "
         f"median of {int(cfg.cache_steps)} steps after {WARMUP_STEPS} warm-up steps",
@@ -312,6 +322,7 @@ def environment() -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     out = Table(title="damo-lit throughput (make bench)")
@@ -330,7 +341,8 @@ def table(results: dict[str, Any]) -> None:
             out.add_row(name, f"{value:.2f}", verdict(name, value))
     for name in ("loader_samples_per_s", "step_s", "fuse_forward_s", "llm_tokens"):
         for key, value in (results.get(name) or {}).items():
-            out.add_row(f"{name}[{key}]", f"{value:.3f}" if isinstance(value, float) else str(value), "")
+            label = escape(f"{name}[{key}]")  # not rich markup
+            out.add_row(label, f"{value:.3f}" if isinstance(value, float) else str(value), "")
     console = Console(width=120)
     console.print(out)
     for name in sorted(k for k in results if k.endswith("_setup")):
@@ -349,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(cfg.sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"bench: unknown section(s) {unknown}; expected some of {sorted(SECTIONS)}")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"environment": environment(), "settings": OmegaConf.to_container(cfg)}

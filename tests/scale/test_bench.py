@@ -40,6 +40,7 @@ def test_bench_unknown_key_is_an_error(tmp_path: Path) -> None:
 def test_bench_every_section(tmp_path: Path) -> None:
     result = _bench(tmp_path)
     assert result["loader_samples_per_s"]["0"] > 0 and result["raw_decode_videos_per_s"] > 0
-    assert result["cache_speedup"] > 0 and set(result["step_s"]) == {"decode", "decoded_npz_cache", "feature_cache"}
+    assert result["cache_speedup"] > 0 and set(result["step_s"]) == {"decode", "decoded_npz_cache", "feature_cache",
+                                                                 "decode_frozen_lm", "feature_cache_frozen_lm"}
     assert result["feature_cache_build"]["videos"] == 10
     assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "fuse"}

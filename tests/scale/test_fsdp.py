@@ -87,3 +87,18 @@ def test_a_bad_class_path_names_it() -> None:
     cfg = compose("train", ["trainer=fsdp", "logger=csv", "++model.fsdp_wrap_classes=[damo_lit.models.nope.Block]"])
     with pytest.raises(Exception, match=r"cannot import 'damo_lit\.models\.nope\.Block'"):
         instantiate(cfg.trainer.strategy)
+
+
+@pytest.mark.slow
+def test_the_paper_fsdp_script_composes_its_recipe_on_cpu(tmp_path) -> None:
+    """experiments/throughput/fsdp_paper.py needs GPUs to measure; check=true composes and builds the
+    strategy, and without a GPU a measuring run says so (exit 2)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "throughput" / "fsdp_paper.py"
+    done = subprocess.run([sys.executable, str(script), "check=true", f"out={tmp_path}"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FSDPStrategy, precision bf16-mixed, model mistral x32 layers" in done.stdout
