@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps litdata==0.2.76
 	@touch $@
 
 venv: $(STAMP) ## create .venv and install the project into it

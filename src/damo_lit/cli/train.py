@@ -35,6 +35,21 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def quiet_console() -> None:
+    """One line per message: Hydra's handlers already show Lightning's logs (no second copy), and
+    no per-file weight-loading bars from transformers for the tiny parts."""
+    import transformers
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    logger.removeHandler(handler)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     """(stage module, datamodule, trainer) from a composed config; builds what is missing first."""
     import lightning as L
@@ -44,6 +59,7 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     from damo_lit.cli.model import ensure_model_parts
     from damo_lit.data.timestamps import parse_spans
 
+    quiet_console()
     L.seed_everything(int(cfg.seed), workers=True)
     ensure_model_parts(cfg.model)
     parser = functools.partial(parse_spans, fmt=cfg.timestamps)

@@ -62,6 +62,7 @@ class AudioConfig(PretrainedSpec):
 class TextEncoderConfig(PretrainedSpec):
     enabled: bool = True
     embed_dim: int = 256  # the shared video-text space of stage 1's contrastive loss
+    pooling: str = "cls"  # cls (the pretrained pooler, as BLIP-2) | mean (masked mean of the tokens)
     trainable: bool = True  # informational: stage 1 trains it (STAGE_TRAINABLE)
 
 
@@ -149,6 +150,11 @@ class DaMOConfig:
     # Folder of the random-init tiny parts (damo-model build-tiny); null for real checkpoints.
     # The model never reads it: the CLI builds the folder before the model loads from it.
     tiny_dir: str | None = None
+    # Training hints that the stage and data configs interpolate (e.g. recipe.lr): the random-init
+    # tiny model wants a larger learning rate than the paper's pretrained parts. Not read here.
+    recipe: dict[str, Any] = field(default_factory=dict)
+    # Dotted class paths FSDP wraps (LLM decoder layers, Fuseformer blocks): conf/trainer/fsdp.yaml.
+    fsdp_wrap_classes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | "DaMOConfig", where: str = "model") -> "DaMOConfig":

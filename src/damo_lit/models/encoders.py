@@ -167,7 +167,9 @@ class AudioTower(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """A BERT-style encoder for stage 1's contrastive loss: pooled CLS -> shared embedding."""
+    """A BERT-style encoder for stage 1's contrastive loss: pooled CLS (or the masked mean of the
+    tokens) -> shared embedding. A random-init encoder's CLS barely differs between similar
+    captions, so the tiny model pools the mean instead."""
 
     def __init__(self, cfg: TextEncoderConfig, meta: bool = False, where: str = "model.text_encoder") -> None:
         super().__init__()
@@ -176,14 +178,23 @@ class TextEncoder(nn.Module):
         )
         if isinstance(self.model, BertModel) and self.model.pooler is None:
             raise ConfigError(f"{where}: the BERT model has no pooler; pooled CLS features need one")
+        if cfg.pooling not in ("cls", "mean"):
+            raise ConfigError(f"{where}.pooling must be cls or mean, got {cfg.pooling!r}")
+        self.pooling = cfg.pooling
+        if self.pooling == "mean" and getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # unused: no weights that never get a gradient
         self.dim = config_dim(self.model.config)
         self.proj = nn.Linear(self.dim, cfg.embed_dim)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Token ids (B, T) -> text features (B, embed_dim)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = getattr(out, "pooler_output", None)
-        if pooled is None:
-            pooled = out.last_hidden_state[:, 0]
+        if self.pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is None:
+                pooled = out.last_hidden_state[:, 0]
         return self.proj(pooled.float())
 

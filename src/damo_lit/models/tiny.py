@@ -67,6 +67,7 @@ def build_tiny_parts(cfg: DaMOConfig | Mapping[str, Any], words: Iterable[str], 
     text_cfg = dataclasses.replace(
         cfg.text_encoder,
         **unsaved,
+        pooling="cls",  # save a complete BertModel (pooler included), whatever pooling the model uses
         arch=_with_tokens(cfg.text_encoder.arch, tokenizer, "model.text_encoder", pad_token_id=tokenizer.pad_token_id),
     )
     with torch.random.fork_rng(devices=[]):

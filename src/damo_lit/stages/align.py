@@ -24,7 +24,8 @@ from damo_lit.stages.base import DaMOStage
 
 
 class MatchingHead(nn.Module):
-    """VTM: the caption's tokens cross-attend to the fused media tokens; [CLS] -> match / no match."""
+    """VTM: every caption token cross-attends to the fused media tokens; their masked mean
+    decides match / no match (a random-init text encoder's [CLS] alone carries too little)."""
 
     def __init__(self, text_dim: int, media_dim: int, heads: int = 4) -> None:
         super().__init__()
@@ -34,11 +35,12 @@ class MatchingHead(nn.Module):
         self.norm = nn.LayerNorm(text_dim)
         self.classify = nn.Sequential(nn.Linear(text_dim, text_dim), nn.GELU(), nn.Linear(text_dim, 2))
 
-    def forward(self, text_states: Tensor, media: Tensor) -> Tensor:
+    def forward(self, text_states: Tensor, text_mask: Tensor, media: Tensor) -> Tensor:
         keys = self.media_proj(media)
-        cls = text_states[:, :1]
-        attended, _ = self.cross(cls, keys, keys, need_weights=False)
-        return self.classify(self.norm(cls + attended)[:, 0])
+        attended, _ = self.cross(text_states, keys, keys, need_weights=False)
+        fused = self.norm(text_states + attended)
+        weights = text_mask.unsqueeze(-1).to(fused.dtype)
+        return self.classify((fused * weights).sum(1) / weights.sum(1).clamp(min=1))
 
 
 class AlignStage(DaMOStage):
@@ -76,12 +78,12 @@ class AlignStage(DaMOStage):
 
     def gather(self, x: Tensor) -> Tensor:
         """All ranks' rows (with gradients flowing back to this rank's rows)."""
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None or self._trainer.world_size == 1:
             return x
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
     def rank_offset(self, batch_size: int) -> int:
-        return 0 if self.trainer is None else self.trainer.global_rank * batch_size
+        return 0 if self._trainer is None else self._trainer.global_rank * batch_size
 
     def losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         media = self.media(batch)
@@ -109,21 +111,23 @@ class AlignStage(DaMOStage):
             weights_v2t = F.softmax(sim.float() * 20, dim=1).masked_fill(same, 0)
             weights_t2v = F.softmax(sim.float().T * 20, dim=1).masked_fill(same, 0)
         states = self.text_states(ids, mask)
-        pairs_text, pairs_media, labels = [states], [fusion], [torch.ones(size, dtype=torch.long, device=sim.device)]
+        pairs_text, pairs_mask, pairs_media = [states], [mask], [fusion]
+        labels = [torch.ones(size, dtype=torch.long, device=sim.device)]
         has_v2t = weights_v2t.sum(1) > 0
         if has_v2t.any():
             neg_text = torch.multinomial(weights_v2t[has_v2t], 1).squeeze(1)
             pairs_text.append(states[neg_text])
+            pairs_mask.append(mask[neg_text])
             pairs_media.append(fusion[has_v2t])
             labels.append(torch.zeros(int(has_v2t.sum()), dtype=torch.long, device=sim.device))
         has_t2v = weights_t2v.sum(1) > 0
         if has_t2v.any():
             neg_video = torch.multinomial(weights_t2v[has_t2v], 1).squeeze(1)
             pairs_text.append(states[has_t2v])
+            pairs_mask.append(mask[has_t2v])
             pairs_media.append(fusion[neg_video])
             labels.append(torch.zeros(int(has_t2v.sum()), dtype=torch.long, device=sim.device))
-        text_batch = torch.cat(pairs_text)
-        logits = self.vtm_head(text_batch, torch.cat(pairs_media))
+        logits = self.vtm_head(torch.cat(pairs_text), torch.cat(pairs_mask), torch.cat(pairs_media))
         return F.cross_entropy(logits, torch.cat(labels))
 
     # -- Lightning hooks ------------------------------------------------------------------------

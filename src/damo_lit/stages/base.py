@@ -105,6 +105,13 @@ class DaMOStage(L.LightningModule):
         """Batch (raw media or cached encoder features) -> fused media tokens."""
         common = {k: batch.get(k) for k in ("frame_times", "frame_mask", "audio_times", "audio_mask", "duration")}
         if "vision_global" in batch:
+            towers = [g for g in ("vision", "audio") if g in self.trainable_groups]
+            if towers:
+                raise ValueError(
+                    f"stage {self.stage_name}: the batch carries cached tower features (data.features) but the "
+                    f"{' and '.join(towers)} tower(s) train in this stage; set "
+                    f"{' '.join(f'model.{g}.trainable=false' for g in towers)} and leave them out of stage.trainable"
+                )
             return self.model.encode_features(**{k: batch.get(k) for k in FEATURE_KEYS}, **common)
         return self.model.encode(frames=batch["frames"], audio_mel=batch.get("audio_mel"), **common)
 

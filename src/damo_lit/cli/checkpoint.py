@@ -1,0 +1,59 @@
+"""Rebuild a trained stage from what a run left: its folder (weights.safetensors + stage.json)
+or a Lightning checkpoint (.ckpt, read with torch.load(weights_only=True): never unpickled)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from damo_lit.stages.weights import META_FILE, WEIGHTS_FILE
+
+STAGE_CLASSES = {
+    "stage1": "damo_lit.stages.align.AlignStage",
+    "stage2": "damo_lit.stages.bridge.BridgeStage",
+    "stage3": "damo_lit.stages.temporal.TemporalStage",
+    "stage4": "damo_lit.stages.temporal.TemporalStage",
+}
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """(stage meta, Lightning state dict or None when the weights are a stage folder's file)."""
+    path = Path(path)
+    if path.is_dir():
+        meta_file = path / META_FILE
+        if not (meta_file.is_file() and (path / WEIGHTS_FILE).is_file()):
+            raise FileNotFoundError(
+                f"ckpt={path}: expected {WEIGHTS_FILE} and {META_FILE} in it (a damo-train run folder)")
+        return json.loads(meta_file.read_text()), None
+    if path.suffix == ".ckpt" and path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if "damo" not in checkpoint:
+            raise ValueError(f"ckpt={path}: not a damo-lit checkpoint (no 'damo' entry)")
+        return checkpoint["damo"], checkpoint["state_dict"]
+    raise FileNotFoundError(f"ckpt={path}: not a run folder or a .ckpt file")
+
+
+def load_stage(path: str | Path, span_parser: Any = None) -> Any:
+    """The stage module with the checkpoint's weights, in eval mode."""
+    import importlib
+
+    from damo_lit.cli.model import ensure_model_parts
+    from damo_lit.data.timestamps import parse_spans
+
+    meta, state = read_checkpoint(path)
+    name = meta["stage"]
+    module_name, _, class_name = STAGE_CLASSES[name].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    ensure_model_parts(meta["model_cfg"])
+    if span_parser is None:
+        fmt = meta.get("timestamps", "relative")
+        span_parser = lambda text, duration: parse_spans(text, duration, fmt)  # noqa: E731
+    init_from = None if state is not None else str(path)
+    stage = cls(model_cfg=meta["model_cfg"], name=name, init_from=init_from, timestamps=meta.get("timestamps", "relative"),
+                span_parser=span_parser, trainable=meta.get("trainable"))
+    if state is not None:
+        stage.load_state_dict(state, strict=False)
+    return stage.eval()

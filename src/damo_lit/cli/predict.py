@@ -1,0 +1,55 @@
+"""damo-predict: answer one question about one video; print the answer and its spans as JSON.
+
+    damo-predict ckpt=outputs/demo/stage4 video=clip.mp4 question="when does the dog bark?"
+
+Works on any MP4, including one without an audio track (the audio is masked, not an error).
+Spans are in seconds, parsed from the answer in the checkpoint's timestamp format.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from damo_lit.cli.common import compose
+
+
+def predict(cfg: Any) -> dict[str, Any]:
+    import torch
+
+    from damo_lit.cli.checkpoint import load_stage
+    from damo_lit.data.decode import DecodeParams
+    from damo_lit.data.inference import question_batch
+
+    video = Path(cfg.video)
+    if not video.is_file():
+        raise SystemExit(f"video={video}: no such file")
+    stage = load_stage(cfg.ckpt)
+    model_cfg = stage.model_cfg
+    params = DecodeParams(num_frames=model_cfg["num_frames"], frame_size=model_cfg["vision"]["image_size"],
+                          num_audio_segments=model_cfg["num_audio_segments"],
+                          audio_segment_frames=model_cfg["audio"]["segment_frames"],
+                          n_mels=model_cfg["audio"]["n_mels"])
+    batch = question_batch(video, str(cfg.question), stage.tokenizer, params, prompt_style=cfg.get("prompt_style", "plain"))
+    with torch.no_grad():
+        embeds = stage.model.media_embeds(stage.media(batch), batch["duration"])
+        answer = stage.generate_text(batch, embeds, int(cfg.max_new_tokens))[0]
+    duration = float(batch["duration"][0])
+    spans = stage.span_parser(answer, duration)
+    return {"video": str(video), "question": str(cfg.question), "answer": answer,
+            "spans": [[round(s, 2), round(e, 2)] for s, e in spans], "duration": round(duration, 3),
+            "has_audio": bool(batch["has_audio"][0])}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
+    print(json.dumps(predict(compose("predict", argv))))
+
+
+if __name__ == "__main__":
+    main()
