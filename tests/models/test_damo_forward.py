@@ -81,7 +81,7 @@ def test_time_anchors_add_time_token_embeddings(damo: DaMO) -> None:
     with torch.no_grad():
         media = damo.encode(**b.media())
         embeds = damo.media_embeds(media)
-        plain = damo.projector.out(damo.projector(media))
+        plain = damo.projector.project(damo.projector(media))
     k = damo.cfg.projector.queries
     tok = damo.tokenizer
     # query k stands for relative time (k + 0.5) / K: token "floor(100 (k + 0.5) / K)"
@@ -253,3 +253,16 @@ def test_zero_layer_scale_makes_the_fuseformer_start_as_pooling(make_damo) -> No
     torch.testing.assert_close(media.audio, expected_audio)
     # the silent sample's audio queries hold nothing but the learned queries
     torch.testing.assert_close(media.audio[1], fuse.norm(fuse.audio_queries(1)[0][0]))
+
+
+def test_projected_tokens_start_at_the_llm_embedding_scale(damo: DaMO) -> None:
+    """With match_embedding_scale the soft tokens are as large as word embeddings, so that the
+    time-token embeddings added to them are not drowned (they were 30x smaller without it)."""
+    assert damo.cfg.projector.match_embedding_scale
+    b = make_batch(damo, batch=2, seed=5)
+    with torch.no_grad():
+        soft = damo.projector.project(damo.projector(damo.encode(**b.media())))
+        words = damo.llm.model.get_input_embeddings().weight
+    soft_rms = soft.pow(2).mean().sqrt().item()
+    word_rms = words.pow(2).mean().sqrt().item()
+    assert 0.5 < soft_rms / word_rms < 2.0

@@ -116,6 +116,9 @@ class ProjectorConfig:
     time_anchors: bool = False
     time_bias: bool = False
     time_tokens: str = "relative"  # relative ("0".."99" of the duration) | seconds
+    # Normalise the soft-prompt tokens and start their scale at the LLM's own embedding RMS, so that
+    # they neither drown the word embeddings nor the time-token embeddings added to them.
+    match_embedding_scale: bool = False
 
 
 @dataclass

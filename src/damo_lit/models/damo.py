@@ -71,6 +71,9 @@ class DaMO(nn.Module):
             nn.Linear(cfg.fuseformer.hidden, cfg.text_encoder.embed_dim) if text_encoder is not None else None
         )
         self.llm = llm
+        weight = llm.model.get_input_embeddings().weight
+        if not weight.is_meta:
+            self.projector.set_embedding_scale(float(weight.detach().float().pow(2).mean().sqrt()))
         self.time_token_ids = list(time_token_ids) if time_token_ids is not None else None
         ids = torch.tensor(self.time_token_ids or [], dtype=torch.long)
         self.register_buffer("_time_token_tensor", ids, persistent=False)  # follows .to(device)
@@ -228,8 +231,7 @@ class DaMO(nn.Module):
     # -- projection into the LLM --------------------------------------------------------------
     def media_embeds(self, media: MediaTokens, duration: Tensor | None = None) -> Tensor:
         """Soft-prompt tokens (B, K, D_llm); with time anchors, plus the embeddings of their time tokens."""
-        states = self.projector(media)
-        embeds = self.projector.out(states)
+        embeds = self.projector.project(self.projector(media))
         if self.cfg.projector.time_anchors:
             if not self.time_token_ids:
                 raise ValueError(

@@ -51,6 +51,19 @@ class Projector(nn.Module):
         self.layers = nn.ModuleList(QFormerLayer(dim, cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, llm_dim)
+        # With match_embedding_scale: LayerNorm on the projected tokens, its gain set to the LLM's
+        # embedding RMS by DaMO once the LLM exists (set_embedding_scale).
+        self.out_norm = nn.LayerNorm(llm_dim) if cfg.match_embedding_scale else None
+
+    def set_embedding_scale(self, rms: float) -> None:
+        if self.out_norm is not None:
+            with torch.no_grad():
+                self.out_norm.weight.fill_(rms)
+
+    def project(self, states: Tensor) -> Tensor:
+        """Q-Former outputs (B, K, D) -> soft-prompt tokens (B, K, D_llm)."""
+        embeds = self.out(states)
+        return self.out_norm(embeds) if self.out_norm is not None else embeds
 
     @property
     def num_tokens(self) -> int:
