@@ -266,3 +266,30 @@ def test_projected_tokens_start_at_the_llm_embedding_scale(damo: DaMO) -> None:
     soft_rms = soft.pow(2).mean().sqrt().item()
     word_rms = words.pow(2).mean().sqrt().item()
     assert 0.5 < soft_rms / word_rms < 2.0
+
+
+def test_question_aware_projector_reads_the_prompt(make_damo) -> None:
+    """With projector.question_aware the soft tokens depend on the question; without prompt ids
+    the model says what it needs instead of silently ignoring the question."""
+    damo = make_damo("projector.question_aware=true").eval()
+    b = make_batch(damo, batch=2, seed=6)
+    with torch.no_grad():
+        media = damo.encode(**b.media())
+        asked = damo.media_embeds(media, prompt_ids=b.prompt_ids, prompt_mask=b.prompt_attention_mask)
+        other = b.prompt_ids.roll(1, 0)  # the other sample's question, same video
+        asked_other = damo.media_embeds(media, prompt_ids=other, prompt_mask=b.prompt_attention_mask.roll(1, 0))
+    assert not torch.allclose(asked, asked_other)
+    with pytest.raises(ValueError, match="prompt_ids"):
+        damo.media_embeds(media)
+
+
+def test_number_tokens_start_as_sinusoids_of_their_value(damo: DaMO) -> None:
+    """The tiny LM's "0".."99" rows: neighbours alike, far numbers not, at the other rows' scale."""
+    tok = damo.tokenizer
+    for table in (damo.llm.model.get_input_embeddings().weight, damo.llm.model.get_output_embeddings().weight):
+        rows = table[[tok.convert_tokens_to_ids(str(k)) for k in (40, 41, 90)]].detach()
+        cos = torch.nn.functional.cosine_similarity
+        assert cos(rows[0], rows[1], dim=0) > 0.8
+        assert cos(rows[0], rows[2], dim=0) < 0.5
+        ratio = rows.pow(2).mean().sqrt() / table.detach().pow(2).mean().sqrt()
+        assert 0.7 < float(ratio) < 1.3

@@ -34,7 +34,7 @@ def predict(cfg: Any) -> dict[str, Any]:
                           n_mels=model_cfg["audio"]["n_mels"])
     batch = question_batch(video, str(cfg.question), stage.tokenizer, params, prompt_style=cfg.get("prompt_style", "plain"))
     with torch.no_grad():
-        embeds = stage.model.media_embeds(stage.media(batch), batch["duration"])
+        embeds = stage.soft_prompt(batch)
         answer = stage.generate_text(batch, embeds, int(cfg.max_new_tokens))[0]
     duration = float(batch["duration"][0])
     spans = stage.span_parser(answer, duration)

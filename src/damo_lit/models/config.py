@@ -119,6 +119,9 @@ class ProjectorConfig:
     # Normalise the soft-prompt tokens and start their scale at the LLM's own embedding RMS, so that
     # they neither drown the word embeddings nor the time-token embeddings added to them.
     match_embedding_scale: bool = False
+    # InstructBLIP-style: the queries also attend to the prompt's token embeddings (the question),
+    # so that each soft token can say whether *the asked-for* event happens at its time.
+    question_aware: bool = False
 
 
 @dataclass
@@ -136,6 +139,10 @@ class LLMConfig(PretrainedSpec):
     trainable: bool = False  # True: the base LM trains in every stage (random-init tiny LM)
     gradient_checkpointing: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # Random-init LMs only (damo-model build-tiny): `sinusoid` gives the number tokens "0".."99"
+    # embeddings (input and output) that are sinusoids of their value, so that neighbouring times
+    # start out similar, as in a pretrained LM; `random` leaves them as initialised.
+    number_embeddings: str = "random"
 
 
 @dataclass

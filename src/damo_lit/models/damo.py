@@ -229,9 +229,30 @@ class DaMO(nn.Module):
         return self.fuseformer(video, audio, duration)
 
     # -- projection into the LLM --------------------------------------------------------------
-    def media_embeds(self, media: MediaTokens, duration: Tensor | None = None) -> Tensor:
-        """Soft-prompt tokens (B, K, D_llm); with time anchors, plus the embeddings of their time tokens."""
-        embeds = self.projector.project(self.projector(media))
+    def media_embeds(
+        self,
+        media: MediaTokens,
+        duration: Tensor | None = None,
+        prompt_ids: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Soft-prompt tokens (B, K, D_llm); with time anchors, plus the embeddings of their time tokens.
+
+        A question-aware projector (model.projector.question_aware) also reads the prompt
+        (prompt_ids, prompt_mask: the token ids before the answer, as the batch's prompt_ids).
+        """
+        prompt = None
+        if self.cfg.projector.question_aware:
+            if prompt_ids is None:
+                raise ValueError(
+                    "model.projector.question_aware=true: media_embeds needs prompt_ids and prompt_mask (the "
+                    "batch's prompt_ids and prompt_attention_mask)"
+                )
+            video = prompt_ids == self.llm.video_token_id
+            prompt = self.llm.embed_tokens(prompt_ids.masked_fill(video, 0))
+            valid = torch.ones_like(prompt_ids, dtype=torch.bool) if prompt_mask is None else prompt_mask.bool()
+            prompt_mask = valid & ~video
+        embeds = self.projector.project(self.projector(media, prompt, prompt_mask))
         if self.cfg.projector.time_anchors:
             if not self.time_token_ids:
                 raise ValueError(

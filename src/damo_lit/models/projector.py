@@ -26,7 +26,8 @@ from damo_lit.models.media import MediaTokens
 
 
 class QFormerLayer(nn.Module):
-    """Self-attention among the queries, cross-attention to the memory, FFN."""
+    """Self-attention among the queries (and the prompt tokens, when given), cross-attention to
+    the memory, FFN."""
 
     def __init__(self, dim: int, cfg: ProjectorConfig) -> None:
         super().__init__()
@@ -35,9 +36,27 @@ class QFormerLayer(nn.Module):
         self.cross = CrossBlock(dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.time_bias)
 
     def forward(
-        self, queries: Tensor, memory: Tensor, mask: Tensor, q_times: Tensor | None, k_times: Tensor | None
+        self,
+        queries: Tensor,
+        memory: Tensor,
+        mask: Tensor,
+        q_times: Tensor | None,
+        k_times: Tensor | None,
+        prompt: Tensor | None = None,
+        prompt_mask: Tensor | None = None,
     ) -> Tensor:
-        queries = queries + self.self_attn(self.norm(queries), q_times=q_times, k_times=q_times)
+        x = self.norm(queries)
+        if prompt is None:
+            queries = queries + self.self_attn(x, q_times=q_times, k_times=q_times)
+        else:
+            # Prompt tokens are timeless keys (NaN time: no time bias); only the queries are updated.
+            keys = torch.cat([x, prompt], 1)
+            key_mask = torch.cat([torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), prompt_mask.bool()], 1)
+            key_times = None
+            if q_times is not None:
+                timeless = torch.full(prompt.shape[:2], float("nan"), dtype=q_times.dtype, device=q_times.device)
+                key_times = torch.cat([q_times, timeless], 1)
+            queries = queries + self.self_attn(x, keys, key_mask, q_times=q_times, k_times=key_times)
         return self.cross(queries, memory, mask, q_times, k_times)
 
 
@@ -54,6 +73,8 @@ class Projector(nn.Module):
         # With match_embedding_scale: LayerNorm on the projected tokens, its gain set to the LLM's
         # embedding RMS by DaMO once the LLM exists (set_embedding_scale).
         self.out_norm = nn.LayerNorm(llm_dim) if cfg.match_embedding_scale else None
+        # With question_aware: the prompt's LLM token embeddings, brought to the Q-Former's width.
+        self.prompt_in = nn.Sequential(nn.Linear(llm_dim, dim), nn.LayerNorm(dim)) if cfg.question_aware else None
 
     def set_embedding_scale(self, rms: float) -> None:
         if self.out_norm is not None:
@@ -69,8 +90,13 @@ class Projector(nn.Module):
     def num_tokens(self) -> int:
         return self.cfg.queries
 
-    def forward(self, media: MediaTokens) -> Tensor:
-        """Q-Former query outputs (B, K, D) over the media tokens."""
+    def forward(self, media: MediaTokens, prompt: Tensor | None = None, prompt_mask: Tensor | None = None) -> Tensor:
+        """Q-Former query outputs (B, K, D) over the media tokens.
+
+        prompt (B, L, D_llm) with prompt_mask (B, L): the prompt's token embeddings, read by a
+        question-aware projector (ignored otherwise; without them the queries see the video only,
+        as for stage 1's pooled video embedding).
+        """
         memory = media.memory(self.cfg.inputs)
         b = memory.tokens.shape[0]
         queries = self.queries.expand(b, -1, -1)
@@ -81,8 +107,13 @@ class Projector(nn.Module):
             k_times = memory.times
             queries = queries + self.time_gain * relative_sinusoid(q_times, queries.shape[-1]).to(queries.dtype)
             tokens = tokens + self.time_gain * relative_sinusoid(k_times, tokens.shape[-1]).to(tokens.dtype)
+        prompt_tokens = None
+        if self.prompt_in is not None and prompt is not None:
+            if prompt_mask is None:
+                prompt_mask = torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
+            prompt_tokens = self.prompt_in(prompt.to(queries.dtype))
         for layer in self.layers:
-            queries = layer(queries, tokens, memory.mask, q_times, k_times)
+            queries = layer(queries, tokens, memory.mask, q_times, k_times, prompt_tokens, prompt_mask)
         return self.norm(queries)
 
     def time_token_index(self, duration: Tensor, available: int) -> Tensor:

@@ -17,8 +17,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from damo_lit.models.config import ConfigError, DaMOConfig
 from damo_lit.models.encoders import AudioTower, TextEncoder, VisionTower
+from damo_lit.models.layers import REL_UNITS, relative_sinusoid
 from damo_lit.models.llm import CausalLM
 from damo_lit.models.tokenizer import build_word_tokenizer
+from damo_lit.models.damo import RELATIVE_TIME_TOKENS
 
 
 @dataclass
@@ -76,6 +78,32 @@ def build_tiny_parts(cfg: DaMOConfig | Mapping[str, Any], words: Iterable[str], 
         audio = AudioTower(dataclasses.replace(cfg.audio, **unsaved)).model if cfg.audio.enabled else None
         text = TextEncoder(text_cfg).model if cfg.text_encoder.enabled else None
         llm = CausalLM(llm_cfg).model
+    if cfg.llm.number_embeddings == "sinusoid":
+        init_number_embeddings(llm, tokenizer)
+    elif cfg.llm.number_embeddings != "random":
+        raise ConfigError(f"model.llm.number_embeddings must be random or sinusoid, got {cfg.llm.number_embeddings!r}")
     llm.generation_config.pad_token_id = tokenizer.pad_token_id
     llm.generation_config.eos_token_id = tokenizer.eos_token_id
     return TinyParts(vision, audio, text, llm, tokenizer)
+
+
+def init_number_embeddings(llm: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Set the input and output embeddings of the tokens "0".."99" to sinusoids of their value
+    (the relative-time sinusoid the Fuseformer and projector use), at the RMS of the other rows.
+
+    A random-init LM otherwise has to learn from scratch that "37" lies between "36" and "38";
+    with these rows a time that reaches the LM as a sinusoid (or as the embedding of a nearby
+    time token) already points at the right numbers. Returns the token ids set.
+    """
+    ids = [tokenizer.convert_tokens_to_ids(str(k)) for k in range(RELATIVE_TIME_TOKENS)]
+    known = [(k, i) for k, i in enumerate(ids) if i is not None and i != tokenizer.unk_token_id]
+    if not known:
+        return []
+    values = torch.tensor([k for k, _ in known], dtype=torch.float32) / REL_UNITS
+    rows = torch.tensor([i for _, i in known])
+    with torch.no_grad():
+        for table in {id(t): t for t in (llm.get_input_embeddings().weight, llm.get_output_embeddings().weight)}.values():
+            waves = relative_sinusoid(values, table.shape[1])
+            rms = table.float().pow(2).mean().sqrt()
+            table[rows] = (waves * rms / waves.pow(2).mean().sqrt()).to(table.dtype)
+    return [i for _, i in known]

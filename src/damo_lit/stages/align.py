@@ -99,7 +99,7 @@ class AlignStage(DaMOStage):
         out = {"vtc": (F.cross_entropy(sim_v2t, targets) + F.cross_entropy(sim_t2v, targets)) / 2}
         out["vtm"] = self.matching_loss(batch["caption"], ids, mask, media.fusion, video @ text.T)
         if self.loss_weights["vtg"] > 0:
-            out["vtg"], _ = self.lm_loss(batch, self.model.media_embeds(media, batch["duration"]))
+            out["vtg"], _ = self.lm_loss(batch, self.soft_prompt(batch, media))
         return out
 
     def matching_loss(self, captions: Sequence[str], ids: Tensor, mask: Tensor, fusion: Tensor,
@@ -145,7 +145,7 @@ class AlignStage(DaMOStage):
         video = self.model.pooled_video(media)
         text = self.model.encode_text(ids, mask)
         self.retrieval.update(text.float(), video.float())
-        loss, _ = self.lm_loss(batch, self.model.media_embeds(media, batch["duration"]))
+        loss, _ = self.lm_loss(batch, self.soft_prompt(batch, media))
         self.log(f"{split}/loss_vtg", loss, batch_size=self.batch_size_of(batch), sync_dist=True)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

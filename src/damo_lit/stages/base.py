@@ -118,7 +118,7 @@ class DaMOStage(L.LightningModule):
     def lm_loss(self, batch: Mapping[str, Any], embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Next-token loss on the answer tokens, media spliced in at <video>. Returns (loss, embeds)."""
         if embeds is None:
-            embeds = self.model.media_embeds(self.media(batch), batch["duration"])
+            embeds = self.soft_prompt(batch)
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"], embeds)
         return out.loss, embeds
 
@@ -168,3 +168,10 @@ class DaMOStage(L.LightningModule):
             extra = {k for k in state if not k.startswith("model.")}  # stage heads (e.g. VTM)
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep or k in extra}
         checkpoint["damo"] = self.stage_meta()
+    def soft_prompt(self, batch: Mapping[str, Any], media: MediaTokens | None = None) -> Tensor:
+        """The batch's media as soft-prompt tokens for the LLM (a question-aware projector also
+        reads the batch's prompt_ids)."""
+        media = self.media(batch) if media is None else media
+        return self.model.media_embeds(media, batch["duration"], batch.get("prompt_ids"),
+                                       batch.get("prompt_attention_mask"))
+
