@@ -1,0 +1,118 @@
+"""The runners' run side with a fake damo-demo (tests/experiments/fake_demo.py): which runs, with
+which overrides in which order, resume, --force, failures, the derived data roots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import common
+
+
+def calls(out: Path) -> list[str]:
+    path = out / "calls.txt"
+    return path.read_text().split() if path.is_file() else []
+
+
+def argv_of(run_dir: Path) -> list[str]:
+    return json.loads((run_dir / "summary.json").read_text())["argv"]
+
+
+def test_runs_then_reuses_then_forces(runner, fake_demo, tmp_path: Path) -> None:
+    ablations = runner("ablations")
+    argv = ["--quick", f"exp.out={tmp_path}", "exp.only=[no_audio,skip_stage3]", "trainer.devices=1"]
+    assert ablations.main(argv) == 0
+    assert calls(tmp_path) == ["no_audio", "skip_stage3"]
+    expected = [*common.QUICK_OVERRIDES, "trainer.devices=1", "model.audio.enabled=false"]
+    assert argv_of(tmp_path / "no_audio")[1:] == expected, "quick, the user's, the run's"
+    skip3 = json.loads((tmp_path / "skip_stage3" / "summary.json").read_text())
+    assert "stage3" not in skip3["stages"] and "demo.skip=[stage3]" in skip3["argv"]
+    assert "| skip stage 3 | stage4 | 0.810 | 0.610 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "no_audio" / "demo.log").is_file() and (tmp_path / "no_audio" / "run.json").is_file()
+
+    assert ablations.main(argv) == 0
+    assert calls(tmp_path) == ["no_audio", "skip_stage3"], "finished runs with the same overrides are reused"
+    assert ablations.main([*argv, "trainer.devices=2"]) == 0
+    assert calls(tmp_path)[2:] == ["no_audio", "skip_stage3"], "other overrides: run again"
+    assert ablations.main([*argv, "trainer.devices=2", "--force", "exp.only=[no_audio]"]) == 0
+    assert calls(tmp_path)[4:] == ["no_audio"]
+
+
+def test_a_failed_run_is_reported_and_rerun(runner, fake_demo, tmp_path: Path) -> None:
+    ablations = runner("ablations")
+    argv = [f"exp.out={tmp_path}", "exp.only=[full,concat]"]
+    assert ablations.main([*argv, "fake.fail=true"]) == 1
+    markdown = (tmp_path / "results.md").read_text()
+    assert "- full: failed damo-demo exit code 3" in markdown and "- concat: failed" in markdown
+    assert ablations.main(argv) == 0
+    assert calls(tmp_path) == ["full", "concat", "full", "concat"], "a partial summary is never reused"
+
+
+def test_fusion_depth_expands_hydra_sweeps(runner, fake_demo, tmp_path: Path) -> None:
+    fusion = runner("fusion_depth")
+    assert fusion.main([f"exp.out={tmp_path}"]) == 0
+    assert calls(tmp_path) == ["depth1", "depth2", "depth4"]
+    assert argv_of(tmp_path / "depth4")[-1] == "model.fuseformer.depth=4"
+    assert "| 4 | stage4 | 0.610 | 0.410 |" in (tmp_path / "results.md").read_text()  # fake R@0.5 = depth / 10
+
+    out = tmp_path / "grid"
+    assert fusion.main([f"exp.out={out}", "model.fuseformer.depth=range(2,4)", "model.fuseformer.heads=2,4",
+                        "trainer.devices=1"]) == 0  # fmt: skip
+    assert calls(out) == ["depth2_heads2", "depth2_heads4", "depth3_heads2", "depth3_heads4"]
+    assert argv_of(out / "depth3_heads2")[1:] == ["trainer.devices=1", "model.fuseformer.depth=3",
+                                                  "model.fuseformer.heads=2"]  # fmt: skip
+    runs, rest = fusion.build_runs(["model.fuseformer.depth=6", "seed=1"])
+    assert [r.name for r in runs] == ["depth6"] and rest == ["seed=1"]
+
+
+def test_runners_without_a_sweep_refuse_one(runner, fake_demo, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="only understood by experiments/fusion_depth"):
+        runner("ablations").main([f"exp.out={tmp_path}", "seed=1,2"])
+    with pytest.raises(SystemExit, match=r"exp.only: unknown run\(s\) \['nope'\]"):
+        runner("ablations").main([f"exp.out={tmp_path}", "exp.only=[nope]"])
+
+
+def make_full_set(root: Path, videos: int = 5) -> Path:
+    """A damo_jsonl folder like the synthetic set's: several records per training video."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "videos").mkdir()
+    train = [json.dumps({"id": f"t{v}-{k}", "video": f"videos/train_{v:06d}.mp4", "task": task})
+             for v in range(videos) for k, task in enumerate(("caption", "grounding", "grounding"))]  # fmt: skip
+    (root / "annotations" / "train.jsonl").write_text("\n".join(train) + "\n")
+    for split in ("val", "test"):
+        (root / "annotations" / f"{split}.jsonl").write_text(json.dumps({"id": split, "video": "videos/x.mp4"}) + "\n")
+    return root
+
+
+def test_data_efficiency_writes_derived_roots(runner, fake_demo, tmp_path: Path) -> None:
+    full = make_full_set(tmp_path / "full")
+    out = tmp_path / "out"
+    data = [f"data.root={full}", "data.generate=null"]
+    assert runner("data_efficiency").main([f"exp.out={out}", "exp.videos=[2,4]", *data]) == 0
+    assert calls(out) == ["videos2", "videos2_no_stage1", "videos4", "videos4_no_stage1"]
+    train = [json.loads(line) for line in (out / "data_2" / "annotations" / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in train] == ["t0-0", "t0-1", "t0-2", "t1-0", "t1-1", "t1-2"]
+    assert len((out / "data_4" / "annotations" / "train.jsonl").read_text().splitlines()) == 12
+    for split in ("val", "test"):
+        assert (out / "data_2" / "annotations" / f"{split}.jsonl").read_text() == \
+            (full / "annotations" / f"{split}.jsonl").read_text()  # fmt: skip
+    assert (out / "data_2" / "videos").resolve() == (full / "videos").resolve()
+    argv = argv_of(out / "videos2_no_stage1")
+    assert argv[-5:] == [f"data.root={out / 'data_2'}", f"data.annotations={out / 'data_2' / 'annotations'}",
+                         f"data.video_dir={full}", "data.generate=null", "demo.skip=[stage1]"]  # fmt: skip
+    assert "demo.skip=[stage1]" not in argv_of(out / "videos2")
+    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| 4 ")]
+    assert [row.split(" | ")[1] for row in rows] == ["yes", "no"]
+
+    with pytest.raises(SystemExit, match="asks for 9 training videos; .* has 5"):
+        runner("data_efficiency").main([f"exp.out={out}", "exp.videos=[9]", *data])
+
+
+def test_data_efficiency_generates_the_full_set_when_absent(runner, tmp_path: Path) -> None:
+    root = tmp_path / "synthetic"
+    annotations, video_dir = runner("data_efficiency").full_set(
+        [f"data.root={root}", "data.generate.videos=10", "data.generate.max_seconds=9", "data.generate.workers=1"])
+    assert annotations == root / "annotations" and video_dir == root
+    assert len({json.loads(line)["video"] for line in (annotations / "train.jsonl").read_text().splitlines()}) == 8
