@@ -1,6 +1,7 @@
 """damo-data: generate the synthetic set, validate DaMO JSONL files, count what a data config reads.
 
-    damo-data synth --out DIR --videos N --seed S [--fps 8 --size 64 --min-seconds 8 --max-seconds 20 --workers 2]
+    damo-data synth --out DIR --videos N --seed S [--fps 8 --size 64 --min-seconds 8 --max-seconds 20 --workers 2
+                                                   --faults 0.1]
     damo-data validate FILE [FILE ...]
     damo-data stats data=NAME [hydra overrides ...]
 """
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--min-seconds", type=float, default=8.0, help="shortest video (default 8)")
     synth.add_argument("--max-seconds", type=float, default=20.0, help="longest video (default 20)")
     synth.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    synth.add_argument("--faults", type=float, default=0.0,
+                       help="share of each split's videos to break (garbage bytes, zero bytes, missing file, no audio "
+                       "stream; named in DIR/synth.json) for reliability tests (default 0)")
 
     validate = sub.add_parser(
         "validate",
@@ -78,6 +82,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             min_seconds=args.min_seconds,
             max_seconds=args.max_seconds,
             workers=args.workers,
+            faults=args.faults,
         )
     except ValueError as err:
         print(f"damo-data synth: {err}", file=sys.stderr)
@@ -90,6 +95,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
         + ", ".join(f"{n} {split} records" for split, n in result.records.items())
         + f" to {args.out} in {time.time() - start:.0f} s"
     )
+    if cfg.faults:
+        from damo_lit.data.synthetic import manifest_path, read_faults
+
+        kinds = Counter(read_faults(args.out).values())
+        print(f"faulty videos: {sum(kinds.values())} (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+              + f"), listed in {manifest_path(args.out)}")
     return 0
 
 

@@ -15,6 +15,13 @@ red square appear?", "when do you hear the high beeping tone?") picks exactly on
 About 10% of the videos have no audio stream at all and about 20% have 44.1 kHz stereo audio
 instead of 16 kHz mono (an exact share per split, by a seeded permutation).
 
+Fault injection (`faults`, a share of each split's videos, for reliability tests): a faulty
+video is garbage bytes, a zero-byte file, missing (its annotations kept, the file never
+written) or an MP4 whose audio stream was left out (annotations as planned, so its audio
+questions cannot be heard: a good sample with `has_audio` False). The kinds take turns over a
+seeded choice of videos; the manifest (`synth.json`, key `faults`) names each faulty video and
+its kind (`read_faults`).
+
 Generation is deterministic: a video's plan and its noise come from a seed stream of
 (seed, split, index), so the same seed gives byte-identical annotations and the same pixels,
 whatever the number of worker processes. The plan is made in the parent process; workers
@@ -24,9 +31,10 @@ whatever the number of worker processes. The plan is made in the parent process;
 from __future__ import annotations
 
 import json
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -59,6 +67,11 @@ TONE_AMPLITUDE = 0.3
 QUANTUM = 0.25  # event boundaries and durations are multiples of this (2 frames at 8 fps)
 MIN_GAP = 0.5  # seconds between two events on the same channel
 BEEP_PERIOD = 0.4  # beeping: 0.2 s on, 0.2 s off
+# Fault kinds of `SynthConfig.faults`, in the order they take turns. The first three cannot be
+# decoded; a video without its audio stream decodes (audio marked absent).
+FAULT_KINDS = ("garbage", "empty", "missing", "no_audio")
+UNDECODABLE_FAULTS = ("garbage", "empty", "missing")
+GARBAGE_BYTES = 4096
 
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 VISUAL_QUESTIONS = ("when does the {visual} appear?", "at what time can you see the {visual}?")
@@ -85,10 +98,13 @@ class SynthConfig:
     min_event_seconds: float = 2.0
     max_event_seconds: float = 7.0
     workers: int = 2
+    faults: float = 0.0  # share of each split's videos made faulty (FAULT_KINDS), for reliability tests
 
     def __post_init__(self) -> None:
         if self.videos < 1:
             raise ValueError(f"videos must be >= 1, got {self.videos}")
+        if not 0.0 <= self.faults <= 1.0:
+            raise ValueError(f"faults is a share of the videos and must lie in [0, 1], got {self.faults}")
         if not 8 <= self.size <= 1024 or self.fps < 1:
             raise ValueError(f"size must be 8-1024 and fps >= 1, got size={self.size} fps={self.fps}")
         if not 0 < self.min_event_seconds <= self.max_event_seconds:
@@ -153,6 +169,7 @@ class VideoPlan:
     audio_noise: float  # amplitude of the faint white noise in the audio
     render_seed: tuple[int, ...]
     events: tuple[SynthEvent, ...]  # sorted by start
+    fault: str | None = None  # one of FAULT_KINDS: how the rendered file is broken (None: it is not)
 
     @property
     def name(self) -> str:
@@ -284,7 +301,26 @@ def plan_video(cfg: SynthConfig, split: str, index: int, position: int) -> Video
 def plan_split(cfg: SynthConfig, split: str, count: int) -> list[VideoPlan]:
     """Plan `count` videos of one split; audio kinds follow a seeded permutation of the split."""
     positions = np.random.default_rng([cfg.seed, SPLITS.index(split), 1 << 30]).permutation(count)
-    return [plan_video(cfg, split, i, int(positions[i])) for i in range(count)]
+    return with_faults([plan_video(cfg, split, i, int(positions[i])) for i in range(count)], cfg)
+
+
+def with_faults(plans: list[VideoPlan], cfg: SynthConfig) -> list[VideoPlan]:
+    """Mark round(cfg.faults x len(plans)) of one split's videos faulty, the kinds taking turns over
+    a seeded order of the videos (a 'no_audio' fault goes to a video that has audio)."""
+    count = int(math.floor(cfg.faults * len(plans) + 0.5))
+    if not count:
+        return plans
+    split_code = SPLITS.index(plans[0].split)
+    order = [int(i) for i in np.random.default_rng([cfg.seed, split_code, 0xFA17]).permutation(len(plans))]
+    out = list(plans)
+    for turn in range(count):
+        kind = FAULT_KINDS[turn % len(FAULT_KINDS)]
+        pick = next((i for i in order if kind != "no_audio" or plans[i].audio != "none"), None)
+        if pick is None:
+            continue
+        order.remove(pick)
+        out[pick] = replace(plans[pick], fault=kind)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,9 +559,19 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, audio: tuple[np.ndarray,
 
 
 def render_plan(plan: VideoPlan, out_dir: str) -> str:
-    """Render one planned video to out_dir/videos/NAME.mp4 (worker entry point)."""
+    """Render one planned video to out_dir/videos/NAME.mp4 (worker entry point), broken as its
+    `fault` says."""
     path = Path(out_dir) / plan.video
-    write_mp4(path, render_frames(plan), plan.fps, render_audio(plan))
+    if plan.fault == "missing":
+        path.unlink(missing_ok=True)
+    elif plan.fault == "empty":
+        path.write_bytes(b"")
+    elif plan.fault == "garbage":
+        rng = np.random.default_rng(list(plan.render_seed) + [13])
+        path.write_bytes(rng.integers(0, 256, size=GARBAGE_BYTES, dtype=np.uint8).tobytes())
+    else:
+        audio = None if plan.fault == "no_audio" else render_audio(plan)
+        write_mp4(path, render_frames(plan), plan.fps, audio)
     return str(path)
 
 
@@ -573,9 +619,15 @@ def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
         records = [r for plan in split_plans for r in annotate(plan, cfg.seed)]
         counts[split] = write_jsonl(out / "annotations" / f"{split}.jsonl", records)
     _render_all(plans, out, max(1, min(cfg.workers, os.cpu_count() or 1, len(plans))))
-    manifest = {"generator": "damo_lit.data.synthetic", "config": asdict(cfg), "records": counts}
+    faults = {plan.video: plan.fault for plan in plans if plan.fault}
+    manifest = {"generator": "damo_lit.data.synthetic", "config": asdict(cfg), "records": counts, "faults": faults}
     manifest_path(out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return SynthResult(out, len(plans), counts)
+
+
+def read_faults(out: str | Path) -> dict[str, str]:
+    """The faulty videos of a generated set (path relative to `out` -> fault kind), from its manifest."""
+    return dict(json.loads(manifest_path(out).read_text()).get("faults", {}))
 
 
 def is_generated(out: str | Path) -> bool:
@@ -598,7 +650,9 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
         return generate(out, cfg)
     existing = json.loads(manifest_path(out).read_text())["config"]
     wanted = asdict(cfg)
-    differ = sorted(k for k in wanted if k != "workers" and existing.get(k) != wanted[k])
+    defaults = {f.name: f.default for f in fields(SynthConfig)}  # keys added since the set was made
+    existing = {k: existing.get(k, defaults[k]) for k in wanted}
+    differ = sorted(k for k in wanted if k != "workers" and existing[k] != wanted[k])
     if differ:
         details = ", ".join(f"{k}: {existing.get(k)} there, {wanted[k]} asked" for k in differ)
         raise ValueError(
