@@ -9,8 +9,12 @@
   failure (file named in a warning, counted across worker processes), the collate drops it,
   and every good sample of the batch still comes through. `decode_failures()` exposes the
   counts for a Lightning callback to log (damo_lit.stages.callbacks.DecodeFailureReport does).
-- DataLoaders use a plain (shuffled) sampler, which Lightning swaps for a DistributedSampler
-  under DDP, and a 'forkserver' context for worker processes (fork after torch deadlocks).
+- The training DataLoader shuffles with an `EpochSampler`: the order depends on (seed, epoch)
+  only and each rank takes its share (Lightning keeps a DistributedSampler as it is). The
+  datamodule's `state_dict()` (in every Lightning checkpoint) holds where training stood - the
+  epoch and the batches trained in it - so that a resumed run continues the same shuffled order
+  after those batches instead of restarting the epoch. Evaluation loaders are sequential (Lightning
+  shards them under DDP). Worker processes use a 'forkserver' context (fork after torch deadlocks).
 - `features=DIR` (a frozen-encoder feature cache made by `damo-cache`, damo_lit.data.features):
   no decoding at all; batches carry the cached tower outputs instead of frames / audio_mel.
   The cache must have been made with this model's encoder config (`features_model`, the
@@ -19,6 +23,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import warnings
@@ -28,11 +33,12 @@ from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from damo_lit.data.cache import prepare, warn_bad
 from damo_lit.data.collection import Sample, SplitRecords, check_tasks, load_split, source_specs
-from damo_lit.data.dataset import BATCH_KEYS, Collator, RecordDataset, VideoLoader
+from damo_lit.data.dataset import BATCH_KEYS, Collator, EpochSampler, RecordDataset, VideoLoader
 from damo_lit.data.decode import DecodeParams, worker_context
 from damo_lit.data.features import (
     FeatureCacheError, FeatureLoader, FeatureStore, trainable_towers, video_key,
@@ -41,7 +47,8 @@ from damo_lit.data.prompts import PROMPT_STYLES
 from damo_lit.data.sources.base import SPLITS
 from damo_lit.data.timestamps import check_format
 
-__all__ = ["BATCH_KEYS", "Collator", "DaMODataModule", "RecordDataset", "SpanPrior", "VideoLoader"]
+__all__ = ["BATCH_KEYS", "Collator", "DaMODataModule", "EpochSampler", "RecordDataset", "SpanPrior", "TrainPosition",
+           "VideoLoader"]
 
 @dataclass(frozen=True)
 class SpanPrior:
@@ -54,6 +61,27 @@ class SpanPrior:
 
     def span(self, duration: float) -> tuple[float, float]:
         return self.start * duration, self.end * duration
+
+
+@dataclass(frozen=True)
+class TrainPosition:
+    """Where training stood when a checkpoint was saved: `batches` of `epoch` trained (per rank), and
+    what those batches depended on, so that a resumed run can tell whether it may skip them."""
+
+    epoch: int
+    batches: int
+    batch_size: int
+    samples: int
+    world_size: int
+    seed: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.__dict__.items()}
+
+    def mismatch(self, now: "TrainPosition") -> list[str]:
+        """What changed since the checkpoint (differences that make skipping its batches wrong)."""
+        keys = ("batch_size", "samples", "world_size", "seed")
+        return [f"{k} {getattr(self, k)} -> {getattr(now, k)}" for k in keys if getattr(self, k) != getattr(now, k)]
 
 
 class DaMODataModule(L.LightningDataModule):
@@ -139,6 +167,7 @@ class DaMODataModule(L.LightningDataModule):
         self.features = str(features) if features else None
         self.features_model = dict(features_model) if features_model else None
         self.feature_store: FeatureStore | None = None
+        self._resume: TrainPosition | None = None
         if self.features:
             towers = trainable_towers(self.features_model or {})
             if towers:
@@ -256,12 +285,39 @@ class DaMODataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=self._train_sampler(len(dataset)) if shuffle else None,
             num_workers=workers,
             collate_fn=Collator(self.tokenizer.pad_token_id),
             multiprocessing_context=worker_context() if workers > 0 else None,
             persistent_workers=workers > 0,
+            # Worker seeds come from this generator, not from the global RNG: starting an epoch's
+            # workers then draws nothing from the RNG that dropout uses (exact resume).
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+
+    def _train_sampler(self, size: int) -> EpochSampler:
+        world, rank = self._ranks()
+        sampler = EpochSampler(size, num_replicas=world, rank=rank, seed=self.seed, shuffle=True)
+        saved = self._resume
+        if saved is not None:
+            now = TrainPosition(saved.epoch, saved.batches, self.batch_size, size, world, self.seed)
+            changed = saved.mismatch(now)
+            if changed:
+                warnings.warn(
+                    f"resuming: the training data changed since the checkpoint ({', '.join(changed)}), so its "
+                    f"{saved.batches} trained batch(es) of epoch {saved.epoch} cannot be skipped exactly; that epoch "
+                    "starts again from its first batch",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                sampler.set_epoch(saved.epoch)
+            else:
+                sampler.resume_at(saved.epoch, saved.batches * self.batch_size)
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._dataloader("train", shuffle=True)
@@ -274,6 +330,33 @@ class DaMODataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._dataloader("test", shuffle=False)
+
+    # -- exact resume ---------------------------------------------------------------------------
+    def train_position(self) -> TrainPosition | None:
+        """Where the attached trainer stands in training: the epoch and the batches of it trained
+        (a finished epoch counts as the start of the next). None outside of training."""
+        trainer = self.trainer
+        if trainer is None or "train" not in self.datasets:
+            return None
+        loop = trainer.fit_loop
+        batches = int(loop.epoch_loop.batch_progress.current.processed)
+        epoch = int(trainer.current_epoch)
+        total = trainer.num_training_batches
+        if math.isfinite(total) and batches >= total:
+            epoch, batches = epoch + 1, 0
+        world, _ = self._ranks()
+        return TrainPosition(epoch, batches, self.batch_size, len(self.datasets["train"]), world, self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every Lightning checkpoint: the training position (plain ints)."""
+        position = self.train_position()
+        return {"train_position": position.to_dict()} if position is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored from a checkpoint before the loaders are built: the next training loader starts
+        where the checkpoint stood."""
+        saved = state_dict.get("train_position")
+        self._resume = TrainPosition(**{k: int(v) for k, v in saved.items()}) if saved else None
 
     # ---------------------------------------------------------------------------------------
     def train_span_prior(self) -> SpanPrior:

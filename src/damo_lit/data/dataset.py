@@ -6,10 +6,10 @@ Kept apart from the LightningDataModule so that DataLoader worker processes (sta
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from damo_lit.data.cache import DecodedCache, FailureLog
 from damo_lit.data.collection import Sample
@@ -38,6 +38,35 @@ class VideoLoader:
         except DecodeError as err:
             self.failures.record(err.path, err.reason)
             return None
+
+
+class EpochSampler(DistributedSampler):
+    """The training order: a shuffle seeded by (seed, epoch) alone, this rank's share of it, and a
+    start past the batches a checkpoint had already trained.
+
+    A resumed run must see the order an uninterrupted one would have seen. A plain RandomSampler
+    draws its order from the global RNG, which a restart resets; this one depends on the seed and
+    the epoch only (Lightning calls `set_epoch` at each epoch start). Being a DistributedSampler,
+    Lightning leaves it in place under DDP, so it shards for the ranks itself (num_replicas, rank).
+    `resume_at(epoch, samples)` makes the first pass over `epoch` skip this rank's first `samples`
+    indices (the batches trained before the checkpoint); later passes are whole.
+    """
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Start the next pass over `epoch` after this rank's first `samples` indices."""
+        self.set_epoch(epoch)
+        self._resume = (int(epoch), int(samples))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1] :]
+            self._resume = None
+        return iter(indices)
 
 
 class RecordDataset(Dataset):
