@@ -3,7 +3,10 @@
 A record becomes a conversation of rendered (role, content) turns; a caption record with no
 turns becomes "user: describe the video. assistant: CAPTION". Two prompt styles:
 
-- `plain` (the tiny model): `<s> <video> user: Q assistant: A </s> user: Q2 assistant: A2 </s>`
+- `plain` (the tiny model): `<s> user: Q <video> assistant: A </s> user: Q2 assistant: A2 </s>`.
+  The video follows the first question, so that a causal LM reads each frame token already
+  knowing what is asked (with the video first, a random-init LM stayed at the constant-span
+  baseline for 400 steps even on perfect per-frame features; question first, it learned).
 - `chat` (real models): the tokenizer's own `apply_chat_template`, with `<video>` opening the
   first user message.
 
@@ -78,17 +81,18 @@ def video_token_id(tokenizer: Any) -> int:
 
 
 def encode_plain(turns: Sequence[tuple[str, str]], tokenizer: Any) -> Encoded:
-    """`<s> <video> user: Q assistant: A </s> ...`, labels on each answer and its `</s>`."""
+    """`<s> user: Q <video> assistant: A </s> ...`, labels on each answer and its `</s>`."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the plain prompt style needs a tokenizer with an eos token")
     ids: list[int] = [] if tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
-    ids.append(video_token_id(tokenizer))
     labels = [IGNORE_INDEX] * len(ids)
     prompt_ids: list[int] = []
     last_answer = max(i for i, (role, _) in enumerate(turns) if role == "assistant")
+    video = [video_token_id(tokenizer)]
     for i, (role, content) in enumerate(turns):
         if role == "user":
-            piece = _ids(tokenizer, f"user: {content} assistant:")
+            piece = _ids(tokenizer, f"user: {content}") + video + _ids(tokenizer, "assistant:")
+            video = []
             ids += piece
             labels += [IGNORE_INDEX] * len(piece)
         else:
