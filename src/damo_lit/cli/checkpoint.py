@@ -4,6 +4,8 @@ or a Lightning checkpoint (.ckpt, read with torch.load(weights_only=True): never
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,28 @@ STAGE_CLASSES = {
 }
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that torch.load(weights_only=True) refuses: it holds pickled Python objects
+    besides tensors and plain containers, and unpickling those could run any code."""
+
+    def __init__(self, where: str, err: BaseException) -> None:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"a pickled Python object ({found.group(1)})" if found else "something torch.load(weights_only=True) refuses"
+        super().__init__(
+            f"{where}: refused to load it: it holds {what}. damo-lit checkpoints hold only tensors and plain "
+            "containers and load with torch.load(weights_only=True); unpickling other objects could run arbitrary "
+            "code (a foreign or tampered file?)"
+        )
+
+
+def load_weights_only(path: str | Path, where: str | None = None) -> Any:
+    """torch.load(path, weights_only=True) on CPU; UnsafeCheckpointError for a file holding other objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(where or str(path), err) from None
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """(stage meta, Lightning state dict or None when the weights are a stage folder's file)."""
     path = Path(path)
@@ -29,7 +53,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
                 f"ckpt={path}: expected {WEIGHTS_FILE} and {META_FILE} in it (a damo-train run folder)")
         return json.loads(meta_file.read_text()), None
     if path.suffix == ".ckpt" and path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_weights_only(path, f"ckpt={path}")
         if "damo" not in checkpoint:
             raise ValueError(f"ckpt={path}: not a damo-lit checkpoint (no 'damo' entry)")
         return checkpoint["damo"], checkpoint["state_dict"]

@@ -8,6 +8,12 @@
 The run folder (hydra.run.dir) receives the composed config, checkpoints/ (Lightning, for exact
 resume with resume_from=...), weights.safetensors + stage.json (what the next stage's
 stage.init_from reads), adapter/ (LoRA, peft format) and metrics.json.
+
+Resuming loads the checkpoint with torch.load(weights_only=True): tensors and plain containers
+only, never arbitrary pickled objects. On SIGTERM (preemption) the run saves
+checkpoints/preempted.ckpt after the current batch and exits with PREEMPTED_EXIT_CODE (143,
+128 + SIGTERM), so that a scheduler or a `&&` chain sees an unfinished stage; see
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -17,13 +23,18 @@ import json
 import logging
 import math
 import os
+import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from damo_lit.cli.common import CONF_DIR, check_conf_dir, register_resolvers
 
 log = logging.getLogger("damo_lit.train")
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped early, resumable from checkpoints/preempted.ckpt
+RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -40,7 +51,7 @@ def quiet_console() -> None:
     no per-file weight-loading bars from transformers for the tiny parts."""
     import transformers
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if logging.getLogger().handlers:
             for handler in list(logger.handlers):
@@ -73,6 +84,50 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     return stage, datamodule, trainer
 
 
+def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> None:
+    """trainer.fit, resuming from `resume_from` with weights_only loading; a SIGTERM ends the
+    process with PREEMPTED_EXIT_CODE once the interrupt checkpoint is written."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from damo_lit.cli.checkpoint import UnsafeCheckpointError
+    from damo_lit.stages.callbacks import interrupt_checkpoint
+
+    try:
+        with warnings.catch_warnings():
+            # Lightning warns that a plain DataLoader cannot resume mid-epoch; the datamodule's
+            # EpochSampler and saved training position do exactly that (docs/reliability.md).
+            warnings.filterwarnings("ignore", message=RESUME_WARNING)
+            trainer.fit(stage, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(f"resume_from={resume_from}", err) from None
+    except SIGTERMException:
+        saved = interrupt_checkpoint(trainer)
+        where = f"resume with resume_from={saved}" if saved else "no checkpoint saved (callbacks.interrupt_checkpoint is off)"
+        log.warning("stopped by SIGTERM at step %d: %s", trainer.global_step, where)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+
+
+def retire_requeue_checkpoints(trainer: Any) -> list[Path]:
+    """After a finished fit on SLURM, rename Lightning's requeue checkpoints (default_root_dir/
+    hpc_ckpt_N.ckpt) to requeue_N.ckpt. Lightning loads the newest hpc_ckpt into every later
+    trainer.test or validate of the job (an older state than the final weights) when it finds one."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect() or not trainer.state.finished:
+        return []
+    renamed: list[Path] = []
+    if trainer.is_global_zero:
+        for path in sorted(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+            target = path.with_name(path.name.replace("hpc_ckpt_", "requeue_", 1))
+            path.rename(target)
+            renamed.append(target)
+        if renamed:
+            log.info("fit finished: renamed %d SLURM requeue checkpoint(s) to requeue_N.ckpt in %s",
+                     len(renamed), trainer.default_root_dir)
+    trainer.strategy.barrier("retire_requeue_checkpoints")
+    return renamed
+
+
 def run(cfg: Any) -> dict[str, float]:
     """Fit, then test, one stage; write metrics.json into the run folder and return the metrics."""
     from hydra.core.hydra_config import HydraConfig
@@ -83,7 +138,8 @@ def run(cfg: Any) -> dict[str, float]:
         report = stage.init_report
         log.info("started from %s: %d tensors loaded, %d not in this model",
                  report.path, len(report.loaded), len(report.unexpected))
-    trainer.fit(stage, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
+    fit(trainer, stage, datamodule, cfg.get("resume_from"))
+    retire_requeue_checkpoints(trainer)
     metrics = _plain_metrics(dict(trainer.callback_metrics))
     if cfg.get("test_after_fit", True):
         if hasattr(stage, "span_prior"):

@@ -1,15 +1,31 @@
 """What every training stage shares: the DaMO backbone, its trainable groups, the handoff from
-the previous stage, the LM loss, the optimizer and schedule, and lean checkpoints.
+the previous stage, the LM loss, the optimizer and schedule, lean checkpoints, and the guards
+of a long run (docs/reliability.md).
 
 A stage subclass adds only its loss and its validation metrics. Stages know nothing of file
 formats: the CLI hands in the span parser (timestamp text -> spans) and the baseline prior.
+
+Guards every stage gets:
+- A NaN or infinite loss on any rank skips the optimizer step on every rank (the ranks
+  all-reduce a flag, so that their weights stay equal) and is counted (`train/nonfinite_steps`);
+  `max_nonfinite_steps` in a row stop the run with NonFiniteLossError
+  (stages.callbacks.InterruptCheckpoint then saves the last good weights).
+- Checkpoints hold the RNG states, restored at the first training batch after a resume, so that
+  dropout draws what an uninterrupted run would have drawn; and a resume refuses a checkpoint
+  that lacks any weight this stage trains (frozen pretrained weights are left out of
+  checkpoints and rebuilt, so loading is not strict and would otherwise keep random weights).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import random
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 import lightning as L
 import torch
@@ -25,6 +41,84 @@ log = logging.getLogger(__name__)
 
 SpanParser = Callable[[str, float], list[tuple[float, float]]]
 FEATURE_KEYS = ("vision_global", "vision_local", "audio_global", "audio_local")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or infinite for stage.max_nonfinite_steps steps in a row."""
+
+
+@dataclass
+class NonFiniteSteps:
+    """Skipped steps: in all, in a row now, and the global step the current run of them began at."""
+
+    total: int = 0
+    streak: int = 0
+    first: int = -1
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and Python RNG states as tensors and plain containers
+    (loadable with torch.load(weights_only=True))."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": _as_lists(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Undo rng_state()."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_as_tuples(state["python"]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning("resume: the checkpoint has CUDA RNG states of %d device(s), this node %d; not restored",
+                        len(cuda), torch.cuda.device_count())
+
+
+def _as_lists(value: Any) -> Any:
+    return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def running_stats(module: torch.nn.Module) -> list[Tensor]:
+    """The buffers a training forward pass updates: running statistics (`running_*`, e.g. of batch
+    norms, torch's and models.layers.MaskedBatchNorm, and `num_batches_tracked`)."""
+    return [buffer for name, buffer in module.named_buffers()
+            if name.rpartition(".")[2].startswith("running_") or name.endswith("num_batches_tracked")]  # fmt: skip
+
+
+def _skips_nonfinite(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a stage's training_step: its loss goes through DaMOStage.guard_loss, and a skipped step
+    also takes back what its forward pass did to the running statistics."""
+
+    @functools.wraps(step)
+    def training_step(self: "DaMOStage", *args: Any, **kwargs: Any) -> Any:
+        stats = running_stats(self)
+        before = [t.clone() for t in stats]
+
+        def restore() -> None:
+            with torch.no_grad():
+                for tensor, value in zip(stats, before):
+                    tensor.copy_(value)
+
+        return self.guard_loss(step(self, *args, **kwargs), restore)
+
+    training_step._skips_nonfinite = True  # type: ignore[attr-defined]
+    return training_step
 
 
 def plain(value: Any) -> Any:
@@ -47,7 +141,15 @@ class DaMOStage(L.LightningModule):
         init_from: the previous stage's weights (its run folder or weights.safetensors).
         timestamps: relative | seconds, the timestamp text format (for the record in checkpoints).
         span_parser: (text, duration) -> spans in seconds; handed in by the CLI.
+        max_nonfinite_steps: steps in a row with a NaN or infinite loss (each skipped) that stop the run.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every stage's own training_step gets the non-finite guard, without each stage calling it.
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("training_step")
+        if step is not None and not getattr(step, "_skips_nonfinite", False):
+            cls.training_step = _skips_nonfinite(step)  # type: ignore[method-assign]
 
     def __init__(
         self,
@@ -59,17 +161,25 @@ class DaMOStage(L.LightningModule):
         init_from: str | None = None,
         timestamps: str = "relative",
         span_parser: SpanParser | None = None,
+        max_nonfinite_steps: int = 10,
         **stage_options: Any,
     ) -> None:
         super().__init__()
         if name not in STAGE_TRAINABLE:
             raise ValueError(f"stage.name must be one of {', '.join(STAGE_TRAINABLE)}, got {name!r}")
+        if int(max_nonfinite_steps) < 1:
+            raise ValueError(f"stage.max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.nonfinite = NonFiniteSteps()
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._skip_optimizer_step = False
         self.model_cfg = plain(model_cfg)
         self.stage_name = name
         self.timestamps = timestamps
         self.save_hyperparameters(
             {"model_cfg": self.model_cfg, "name": name, "scheduler": plain(scheduler), "timestamps": timestamps,
-             "trainable": plain(trainable), "init_from": init_from, **{k: plain(v) for k, v in stage_options.items()}}
+             "trainable": plain(trainable), "init_from": init_from, "max_nonfinite_steps": self.max_nonfinite_steps,
+             **{k: plain(v) for k, v in stage_options.items()}}
         )
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(plain(scheduler) or {})
@@ -115,6 +225,13 @@ class DaMOStage(L.LightningModule):
             return self.model.encode_features(**{k: batch.get(k) for k in FEATURE_KEYS}, **common)
         return self.model.encode(frames=batch["frames"], audio_mel=batch.get("audio_mel"), **common)
 
+    def soft_prompt(self, batch: Mapping[str, Any], media: MediaTokens | None = None) -> Tensor:
+        """The batch's media as soft-prompt tokens for the LLM (a question-aware projector also
+        reads the batch's prompt_ids)."""
+        media = self.media(batch) if media is None else media
+        return self.model.media_embeds(media, batch["duration"], batch.get("prompt_ids"),
+                                       batch.get("prompt_attention_mask"))
+
     def lm_loss(self, batch: Mapping[str, Any], embeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Next-token loss on the answer tokens, media spliced in at <video>. Returns (loss, embeds)."""
         if embeds is None:
@@ -159,19 +276,98 @@ class DaMOStage(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # -- lean checkpoints ------------------------------------------------------------------------
+    # -- non-finite losses -----------------------------------------------------------------------
+    def guard_loss(self, output: Any, restore: Callable[[], None] | None = None) -> Any:
+        """The training step's output, unchanged. When the loss is NaN or infinite on any rank, the
+        optimizer step that follows is skipped on every rank (on_before_optimizer_step drops the
+        gradients) and `restore` undoes the rest of the forward pass; NonFiniteLossError after
+        max_nonfinite_steps in a row.
+
+        Backward still runs on a skipped step: under DDP every rank must take part in the gradient
+        all-reduce, and Lightning refuses a training_step that returns None in distributed training."""
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        if not isinstance(loss, Tensor):
+            return output
+        bad = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+        trainer = self._trainer
+        # Every rank must agree: a rank that skipped alone would hang the others in the gradient all-reduce.
+        bad_ranks = int(trainer.strategy.reduce(bad, reduce_op="sum").item()) if trainer is not None else int(bad.item())
+        count = self.nonfinite
+        if bad_ranks:
+            count.total += 1
+            count.streak += 1
+            count.first = self.global_step if count.first < 0 else count.first
+        else:
+            count.streak, count.first = 0, -1
+        self.log("train/nonfinite_steps", float(count.total), on_step=True, on_epoch=False, batch_size=1)
+        if not bad_ranks:
+            return output
+        if restore is not None:
+            restore()
+        world = trainer.world_size if trainer is not None else 1
+        if trainer is None or trainer.is_global_zero:
+            log.warning("%s: step %d has a non-finite loss on %d of %d rank(s) (here: %s); skipped on every rank "
+                        "(%d in a row, %d in all; stage.max_nonfinite_steps=%d)", self.stage_name, self.global_step,
+                        bad_ranks, world, float(loss.detach().float().mean()), count.streak, count.total,
+                        self.max_nonfinite_steps)
+        if count.streak >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"stage {self.stage_name}: the loss was NaN or infinite for {count.streak} steps in a row (global steps "
+                f"{count.first}-{self.global_step}; {count.total} skipped in all), which is stage.max_nonfinite_steps="
+                f"{self.max_nonfinite_steps}. The weights are those of the last good step (saved as checkpoints/"
+                "nonfinite.ckpt by the interrupt_checkpoint callback). Lower stage.optimizer.lr, keep "
+                "trainer.gradient_clip_val on, or look at the data of these steps."
+            )
+        self._skip_optimizer_step = True
+        return output
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the step of a non-finite loss: without gradients the optimizer changes nothing (no
+        update, no weight decay, no moment update; under fp16 the grad scaler skips it too)."""
+        if self._skip_optimizer_step:
+            optimizer.zero_grad(set_to_none=True)
+            self._skip_optimizer_step = False
+
+    # -- lean, complete checkpoints --------------------------------------------------------------
+    def checkpoint_keys(self, state_keys: Sequence[str]) -> set[str]:
+        """The keys of a module state dict a checkpoint keeps: everything that cannot be rebuilt from
+        model_cfg (the persistent groups) plus the stage's own heads; frozen pretrained parts go."""
+        keep = {"model." + n for n in self.persistent_names()}
+        return {k for k in state_keys if k in keep or not k.startswith("model.")}
+
+    def check_complete(self, state: Mapping[str, Any], source: str) -> None:
+        """Refuse weights that lack anything this stage trains or keeps: loading is not strict (the
+        frozen parts are rebuilt), so a gap would silently keep freshly initialised weights."""
+        missing = sorted(self.checkpoint_keys(list(self.state_dict().keys())) - set(state))
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise ValueError(
+                f"{source}: lacks {len(missing)} weight(s) that stage {self.stage_name} trains or keeps ({shown}); "
+                "it was saved by another stage or model config (stage.trainable, model.*.trainable): resume with the "
+                "config that saved it"
+            )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the weights that cannot be rebuilt from model_cfg (frozen pretrained parts go)."""
+        """Keep only the weights that cannot be rebuilt from model_cfg (frozen pretrained parts go),
+        and add the stage meta, the non-finite step counts and the RNG states (all plain values)."""
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
-            keep = {"model." + n for n in self.persistent_names()}
-            extra = {k for k in state if not k.startswith("model.")}  # stage heads (e.g. VTM)
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep or k in extra}
+            keep = self.checkpoint_keys(list(state))
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         checkpoint["damo"] = self.stage_meta()
-    def soft_prompt(self, batch: Mapping[str, Any], media: MediaTokens | None = None) -> Tensor:
-        """The batch's media as soft-prompt tokens for the LLM (a question-aware projector also
-        reads the batch's prompt_ids)."""
-        media = self.media(batch) if media is None else media
-        return self.model.media_embeds(media, batch["duration"], batch.get("prompt_ids"),
-                                       batch.get("prompt_attention_mask"))
+        checkpoint["damo_resume"] = {"nonfinite": asdict(self.nonfinite), "rng": rng_state()}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that the checkpoint has every trained weight; restore the counts; keep the RNG states
+        for the first training batch (restoring them now would be undone by the set-up in between)."""
+        if isinstance(checkpoint.get("state_dict"), dict):  # (FSDP sharded checkpoints load weights apart)
+            self.check_complete(checkpoint["state_dict"], "the checkpoint")
+        resume = checkpoint.get("damo_resume") or {}
+        if "nonfinite" in resume:
+            self.nonfinite = NonFiniteSteps(**resume["nonfinite"])
+        self._rng_to_restore = resume.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

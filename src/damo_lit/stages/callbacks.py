@@ -1,17 +1,24 @@
 """Callbacks every stage run uses: the stage's lean weights and LoRA adapter at the end of fit,
-and the report of videos that failed to decode."""
+the report of videos that failed to decode and of annotation records dropped, and a checkpoint
+to resume from when fit stops early (preemption, a run of non-finite losses)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from damo_lit.stages.base import NonFiniteLossError
 from damo_lit.stages.weights import save_stage_weights, stage_state
 
 log = logging.getLogger(__name__)
+
+MAX_NAMED = 50  # bad files named in one log line (all of them go to the JSON report)
 
 
 class StageArtifacts(L.Callback):
@@ -33,18 +40,90 @@ class StageArtifacts(L.Callback):
 
 
 class DecodeFailureReport(L.Callback):
-    """Logs, at the end of each epoch, how many videos failed to decode and which ones."""
+    """At the end of each training epoch: how many video files failed to decode (and were skipped)
+    and which, and how many annotation records the sources dropped or fixed.
+
+    Logs `train/decode_failures` (distinct files, all splits loaded so far), `train/skipped_samples`
+    (samples left out because of them, cumulative) and `train/records_dropped`; names the files in
+    a warning (the first MAX_NAMED) and writes all of them, with their reasons, to
+    `DIR/decode_failures.json` (DIR: `dirpath`, else the trainer's default_root_dir). Record
+    fix-ups are named once, when fit starts.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = Path(dirpath) if dirpath else None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fixes = getattr(trainer.datamodule, "fixes", None)
+        if fixes is None or not trainer.is_global_zero:
+            return
+        for split, counts in fixes().items():
+            done = {k: n for k, n in counts.items() if n}
+            if done:
+                log.warning("data %s: annotation fix-ups and drops: %s", split,
+                            ", ".join(f"{k}={n}" for k, n in sorted(done.items())))
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         datamodule = trainer.datamodule
-        report = getattr(datamodule, "decode_failures", None)
-        if report is None:
+        failures_of = getattr(datamodule, "decode_failures", None)
+        if failures_of is None:
             return
-        failures = report()
-        count = sum(len(v) for v in failures.values()) if isinstance(failures, dict) else len(failures)
-        pl_module.log(f"{split}/decode_failures", float(count), rank_zero_only=True, batch_size=1)
-        if count and trainer.is_global_zero:
-            log.warning("%s: %d video(s) failed to decode and were skipped: %s", split, count, failures)
+        failures: dict[str, list[str]] = failures_of()
+        skipped = sum(len(v) for v in failures.values())
+        dropped = sum(n for counts in datamodule.fixes().values() for k, n in counts.items()
+                      if k.startswith("record_")) if hasattr(datamodule, "fixes") else 0  # fmt: skip
+        values = {"decode_failures": len(failures), "skipped_samples": skipped, "records_dropped": dropped}
+        for key, value in values.items():
+            pl_module.log(f"{split}/{key}", float(value), rank_zero_only=True, batch_size=1)
+        if not failures or not trainer.is_global_zero:
+            return
+        named = sorted(failures.items())
+        lines = [f"{path}: {reasons[0]}" + (f" ({len(reasons)} samples)" if len(reasons) > 1 else "")
+                 for path, reasons in named[:MAX_NAMED]]  # fmt: skip
+        more = f"\n  ... and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
+        target = (self.dirpath or Path(trainer.default_root_dir)) / "decode_failures.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps({path: reasons[0] for path, reasons in named}, indent=2) + "\n")
+        log.warning("%s epoch %d: %d video file(s) failed to decode; %d sample(s) skipped so far (all in %s):\n  %s%s",
+                    split, trainer.current_epoch, len(failures), skipped, target, "\n  ".join(lines), more)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report(trainer, pl_module, "train")
+
+
+class InterruptCheckpoint(L.Callback):
+    """A checkpoint to resume from when fit stops early: on SIGTERM (preemption; Lightning stops
+    after the current batch) DIR/preempted.ckpt, and on NonFiniteLossError DIR/nonfinite.ckpt (the
+    weights of the last good step: non-finite steps never updated them).
+
+    Every rank gets here together (the SIGTERM flag and the non-finite flag are shared across
+    ranks), which the collective save needs. `saved` holds the path written, if any.
+    """
+
+    FILES: tuple[tuple[type[BaseException], str, str], ...] = (
+        (SIGTERMException, "preempted.ckpt", "SIGTERM (preemption)"),
+        (NonFiniteLossError, "nonfinite.ckpt", "non-finite losses"),
+    )
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        match = next(((name, why) for kind, name, why in self.FILES if isinstance(exception, kind)), None)
+        if match is None:
+            return
+        name, why = match
+        path = self.dirpath / name
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume from
+        self.saved = path
+        if trainer.is_global_zero:
+            log.warning("training stopped by %s at step %d (epoch %d): saved %s; resume with resume_from=%s",
+                        why, trainer.global_step, trainer.current_epoch, path, path)
+
+
+def interrupt_checkpoint(trainer: L.Trainer) -> Any:
+    """The path an InterruptCheckpoint of this trainer saved, or None."""
+    return next((cb.saved for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint) and cb.saved), None)
