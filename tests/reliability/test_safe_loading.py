@@ -1,0 +1,74 @@
+"""Safe loading: checkpoints load with torch.load(weights_only=True) and caches with numpy's
+allow_pickle=False (stage weights and feature caches are safetensors); a file that holds a pickled
+Python object is refused with a clear error (or, for a cache entry, decoded again), and the object
+is never unpickled: here unpickling it would create a marker file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from damo_lit.cli.checkpoint import UnsafeCheckpointError, load_stage
+from damo_lit.cli.common import compose_run
+from damo_lit.cli.eval import main as damo_eval
+from damo_lit.cli.train import run
+from damo_lit.data.cache import DecodedCache
+from damo_lit.data.decode import DecodeParams
+
+from .helpers import run_overrides
+
+
+class Planted:
+    """Unpickling this calls open(marker, 'w'): any code could run in its place."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture()
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    """(a checkpoint-shaped file holding a Planted object, the marker its unpickling would create)."""
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(2)}, "damo": {"stage": "stage3"}, "extra": Planted(marker)}, path)
+    return path, marker
+
+
+def test_damo_eval_and_load_stage_refuse_a_checkpoint_holding_a_pickled_object(planted: tuple[Path, Path]) -> None:
+    path, marker = planted
+    refused = rf"ckpt={path}: refused to load it: it holds a pickled Python object \(io\.open\)"
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        load_stage(path)
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        damo_eval([f"ckpt={path}", "accelerator=cpu"])
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_checkpoint_holding_a_pickled_object(
+        planted: tuple[Path, Path], clean_root: Path, tmp_path: Path) -> None:
+    path, marker = planted
+    cfg = compose_run("train", run_overrides(clean_root, "trainer.max_steps=1", f"resume_from={path}"), tmp_path / "run")
+    with pytest.raises(UnsafeCheckpointError, match=rf"resume_from={path}: refused to load it: .*weights_only=True"):
+        run(cfg)
+    assert not marker.exists()
+
+
+def test_a_decoded_cache_entry_holding_a_pickled_object_is_decoded_again(clean_root: Path, tmp_path: Path) -> None:
+    video = next((clean_root / "videos").glob("train_*.mp4"))
+    cache = DecodedCache(tmp_path / "cache", DecodeParams(num_frames=2, frame_size=16, num_audio_segments=2,
+                                                          audio_segment_frames=10))  # fmt: skip
+    first = cache.load(video)
+    (entry,) = (tmp_path / "cache").rglob("*.npz")
+    marker = tmp_path / "unpickled"
+    with entry.open("wb") as handle:
+        np.savez(handle, frames=np.array([Planted(marker)], dtype=object))
+    with pytest.warns(UserWarning, match="is unreadable.*decoding .* again"):
+        again = cache.load(video)
+    assert not marker.exists()
+    np.testing.assert_array_equal(again.frames, first.frames)
