@@ -293,3 +293,21 @@ def test_number_tokens_start_as_sinusoids_of_their_value(damo: DaMO) -> None:
         assert cos(rows[0], rows[2], dim=0) < 0.5
         ratio = rows.pow(2).mean().sqrt() / table.detach().pow(2).mean().sqrt()
         assert 0.7 < float(ratio) < 1.3
+
+
+def test_pooled_projector_queries_carry_their_time_bins_content(make_damo) -> None:
+    """projector.query_init=pooled: soft token k starts from the fusion tokens of its time bin,
+    so changing the fused content of one bin changes that soft token most."""
+    damo = make_damo("projector.query_init=pooled").eval()
+    b = make_batch(damo, batch=1, seed=8)
+    with torch.no_grad():
+        media = damo.encode(**b.media())
+        before = damo.projector(media)
+        k = damo.cfg.projector.queries
+        bins = media.fusion.shape[1]
+        assert bins == k  # tiny: one fusion token per soft token
+        media.fusion[:, 5] += 10.0
+        change = (damo.projector(media) - before).norm(dim=-1)[0]
+    assert int(change.argmax()) == 5
+    with pytest.raises(ValueError, match="query_init"):
+        make_damo("projector.query_init=mean")

@@ -122,6 +122,9 @@ class ProjectorConfig:
     # InstructBLIP-style: the queries also attend to the prompt's token embeddings (the question),
     # so that each soft token can say whether *the asked-for* event happens at its time.
     question_aware: bool = False
+    # learned (BLIP-2) | pooled: query k also starts from the fusion tokens pooled to its time bin,
+    # so that soft token k carries what happens at its time before the Q-Former has learned anything.
+    query_init: str = "learned"
 
 
 @dataclass

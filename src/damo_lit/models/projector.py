@@ -20,6 +20,7 @@ from damo_lit.models.layers import (
     Attention,
     CrossBlock,
     anchor_times,
+    masked_adaptive_pool,
     relative_sinusoid,
 )
 from damo_lit.models.media import MediaTokens
@@ -63,6 +64,8 @@ class QFormerLayer(nn.Module):
 class Projector(nn.Module):
     def __init__(self, cfg: ProjectorConfig, dim: int, llm_dim: int) -> None:
         super().__init__()
+        if cfg.query_init not in ("learned", "pooled"):
+            raise ValueError(f"model.projector.query_init must be learned or pooled, got {cfg.query_init!r}")
         self.cfg = cfg
         self.queries = nn.Parameter(torch.randn(cfg.queries, dim) * 0.02)
         self.time_gain = nn.Parameter(torch.tensor(TIME_GAIN_INIT)) if cfg.time_anchors else None
@@ -100,6 +103,11 @@ class Projector(nn.Module):
         memory = media.memory(self.cfg.inputs)
         b = memory.tokens.shape[0]
         queries = self.queries.expand(b, -1, -1)
+        if self.cfg.query_init == "pooled":
+            fusion_mask = media.fusion_mask
+            if fusion_mask is None:
+                fusion_mask = torch.ones(media.fusion.shape[:2], dtype=torch.bool, device=media.fusion.device)
+            queries = queries + masked_adaptive_pool(media.fusion, fusion_mask, None, self.cfg.queries)[0]
         q_times = k_times = None
         tokens = memory.tokens
         if self.time_gain is not None:
