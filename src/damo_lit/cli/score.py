@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from damo_lit.data.schema import Record, RecordError
+from damo_lit.data.schema import Record, RecordError, json_lines
 from damo_lit.metrics.grounding import DEFAULT_THRESHOLDS, GroundingScorer
 from damo_lit.metrics.qvhighlights import (
     LENGTH_RANGES,
@@ -45,18 +45,12 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise ScoreInputError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScoreInputError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise ScoreInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield where, obj
+    for _, where, obj in json_lines(path):
+        if isinstance(obj, RecordError):
+            raise ScoreInputError(str(obj))
+        if not isinstance(obj, dict):
+            raise ScoreInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        yield where, obj
 
 
 def _id(obj: dict[str, Any], key: str, where: str) -> str:

@@ -166,8 +166,9 @@ class Record:
         return out
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
-    """Yield (line number, Record or RecordError) for each non-blank line of a DaMO JSONL file."""
+def json_lines(path: str | Path) -> Iterator[tuple[int, str, Any | RecordError]]:
+    """(line number, 'file:line', parsed value or RecordError) for each non-blank line of a JSON
+    lines file: the one reader behind every JSONL format, so that all name their bad lines alike."""
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -175,14 +176,21 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                yield lineno, where, json.loads(line)
             except json.JSONDecodeError as err:
-                yield lineno, RecordError(where, f"not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            try:
-                yield lineno, Record.from_dict(obj, where)
-            except RecordError as err:
-                yield lineno, err
+                yield lineno, where, RecordError(where, f"not valid JSON ({err.msg} at column {err.colno})")
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
+    """Yield (line number, Record or RecordError) for each non-blank line of a DaMO JSONL file."""
+    for lineno, where, obj in json_lines(path):
+        if isinstance(obj, RecordError):
+            yield lineno, obj
+            continue
+        try:
+            yield lineno, Record.from_dict(obj, where)
+        except RecordError as err:
+            yield lineno, err
 
 
 def write_jsonl(path: str | Path, records: Iterator[Record] | list[Record]) -> int:

@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from damo_lit.data.schema import Record, RecordError, read_jsonl
-from damo_lit.data.sources.base import Draft, SourceSpec, grounding_build, iter_lines
+from damo_lit.data.schema import Record, RecordError, json_lines, read_jsonl
+from damo_lit.data.sources.base import Draft, SourceSpec, grounding_build
 from damo_lit.data.sources.events import iter_activitynet_captions, iter_charades_sta, read_charades_durations
 
 Item = Draft | Record | RecordError
@@ -78,12 +77,8 @@ def activitynet_captions(spec: SourceSpec, path: Path) -> Iterator[Item]:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[str, Any] | RecordError]:
-    for lineno, line in iter_lines(path):
-        where = f"{path}:{lineno}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as err:
-            yield RecordError(where, f"not valid JSON ({err.msg} at column {err.colno})")
+    for _, where, obj in json_lines(path):
+        yield obj if isinstance(obj, RecordError) else (where, obj)
 
 
 def qvhighlights(spec: SourceSpec, path: Path) -> Iterator[Item]:
