@@ -90,7 +90,10 @@ def print_table(summary: dict[str, Any], columns: Sequence[str]) -> None:
     for key, metrics in summary["stages"].items():
         cells = [f"{metrics[c]:.3f}" if c in metrics else "" for c in shown]
         table.add_row(key, *cells, f"{summary['seconds'].get(key, 0):.0f}")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: rich would squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
