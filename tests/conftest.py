@@ -18,6 +18,23 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def short_run_overrides(root: Path) -> list[str]:
+    """Overrides of a short CPU run of any stage on the tiny model and the small synthetic set in
+    `root` (decoded cache beside it, CSV logs, no progress bars, no generation)."""
+    return [
+        f"data.root={root}",
+        f"data.decoded_cache_dir={root / 'decoded'}",
+        "data.generate=null",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "data.prepare_workers=1",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

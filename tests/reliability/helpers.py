@@ -8,21 +8,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from tests.conftest import short_run_overrides
+
 
 def run_overrides(root: Path, *extra: str) -> list[str]:
     """A short stage-3 CPU run on the set in `root` (decoded cache beside it, CSV logs, no test)."""
     return [
         "stage=stage3_temporal",
-        f"data.root={root}",
-        f"data.decoded_cache_dir={root / 'decoded'}",
-        "data.generate=null",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "data.prepare_workers=1",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
+        *short_run_overrides(root),
         "trainer.limit_val_batches=0",
         "test_after_fit=false",
         *extra,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from damo_lit.data.synthetic import SynthConfig, generate
+from tests.conftest import short_run_overrides
 
 
 @pytest.fixture(scope="session")
@@ -20,15 +21,4 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def tiny_overrides(synthetic_root: Path, tmp_path: Path) -> list[str]:
     """Overrides for a short CPU run of any stage on the tiny model and the small set."""
-    return [
-        f"data.root={synthetic_root}",
-        f"data.decoded_cache_dir={synthetic_root / 'decoded'}",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "data.prepare_workers=1",
-        "logger=csv",
-        "callbacks.progress_bar=null",
-        "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
-        "data.generate=null",
-    ]
+    return short_run_overrides(synthetic_root)
