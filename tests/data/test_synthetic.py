@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from damo_lit.data.prompts import conversation, encode
 from damo_lit.data.schema import read_jsonl
 from damo_lit.data.synthetic import (
     COLOURS,
+    KINDS,
     SPLITS,
     SynthConfig,
     VideoPlan,
@@ -108,14 +110,22 @@ def test_annotations_cover_every_task_and_match_the_plan(synth_dir, synth_config
                 assert all(e.kind == "visual" for e in plan.events)
 
 
-def test_same_channel_events_never_overlap_over_many_plans():
+def test_same_kind_events_never_overlap_and_shapes_on_screen_together_keep_apart():
     cfg = SynthConfig(videos=400, seed=11)
     kinds = set()
+    together = 0
     for plan in iter_plans(cfg):
-        for channel in ("visual", "audible"):
-            spans = sorted((e.start, e.end) for e in plan.events if getattr(e, channel))
+        for kind in KINDS:
+            spans = sorted((e.start, e.end) for e in plan.events if e.kind == kind)
             assert all(b[0] >= a[1] + 0.5 - 1e-9 for a, b in zip(spans, spans[1:])), plan
+        shapes = [e for e in plan.events if e.visual]
+        for a, b in itertools.combinations(shapes, 2):
+            if a.start < b.end and b.start < a.end:  # on screen at once: opposite corners of the path range
+                together += 1
+                top, bottom = (a, b) if a.kind == "visual" else (b, a)
+                assert max(top.path) <= 0.3 + 1e-9 and min(bottom.path) >= 0.7 - 1e-9, plan
         kinds.update(e.kind for e in plan.events)
+    assert together > 10
     assert kinds == {"visual", "audio", "audio-visual"}
     audio = [p.audio for p in iter_plans(cfg)]
     assert audio.count("none") == 40 and audio.count("stereo44k") == 80  # exact 10% / 20%
@@ -208,3 +218,17 @@ def test_generated_text_tokenises_without_unknown_words(synth_dir, tokenizer, fm
             assert unk not in encoded.input_ids, (record.id, tokenizer.decode(encoded.input_ids))
             if conv.caption is not None:
                 assert unk not in tokenizer(conv.caption)["input_ids"]
+
+
+def test_the_picture_does_not_tell_when_an_audio_only_event_sounds():
+    """Starts of audio-only and visual-only events of one video are uncorrelated (a layout that
+    kept all sounds apart, or laid events out one after another, correlates them: 0.1 here)."""
+    audio, visual = [], []
+    for plan in iter_plans(SynthConfig(videos=1500, seed=3)):
+        for a in (e for e in plan.events if e.kind == "audio"):
+            for v in (e for e in plan.events if e.kind == "visual"):
+                # each start as a share of the room it had, uniform on [0, 1] when drawn on its own
+                audio.append(a.start / (plan.duration - (a.end - a.start)))
+                visual.append(v.start / (plan.duration - (v.end - v.start)))
+    assert len(audio) > 800
+    assert abs(np.corrcoef(audio, visual)[0, 1]) < 0.05

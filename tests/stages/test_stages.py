@@ -82,3 +82,20 @@ def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str]
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert (tmp_path / "adapter" / "adapter_config.json").is_file(), "LoRA adapter saved in peft format"
+
+
+def test_samples_of_one_video_are_encoded_once_with_the_same_result(tiny_overrides: list[str], tmp_path: Path) -> None:
+    cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "data.group_by_video=true",
+                                "data.batch_size=6"], tmp_path)
+    stage, datamodule, _ = build_run(cfg)
+    datamodule.setup("fit")
+    batch = next(b for b in datamodule.train_dataloader() if len(set(b["video"])) < len(b["video"]))
+    stage.eval()  # BatchNorm on running statistics: rows do not depend on their batch-mates
+    calls = []
+    stage.model.vision.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        shared = stage.media(batch)
+        per_row = stage.media({k: v for k, v in batch.items() if k != "video"})
+    assert calls == [len(set(batch["video"])), len(batch["video"])]
+    for name in ("fusion", "video", "audio"):
+        torch.testing.assert_close(getattr(shared, name), getattr(per_row, name), rtol=1e-5, atol=1e-5)

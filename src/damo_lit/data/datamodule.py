@@ -74,13 +74,14 @@ class TrainPosition:
     samples: int
     world_size: int
     seed: int
+    grouped: int = 0  # data.group_by_video (0/1): it changes the order
 
     def to_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.__dict__.items()}
 
     def mismatch(self, now: "TrainPosition") -> list[str]:
         """What changed since the checkpoint (differences that make skipping its batches wrong)."""
-        keys = ("batch_size", "samples", "world_size", "seed")
+        keys = ("batch_size", "samples", "world_size", "seed", "grouped")
         return [f"{k} {getattr(self, k)} -> {getattr(now, k)}" for k in keys if getattr(self, k) != getattr(now, k)]
 
 
@@ -114,6 +115,7 @@ class DaMODataModule(L.LightningDataModule):
         decoded_cache_dir: str | None = None,
         prepare_workers: int = 2,
         batch_size: int = 16,
+        group_by_video: bool = False,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         max_samples_per_split: int | None = None,
@@ -152,6 +154,7 @@ class DaMODataModule(L.LightningDataModule):
         self.decoded_cache_dir = str(decoded_cache_dir) if decoded_cache_dir else None
         self.prepare_workers = int(prepare_workers)
         self.batch_size = int(batch_size)
+        self.group_by_video = bool(group_by_video)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         if max_samples_per_split is not None and int(max_samples_per_split) < 1:
@@ -285,7 +288,8 @@ class DaMODataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=self._train_sampler(len(dataset)) if shuffle else None,
+            sampler=self._train_sampler(len(dataset), self._video_keys(dataset) if self.group_by_video else None)
+            if shuffle else None,
             num_workers=workers,
             collate_fn=Collator(self.tokenizer.pad_token_id),
             multiprocessing_context=worker_context() if workers > 0 else None,
@@ -299,12 +303,18 @@ class DaMODataModule(L.LightningDataModule):
         trainer = self.trainer
         return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
 
-    def _train_sampler(self, size: int) -> EpochSampler:
+    @staticmethod
+    def _video_keys(dataset: Any) -> list[str] | None:
+        samples = getattr(dataset, "samples", None)
+        return [s.video_path for s in samples] if samples is not None else None
+
+    def _train_sampler(self, size: int, groups: Sequence[str] | None = None) -> EpochSampler:
         world, rank = self._ranks()
-        sampler = EpochSampler(size, num_replicas=world, rank=rank, seed=self.seed, shuffle=True)
+        sampler = EpochSampler(size, num_replicas=world, rank=rank, seed=self.seed, shuffle=True, groups=groups)
         saved = self._resume
         if saved is not None:
-            now = TrainPosition(saved.epoch, saved.batches, self.batch_size, size, world, self.seed)
+            now = TrainPosition(saved.epoch, saved.batches, self.batch_size, size, world, self.seed,
+                                int(self.group_by_video))
             changed = saved.mismatch(now)
             if changed:
                 warnings.warn(
@@ -345,7 +355,8 @@ class DaMODataModule(L.LightningDataModule):
         if math.isfinite(total) and batches >= total:
             epoch, batches = epoch + 1, 0
         world, _ = self._ranks()
-        return TrainPosition(epoch, batches, self.batch_size, len(self.datasets["train"]), world, self.seed)
+        return TrainPosition(epoch, batches, self.batch_size, len(self.datasets["train"]), world, self.seed,
+                             int(self.group_by_video))
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every Lightning checkpoint: the training position (plain ints)."""

@@ -6,7 +6,8 @@ Kept apart from the LightningDataModule so that DataLoader worker processes (sta
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections import OrderedDict
+from typing import Any, Hashable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -19,25 +20,39 @@ from damo_lit.data.schema import Record
 from damo_lit.data.timestamps import check_format
 
 BATCH_KEYS = (
-    "sample_id", "task", "modality", "duration", "spans", "frames", "frame_times", "frame_mask", "audio_mel",
+    "sample_id", "video", "task", "modality", "duration", "spans", "frames", "frame_times", "frame_mask", "audio_mel",
     "audio_times", "audio_mask", "has_audio", "input_ids", "attention_mask", "labels", "prompt_ids",
     "prompt_attention_mask", "answer_text", "question", "caption",
 )  # fmt: skip
 
 
 class VideoLoader:
-    """Decode a file (through the decoded cache when there is one); failures go to the FailureLog."""
+    """Decode a file (through the decoded cache when there is one); failures go to the FailureLog.
 
-    def __init__(self, params: DecodeParams, cache_dir: str | None, failure_dir: str) -> None:
+    The last `keep` videos stay in memory: with `data.group_by_video` a batch holds several
+    samples of one video in a row, and each is then read once.
+    """
+
+    def __init__(self, params: DecodeParams, cache_dir: str | None, failure_dir: str, keep: int = 4) -> None:
         self.cache = DecodedCache(cache_dir, params)
         self.failures = FailureLog(failure_dir)
+        self.keep = int(keep)
+        self._recent: OrderedDict[str, DecodedVideo] = OrderedDict()
 
     def __call__(self, path: str) -> DecodedVideo | None:
+        if path in self._recent:
+            self._recent.move_to_end(path)
+            return self._recent[path]
         try:
-            return self.cache.load(path)
+            video = self.cache.load(path)
         except DecodeError as err:
             self.failures.record(err.path, err.reason)
             return None
+        if self.keep > 0:
+            self._recent[path] = video
+            while len(self._recent) > self.keep:
+                self._recent.popitem(last=False)
+        return video
 
 
 class EpochSampler(DistributedSampler):
@@ -50,10 +65,24 @@ class EpochSampler(DistributedSampler):
     Lightning leaves it in place under DDP, so it shards for the ranks itself (num_replicas, rank).
     `resume_at(epoch, samples)` makes the first pass over `epoch` skip this rank's first `samples`
     indices (the batches trained before the checkpoint); later passes are whole.
+
+    With `groups` (one key per index, e.g. the video of each sample) the shuffle is over groups
+    and a group's indices follow each other, so a batch holds several samples of one video and
+    the stage encodes that video once (`data.group_by_video`); each rank then takes a contiguous
+    share, so that groups stay on one rank.
     """
 
-    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
+                 groups: Sequence[Hashable] | None = None) -> None:
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        if groups is not None and len(groups) != size:
+            raise ValueError(f"EpochSampler: {len(groups)} group keys for {size} samples")
+        self._members: list[list[int]] | None = None
+        if groups is not None:
+            members: dict[Hashable, list[int]] = {}
+            for index, key in enumerate(groups):
+                members.setdefault(key, []).append(index)
+            self._members = list(members.values())
         self._resume: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, samples: int) -> None:
@@ -61,8 +90,20 @@ class EpochSampler(DistributedSampler):
         self.set_epoch(epoch)
         self._resume = (int(epoch), int(samples))
 
+    def _grouped(self) -> list[int]:
+        assert self._members is not None
+        order = range(len(self._members))
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self._members), generator=generator).tolist()
+        indices = [i for g in order for i in self._members[g]]
+        while len(indices) < self.total_size:  # pad as DistributedSampler does: repeat from the start
+            indices += indices[: self.total_size - len(indices)]
+        return indices[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        indices = self._grouped() if self._members is not None else list(super().__iter__())
         if self._resume is not None and self._resume[0] == self.epoch:
             indices = indices[self._resume[1] :]
             self._resume = None
@@ -94,16 +135,22 @@ class RecordDataset(Dataset):
         video = self.loader(sample.video_path)
         if video is None:
             return None
-        return sample_item(sample.record, video, self.tokenizer, self.timestamps, self.prompt_style)
+        return sample_item(sample.record, video, self.tokenizer, self.timestamps, self.prompt_style,
+                           video_key=sample.video_path)
 
 
-def sample_item(record: Record, video: Any, tokenizer: Any, timestamps: str, prompt_style: str) -> dict[str, Any]:
+def sample_item(record: Record, video: Any, tokenizer: Any, timestamps: str, prompt_style: str,
+                video_key: str | None = None) -> dict[str, Any]:
     """One sample for the Collator: the record's rendered text and token ids beside its decoded
-    video (or cached features). Shared by the map-style and the streaming datasets."""
+    video (or cached features). Shared by the map-style and the streaming datasets.
+
+    video_key names the video uniquely across sources (the batch's `video`; default record.video):
+    samples with equal keys share one encoding in the stage."""
     conv = conversation(record, timestamps)
     encoded = encode(conv.turns, tokenizer, prompt_style)
     return {
         "sample_id": record.id,
+        "video_key": video_key or record.video,
         "task": record.task,
         "modality": record.modality,
         "duration": record.duration,
@@ -167,6 +214,7 @@ class Collator:
         prompts = [item["prompt_ids"] for item in items]
         return {
             "sample_id": [item["sample_id"] for item in items],
+            "video": [item["video_key"] for item in items],
             "task": [item["task"] for item in items],
             "modality": [item["modality"] for item in items],
             "duration": torch.tensor([item["duration"] for item in items], dtype=torch.float32),

@@ -27,6 +27,7 @@ def question_batch(video: str | Path, question: str, tokenizer: Any, params: Dec
     encoded = encode((("user", question), ("assistant", _PLACEHOLDER_ANSWER)), tokenizer, prompt_style)
     item = {
         "sample_id": Path(video).stem,
+        "video_key": str(video),
         "task": "qa",
         "modality": None,
         "duration": decoded.duration,

@@ -6,9 +6,11 @@ Each video is 8-20 s of a plain or mildly noisy background with 2-4 events of 2-
 - audio: a tone with a pitch and a pattern sounds (nothing visible changes);
 - audio-visual: a shape and a tone at once.
 
-So that the picture never gives an audio answer away (and vice versa), events on the same
-channel (the picture, the sound) never overlap, events on different channels are placed
-independently, and an audio-only event changes no pixel. Within one video every shape has
+So that the picture never gives an audio answer away (and vice versa), every event's start is
+drawn on its own (only events of the same kind are kept apart), and an audio-only event changes
+no pixel. Two shapes (a visual and an audio-visual event) or two tones may then overlap in
+time: colours and pitches are unique within a video, and overlapping shapes move in opposite
+corners of the frame, so that neither hides the other. Within one video every shape has
 its own colour and every tone its own pitch, so that a question naming them ("when does the
 red square appear?", "when do you hear the high beeping tone?") picks exactly one event.
 
@@ -66,6 +68,8 @@ AUDIO_RATE = {"mono16k": 16000, "stereo44k": 44100}
 TONE_AMPLITUDE = 0.3
 QUANTUM = 0.25  # event boundaries and durations are multiples of this (2 frames at 8 fps)
 MIN_GAP = 0.5  # seconds between two events on the same channel
+CORNER = 0.3  # overlapping shapes keep to opposite corners: this share of the path range each
+PLACE_ATTEMPTS = 400  # random placements tried per event set before another set is drawn
 BEEP_PERIOD = 0.4  # beeping: 0.2 s on, 0.2 s off
 # Fault kinds of `SynthConfig.faults`, in the order they take turns. The first three cannot be
 # decoded; a video without its audio stream decodes (audio marked absent).
@@ -201,49 +205,50 @@ def _audio_kind(position: int) -> str:
     return "none" if slot == 0 else "stereo44k" if slot in (1, 2) else "mono16k"
 
 
-def _layout(order: Sequence[int], lengths: Sequence[float], channels: Sequence[set[str]]) -> list[float]:
-    """Earliest starts for events taken in `order`: an event starts no earlier than the one before
-    it, and MIN_GAP after every earlier event that shares a channel with it."""
-    starts = [0.0] * len(lengths)
-    previous = 0.0
-    for pos, i in enumerate(order):
-        start = previous
-        for j in order[:pos]:
-            if channels[j] & channels[i]:
-                start = max(start, starts[j] + lengths[j] + MIN_GAP)
-        starts[i] = previous = start
-    return starts
+def _apart(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two windows at least MIN_GAP apart."""
+    return a[1] + MIN_GAP <= b[0] + 1e-9 or b[1] + MIN_GAP <= a[0] + 1e-9
 
 
 def _place(
     rng: np.random.Generator, kinds: list[str], duration: float, cfg: SynthConfig
 ) -> list[tuple[float, float]] | None:
-    """Start/end per event, or None when they cannot fit: same-channel events never overlap.
+    """Start/end per event, or None when they cannot fit: events of one kind never overlap.
 
-    Events are laid out in a random order as early as the channel rule allows, then the spare
-    time is spread over the gaps at random (a shift that never decreases along the order keeps
-    the rule). Lengths shrink after repeated misfits.
+    Every event's start is drawn uniformly over the video on its own, and a draw is kept only
+    when events of the same kind are MIN_GAP apart (rejection sampling). Events of different
+    kinds are independent, so the picture says nothing about when an audio-only event sounds
+    (a rule like "sounds never overlap" would: an audio-only tone could then never sound during
+    a visible audio-visual event). Lengths shrink after repeated misfits.
     """
     lengths = [_quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds)) for _ in kinds]
-    channels = [{"v"} if k == "visual" else {"a"} if k == "audio" else {"v", "a"} for k in kinds]
-    for attempt in range(40):
-        if attempt and attempt % 8 == 0:
+    pairs = [(i, j) for i in range(len(kinds)) for j in range(i + 1, len(kinds)) if kinds[i] == kinds[j]]
+    for attempt in range(PLACE_ATTEMPTS):
+        if attempt and attempt % (PLACE_ATTEMPTS // 4) == 0:
             lengths = [max(cfg.min_event_seconds, _quantize(length * 0.8)) for length in lengths]
-        order = [int(i) for i in rng.permutation(len(kinds))]
-        starts = _layout(order, lengths, channels)
-        spare = duration - max(s + length for s, length in zip(starts, lengths))
-        if spare < -1e-9:
+        if any(length > duration for length in lengths):
             continue
-        shares = rng.multinomial(int(round(spare / QUANTUM)), np.full(len(kinds) + 1, 1.0 / (len(kinds) + 1)))
-        shift = np.cumsum(shares[: len(kinds)]) * QUANTUM
-        for pos, i in enumerate(order):
-            starts[i] += float(shift[pos])
-        return [(starts[i], starts[i] + lengths[i]) for i in range(len(kinds))]
+        starts = [_quantize(rng.uniform(0.0, duration - length)) for length in lengths]
+        spans = [(start, start + length) for start, length in zip(starts, lengths)]
+        if all(_apart(spans[i], spans[j]) for i, j in pairs):
+            return spans
     return None
 
 
+def _shares_screen(kind: str, span: tuple[float, float], other_kind: str, other: tuple[float, float]) -> bool:
+    """A shape of another kind on screen at the same time (same-kind events never overlap)."""
+    both_visual = kind != "audio" and other_kind != "audio"
+    return both_visual and kind != other_kind and span[0] < other[1] and other[0] < span[1]
+
+
+def _corner(path: np.ndarray, kind: str) -> np.ndarray:
+    """Confine a path (x0, y0, x1, y1 in [0, 1]) to its kind's corner: visual events top-left,
+    audio-visual ones bottom-right, so that two shapes on screen at once never touch."""
+    return path * CORNER + (0.0 if kind == "visual" else 1.0 - CORNER)
+
+
 def _max_per_channel(duration: float, cfg: SynthConfig) -> int:
-    """How many minimal events fit on one channel with the required gaps."""
+    """How many minimal events of one kind fit with the required gaps."""
     return int((duration + MIN_GAP) // (cfg.min_event_seconds + MIN_GAP))
 
 
@@ -263,7 +268,7 @@ def plan_video(cfg: SynthConfig, split: str, index: int, position: int) -> Video
             kinds = [KINDS[int(i)] for i in rng.integers(0, 3, size=n_events)]
         n_visual = sum(k != "audio" for k in kinds)
         n_audible = sum(k != "visual" for k in kinds)
-        if n_visual <= min(fit, len(COLOURS)) and n_audible <= min(fit, len(PITCHES)):
+        if max(kinds.count(k) for k in kinds) <= fit and n_visual <= len(COLOURS) and n_audible <= len(PITCHES):
             spans = _place(rng, kinds, duration, cfg)
     colours = list(rng.permutation(list(COLOURS)))
     pitches = list(rng.permutation(list(PITCHES)))
@@ -273,7 +278,10 @@ def plan_video(cfg: SynthConfig, split: str, index: int, position: int) -> Video
         if kind != "audio":
             fields["colour"] = str(colours.pop())
             fields["shape"] = SHAPES[int(rng.integers(len(SHAPES)))]
-            fields["path"] = tuple(round(float(v), 3) for v in rng.uniform(0.0, 1.0, size=4))
+            path = rng.uniform(0.0, 1.0, size=4)
+            if any(_shares_screen(kind, (start, end), k, span) for k, span in zip(kinds, spans)):
+                path = _corner(path, kind)
+            fields["path"] = tuple(round(float(v), 3) for v in path)
         if kind != "visual":
             fields["pitch"] = str(pitches.pop())
             fields["pattern"] = PATTERNS[int(rng.integers(len(PATTERNS)))]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -53,3 +53,8 @@ class MediaTokens:
             tt if tt is not None else torch.full((b, t.shape[1]), float("nan"), device=t.device) for t, _, tt in parts
         ]
         return Stream(tokens, torch.cat(masks, dim=1), torch.cat(times, dim=1))
+
+    def take(self, index: Tensor) -> "MediaTokens":
+        """Rows `index` of every tensor (B' = len(index)): one video's tokens shared by several samples."""
+        return replace(self, **{f.name: getattr(self, f.name).index_select(0, index) for f in fields(self)
+                                if getattr(self, f.name) is not None})

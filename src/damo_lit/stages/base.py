@@ -121,6 +121,29 @@ def _skips_nonfinite(step: Callable[..., Any]) -> Callable[..., Any]:
     return training_step
 
 
+MEDIA_KEYS = ("frames", "frame_times", "frame_mask", "audio_mel", "audio_times", "audio_mask", "duration", *FEATURE_KEYS)
+
+
+def shared_videos(keys: Sequence[str] | None) -> tuple[Tensor, Tensor] | None:
+    """(first row of each distinct video, each row's video) when some rows share a video, else None."""
+    if not keys or len(set(keys)) == len(keys):
+        return None
+    position: dict[str, int] = {}
+    first: list[int] = []
+    inverse = []
+    for row, key in enumerate(keys):
+        if key not in position:
+            position[key] = len(first)
+            first.append(row)
+        inverse.append(position[key])
+    return torch.tensor(first, dtype=torch.long), torch.tensor(inverse, dtype=torch.long)
+
+
+def select_rows(batch: Mapping[str, Any], rows: Tensor) -> dict[str, Any]:
+    """The media keys of `batch` at `rows` (what encoding reads)."""
+    return {k: batch[k].index_select(0, rows) for k in MEDIA_KEYS if batch.get(k) is not None}
+
+
 def plain(value: Any) -> Any:
     """A DictConfig/ListConfig as plain Python containers (checkpoints hold no OmegaConf objects)."""
     if isinstance(value, (DictConfig,)) or OmegaConf.is_config(value):
@@ -212,7 +235,18 @@ class DaMOStage(L.LightningModule):
 
     # -- the shared forward passes ---------------------------------------------------------------
     def media(self, batch: Mapping[str, Any]) -> MediaTokens:
-        """Batch (raw media or cached encoder features) -> fused media tokens."""
+        """Batch (raw media or cached encoder features) -> fused media tokens, one row per sample.
+
+        Samples of the same video (the batch's `video` keys; data.group_by_video puts them side by
+        side) are encoded once and share the result.
+        """
+        shared = shared_videos(batch.get("video"))
+        if shared is not None:
+            first, inverse = (t.to(batch["duration"].device) for t in shared)
+            return self._encode(select_rows(batch, first)).take(inverse)
+        return self._encode(batch)
+
+    def _encode(self, batch: Mapping[str, Any]) -> MediaTokens:
         common = {k: batch.get(k) for k in ("frame_times", "frame_mask", "audio_times", "audio_mask", "duration")}
         if "vision_global" in batch:
             towers = [g for g in ("vision", "audio") if g in self.trainable_groups]
