@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import warnings
@@ -236,6 +237,12 @@ def test_config_builds_the_module_and_generates_when_absent(tmp_path, synth_dir,
     assert len(next(iter(module.train_dataloader()))["sample_id"]) == 2
     cfg = compose("data_stats", [f"data.root={fresh}", "data.generate.videos=12"])
     with pytest.raises(ValueError, match="generated with other parameters \\(videos: 10 there, 12 asked\\)"):
+        instantiate(cfg.data).prepare_data()
+    # a set made by an older generator (no layout in its manifest) is not reused either
+    manifest = fresh / "synth.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "layout"}))
+    cfg = compose("data_stats", [f"data.root={fresh}", "data.generate.videos=10"])
+    with pytest.raises(ValueError, match="older generator \\(layout 1, now 2"):
         instantiate(cfg.data).prepare_data()
 
 

@@ -69,7 +69,10 @@ TONE_AMPLITUDE = 0.3
 QUANTUM = 0.25  # event boundaries and durations are multiples of this (2 frames at 8 fps)
 MIN_GAP = 0.5  # seconds between two events on the same channel
 CORNER = 0.3  # overlapping shapes keep to opposite corners: this share of the path range each
-PLACE_ATTEMPTS = 400  # random placements tried per event set before another set is drawn
+PLACE_ATTEMPTS = 400
+# Bumped whenever the same config would give other videos: 2 = events of different kinds placed
+# independently (1 laid them out one after another, which let the picture hint at audio times).
+LAYOUT_VERSION = 2  # random placements tried per event set before another set is drawn
 BEEP_PERIOD = 0.4  # beeping: 0.2 s on, 0.2 s off
 # Fault kinds of `SynthConfig.faults`, in the order they take turns. The first three cannot be
 # decoded; a video without its audio stream decodes (audio marked absent).
@@ -628,7 +631,8 @@ def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
         counts[split] = write_jsonl(out / "annotations" / f"{split}.jsonl", records)
     _render_all(plans, out, max(1, min(cfg.workers, os.cpu_count() or 1, len(plans))))
     faults = {plan.video: plan.fault for plan in plans if plan.fault}
-    manifest = {"generator": "damo_lit.data.synthetic", "config": asdict(cfg), "records": counts, "faults": faults}
+    manifest = {"generator": "damo_lit.data.synthetic", "layout": LAYOUT_VERSION, "config": asdict(cfg),
+                "records": counts, "faults": faults}
     manifest_path(out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return SynthResult(out, len(plans), counts)
 
@@ -656,7 +660,14 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
         raise ValueError(f"data.generate: {err} (keys: {', '.join(SynthConfig.__dataclass_fields__)})") from None
     if not is_generated(out):
         return generate(out, cfg)
-    existing = json.loads(manifest_path(out).read_text())["config"]
+    manifest = json.loads(manifest_path(out).read_text())
+    layout = int(manifest.get("layout", 1))
+    if layout != LAYOUT_VERSION:
+        raise ValueError(
+            f"the synthetic set in {out} was made by an older generator (layout {layout}, now {LAYOUT_VERSION}: "
+            "events of different kinds are now placed independently); delete it to generate it again"
+        )
+    existing = manifest["config"]
     wanted = asdict(cfg)
     defaults = {f.name: f.default for f in fields(SynthConfig)}  # keys added since the set was made
     existing = {k: existing.get(k, defaults[k]) for k in wanted}
