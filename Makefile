@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow stage1 stage2 stage3 stage4 eval predict bench \
-        exp-fusion-depth exp-ablations exp-data-efficiency clean
+        exp-fusion-depth exp-ablations exp-data-efficiency exp-priors clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,10 @@ exp-ablations: $(STAMP) ## no audio / no global residual / concat fusion / skip 
 
 exp-data-efficiency: $(STAMP) ## test R@0.5 against the number of training videos
 	$(FORWARD) $(PY) experiments/data_efficiency/run.py
+
+exp-priors: $(STAMP) ## what media-blind span priors reach on the test split (no model, seconds)
+	@test -f outputs/data/synthetic/synth.json || $(PY) -m damo_lit.cli.data synth --out outputs/data/synthetic
+	$(PY) experiments/priors/run.py $(ARGS)
 
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs multirun

@@ -22,6 +22,8 @@ variant, with the baseline). OUT: outputs/experiments/ablations.
 
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 
@@ -58,6 +60,14 @@ def audio_cell(o: common.Outcome) -> str:
     return "–" if verdict is None else ("yes" if verdict else "no")
 
 
+def duration_prior_audio() -> float | None:
+    """The `duration` prior's R@0.5 on audio-only queries from make exp-priors, when it was run."""
+    path = common.OUT_ROOT / "priors" / "results.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("duration", {}).get("R@0.5_audio")
+
+
 def verdict(outcomes: list[common.Outcome]) -> list[str]:
     """The sentences under the table: does the no-audio model fall to the baseline on audio queries?"""
     by_name = {o.run.name: o for o in outcomes}
@@ -70,7 +80,12 @@ def verdict(outcomes: list[common.Outcome]) -> list[str]:
              f"constant-span baseline on them {common.fmt(base)}: {common.fmt(audio)} "
              f"{'≤' if holds else '>'} {common.fmt(base)} + {MARGIN:g}, "
              + ("as it should be: the audio answers come from the audio stream."
-                if holds else "NOT as it should be: the picture gives the audio answers away.")]  # fmt: skip
+                if holds else "NOT within the margin: the picture gives audio answers away, or the model "
+                              "learned a media-blind prior (see below).")]  # fmt: skip
+    prior = duration_prior_audio()
+    if prior is not None:
+        lines.append(f"A media-blind prior that knows only each video's length (make exp-priors, grounding test "
+                     f"queries) reaches {common.fmt(prior)} on audio-only queries.")
     if full is not None and full.value("test/R@0.5_audio") is not None:
         lines.append(f"The full model reaches {common.fmt(full.value('test/R@0.5_audio'))} on the same queries.")
     return lines

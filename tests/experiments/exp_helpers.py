@@ -18,5 +18,6 @@ def load_runner(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"experiment_runner_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
