@@ -83,6 +83,39 @@ def test_a_cache_of_another_model_config_is_refused(data_overrides: list[str], f
         main([*data_overrides, *FROZEN, "model.vision.std=[0.5,0.5,0.5]", f"out={feature_cache}"])
 
 
+def test_towers_from_a_stage_checkpoint_need_a_cache_made_from_it(
+    train_overrides: list[str], data_overrides: list[str], feature_cache: Path, tmp_path: Path
+) -> None:
+    # A stage checkpoint whose towers differ from the pretrained ones (as after the tiny model's stage 2).
+    from damo_lit.stages.weights import save_stage_weights, stage_state
+
+    donor = build_run(compose_run("train", [*train_overrides, *FROZEN], tmp_path / "donor"))[0]
+    with torch.no_grad():
+        for param in [*donor.model.vision.parameters(), *donor.model.audio.parameters()]:
+            param.add_(0.05 * torch.randn_like(param))
+    ckpt = tmp_path / "stage2"
+    save_stage_weights(ckpt, stage_state(donor.model, set(donor.model.state_dict())), {"stage": "stage2"})
+    started = [*train_overrides, *FROZEN, f"stage.init_from={ckpt}"]
+
+    # The cache of the pretrained towers does not serve a run that starts from those towers ...
+    with pytest.raises(FeatureCacheError, match=r"other tower weights .* damo-cache init_from="):
+        build_run(compose_run("train", [*started, f"data.features={feature_cache}"], tmp_path / "stale"))
+    # ... nor, the other way round, a run on the pretrained towers.
+    own = tmp_path / "own-cache"
+    assert main([*data_overrides, *FROZEN, f"out={own}", f"init_from={ckpt}", "num_workers=0"]) == 0
+    assert json.loads((own / "manifest.json").read_text())["info"]["towers_from"] == str(ckpt)
+    with pytest.raises(FeatureCacheError, match="other tower weights"):
+        build_run(compose_run("train", [*train_overrides, *FROZEN, f"data.features={own}"], tmp_path / "pretrained"))
+
+    # The cache made with init_from gives the loss that decoding gives with those towers.
+    stage_a, dm_a, _ = build_run(compose_run("train", started, tmp_path / "decoded"))
+    stage_b, dm_b, _ = build_run(compose_run("train", [*started, f"data.features={own}"], tmp_path / "cached"))
+    batch_a, batch_b = _first_train_batch(dm_a), _first_train_batch(dm_b)
+    stage_a.train()
+    stage_b.train()
+    torch.testing.assert_close(stage_b.lm_loss(batch_b)[0], stage_a.lm_loss(batch_a)[0], rtol=0, atol=1e-5)
+
+
 def test_interrupted_cache_is_refused_then_resumed(data_overrides: list[str], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cache"

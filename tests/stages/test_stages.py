@@ -72,6 +72,30 @@ def test_handoff_loads_previous_stage_weights_by_value(tiny_overrides: list[str]
     assert stage3.init_report is not None and len(stage3.init_report.loaded) == len(saved)
 
 
+def test_towers_trained_earlier_travel_on_when_a_later_stage_freezes_them(tiny_overrides: list[str],
+                                                                          tmp_path: Path) -> None:
+    # Stage 2 trains the random-init towers; stage 3 freezes them. Its weights file must still hold
+    # the trained towers (a rebuild from tiny_dir would bring back random ones), but not the stage-1
+    # text encoder, which no later stage reads.
+    prev_dir, next_dir = tmp_path / "stage2", tmp_path / "stage3"
+    cfg = compose_run("train", ["stage=stage2_bridge", *tiny_overrides, "trainer.max_steps=2",
+                                "trainer.limit_val_batches=0", "test_after_fit=false",
+                                "stage.optimizer.lr=1e-2"], prev_dir)
+    run(cfg)
+    saved2 = load_file(str(prev_dir / "weights.safetensors"))
+    towers = [k for k in saved2 if k.startswith(("vision.", "audio."))]
+    assert towers, "stage 2 trains the tiny towers: they are in its file"
+    frozen = ["model.vision.trainable=false", "model.audio.trainable=false"]
+    cfg3 = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *frozen, "trainer.max_steps=1",
+                                 "trainer.limit_val_batches=0", "test_after_fit=false", f"stage.init_from={prev_dir}"],
+                       next_dir)
+    run(cfg3)
+    saved3 = load_file(str(next_dir / "weights.safetensors"))
+    for key in towers:
+        torch.testing.assert_close(saved3[key], saved2[key], rtol=0, atol=0)
+    assert not any(k.startswith(("text_encoder.", "video_proj.")) for k in saved3)
+
+
 def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str], tmp_path: Path) -> None:
     cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "data.max_samples_per_split=8",
                                 "trainer.limit_val_batches=1"], tmp_path)
@@ -82,6 +106,18 @@ def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str]
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert (tmp_path / "adapter" / "adapter_config.json").is_file(), "LoRA adapter saved in peft format"
+
+
+def test_stage4_reports_grounding_and_dialogue_queries_apart(tiny_overrides: list[str], tmp_path: Path) -> None:
+    cfg = compose_run("train", ["stage=stage4_dialogue", *tiny_overrides, "data.max_samples_per_split=8",
+                                "trainer.limit_val_batches=0"], tmp_path)
+    assert list(cfg.data.eval_tasks) == ["grounding", "dialogue"]
+    metrics = run(cfg)
+    counts = {task: metrics[f"test/{task}_count"] for task in ("grounding", "dialogue")}
+    assert all(c >= 1 for c in counts.values()) and metrics["test/count"] == sum(counts.values()), metrics
+    for key in ("test/R@0.5", "test/grounding_R@0.5", "test/dialogue_R@0.5", "test/dialogue_parse_rate"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert not any(k.startswith(("test/caption_", "test/qa_")) for k in metrics)
 
 
 def test_samples_of_one_video_are_encoded_once_with_the_same_result(tiny_overrides: list[str], tmp_path: Path) -> None:

@@ -2,13 +2,17 @@
 
     damo-cache data=synthetic model=damo_tiny [out=DIR] [batch_size=8 num_workers=2 shard_size=64]
     damo-cache data=charades_sta model=damo_paper device=cuda out=/data/features/charades
+    damo-cache data=synthetic model=damo_tiny init_from=outputs/demo/stage2 out=DIR
     damo-cache kind=stream data=synthetic out=DIR [data.features=CACHE] [tasks=[grounding]]
 
 Composes conf/cache.yaml (defaults: paths default, model damo_tiny, data synthetic), decodes
 every video of every split through the data layer, runs `DaMO.encoder_features` on it once and
 writes the rows into safetensors shards with a manifest of the encoder config they were made
-with. An interrupted run keeps its finished shards; the same command continues it. Training
-then takes `data.features=DIR` (with frozen towers) and skips decoding and the towers.
+with (and a digest of the tower weights). An interrupted run keeps its finished shards; the same
+command continues it. Training then takes `data.features=DIR` (with frozen towers) and skips
+decoding and the towers. init_from=STAGE_DIR encodes with the towers of a stage checkpoint (the
+tiny model's random towers train in stages 1-2); a run that starts from that checkpoint, and
+only such a run, can then read the cache.
 
 kind=stream writes litdata shards instead (damo_lit.data.streaming): one dataset per split and
 task, of MP4 bytes plus records, or of cached features when data.features is set; training
@@ -97,8 +101,8 @@ def build_cache(cfg: Any) -> Any:
     from damo_lit.data.collection import load_split
     from damo_lit.data.decode import worker_context
     from damo_lit.data.features import (
-        CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list, row_tensors,
-        trainable_towers, video_key,
+        TOWER_WEIGHTS, CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list,
+        row_tensors, tower_digest, trainable_towers, video_key,
     )  # fmt: skip
     from damo_lit.models.damo import build_damo
 
@@ -122,17 +126,30 @@ def build_cache(cfg: Any) -> Any:
     if not paths:
         raise SystemExit(f"damo-cache: data {datamodule.name} has no videos in splits {list(cfg.splits)}")
 
+    ensure_model_parts(model_cfg)
+    damo = build_damo(model_cfg)
+    towers_from = "pretrained"
+    if cfg.get("init_from"):
+        from damo_lit.stages.weights import load_stage_weights
+
+        loaded = load_stage_weights(damo, cfg.init_from).loaded
+        tower_keys = [k for k in loaded if k.startswith(("vision.", "audio."))]
+        if not tower_keys:
+            raise SystemExit(f"damo-cache: init_from={cfg.init_from} holds no tower weights (vision.*, audio.*); "
+                             "the pretrained towers need no init_from")
+        towers_from = str(cfg.init_from)
+        log.info("towers from %s (%d tensors)", cfg.init_from, len(tower_keys))
+    signature = {**encoder_signature(model_cfg, pooled=pooled), TOWER_WEIGHTS: tower_digest(damo)}
     writer = FeatureCacheWriter(
-        cfg.out, encoder_signature(model_cfg, pooled=pooled), datamodule.params, int(cfg.shard_size),
-        info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled},
+        cfg.out, signature, datamodule.params, int(cfg.shard_size),
+        info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled, "towers_from": towers_from},
     )  # fmt: skip
     done = writer.done()
     todo = [(key, paths[key]) for key in sorted(paths) if key not in done]
     report = CacheReport(out=str(cfg.out), reused=len(paths) - len(todo))
     if todo:
-        ensure_model_parts(model_cfg)
         device = _device(str(cfg.device))
-        damo = build_damo(model_cfg).to(device).eval()
+        damo = damo.to(device).eval()
         damo.requires_grad_(False)
         dtype = getattr(torch, str(cfg.dtype)) if cfg.get("dtype") else None
         workers = int(cfg.num_workers)

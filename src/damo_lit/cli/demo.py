@@ -4,7 +4,10 @@
 
 Each stage is a `damo-train` run in its own process and folder (OUT/stage1 .. OUT/stage4),
 started from the previous stage's weights (stage.init_from). KEY=VALUE words go to every stage;
-demo.KEY=VALUE words set conf/demo.yaml (out_dir, skip, stages.<key>.overrides, ...). At the end
+demo.KEY=VALUE words set conf/demo.yaml (out_dir, skip, stages.<key>.overrides, ...). With
+demo.features.enabled (the default), the stages from demo.features.first_stage on freeze the
+towers and read a frozen-encoder feature cache (OUT/features, made by damo-cache with the towers
+of the stage before, which trained them), instead of decoding and encoding every batch. At the end
 OUT/summary.json maps each stage to its final metrics, named as they were logged
 ({split}/{metric}, the constant-span baseline as test/baseline_*), and a table is printed.
 A stage that fails stops the pipeline with its exit code; what finished stays on disk.
@@ -13,6 +16,7 @@ A stage that fails stops the pipeline with its exit code; what finished stays on
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +47,43 @@ def stage_command(stage_cfg: str, run_dir: Path, init_from: Path | None, overrid
     return cmd + list(overrides)
 
 
+CACHE_KEYS = ("model", "data", "paths", "seed")  # the overrides damo-cache's config takes
+
+
+def cache_command(out: Path, init_from: Path | None, overrides: Sequence[str]) -> list[str]:
+    """damo-cache into `out` with the model / data overrides of the stages (not trainer.* etc.),
+    encoding with the towers of `init_from` when its weights file holds some."""
+    cmd = [sys.executable, "-m", "damo_lit.cli.cache", f"out={out}"]
+    if init_from is not None and _has_tower_weights(init_from):
+        cmd.append(f"init_from={init_from}")
+    keep = [w for w in overrides if w.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in CACHE_KEYS]
+    return cmd + keep
+
+
+def _has_tower_weights(run_dir: Path) -> bool:
+    from safetensors import safe_open
+
+    from damo_lit.stages.weights import resolve_weights_path
+
+    with safe_open(str(resolve_weights_path(run_dir)), framework="pt") as handle:
+        return any(k.startswith(("vision.", "audio.")) for k in handle.keys())
+
+
+def feature_overrides(features_dir: Path) -> list[str]:
+    """What a stage needs to read the cache: the folder, and frozen towers."""
+    return [f"data.features={features_dir}", "model.vision.trainable=false", "model.audio.trainable=false"]
+
+
+def _call(key: str, cmd: Sequence[str], out_dir: Path, summary: dict[str, Any], where: Path) -> None:
+    print("    " + " ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    code = subprocess.call(list(cmd))
+    summary["seconds"][key] = round(time.time() - t0, 1)
+    if code != 0:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        raise SystemExit(f"demo: {key} failed with exit code {code}; its log is in {where}")
+
+
 def run_pipeline(demo_overrides: Sequence[str] = (), stage_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the configured stages; write and return the summary."""
     cfg = compose("demo", demo_overrides)
@@ -54,19 +95,26 @@ def run_pipeline(demo_overrides: Sequence[str] = (), stage_overrides: Sequence[s
     summary: dict[str, Any] = {"stages": {}, "seconds": {}}
     previous: Path | None = None
     started = time.time()
-    for key, spec in cfg.stages.items():
+    order = list(cfg.stages)
+    features = cfg.get("features") or {}
+    if features.get("enabled") and features.first_stage not in order:
+        raise SystemExit(f"demo.features.first_stage: {features.first_stage!r} is not a stage; expected one of {order}")
+    cache_from = order.index(features.first_stage) if features.get("enabled") else len(order)
+    cached: list[str] = []
+    for position, (key, spec) in enumerate(cfg.stages.items()):
         if key in cfg.skip:
             continue
+        if position >= cache_from and not cached:
+            features_dir = out_dir / "features"
+            shutil.rmtree(features_dir, ignore_errors=True)  # made from this run's towers, never an older run's
+            cmd = cache_command(features_dir, previous, [*cfg.common, *stage_overrides])
+            print(f"\n=== features (damo-cache, towers of {previous or 'the model config'}) -> {features_dir}", flush=True)
+            _call("features", cmd, out_dir, summary, features_dir)
+            cached = feature_overrides(features_dir)
         run_dir = out_dir / key
-        cmd = stage_command(spec.stage, run_dir, previous, [*cfg.common, *spec.overrides, *stage_overrides])
+        cmd = stage_command(spec.stage, run_dir, previous, [*cfg.common, *cached, *spec.overrides, *stage_overrides])
         print(f"\n=== {key} ({spec.stage}) -> {run_dir}", flush=True)
-        print("    " + " ".join(cmd[1:]), flush=True)
-        t0 = time.time()
-        code = subprocess.call(cmd)
-        summary["seconds"][key] = round(time.time() - t0, 1)
-        if code != 0:
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-            raise SystemExit(f"demo: {key} failed with exit code {code}; its log is in {run_dir}")
+        _call(key, cmd, out_dir, summary, run_dir)
         metrics_file = run_dir / "metrics.json"
         summary["stages"][key] = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         previous = run_dir

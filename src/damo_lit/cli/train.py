@@ -78,6 +78,11 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
                         timestamps=cfg.timestamps, span_parser=parser, _convert_="partial")
     datamodule = instantiate(cfg.data, timestamps=cfg.timestamps, _convert_="partial")
     datamodule.set_tokenizer(stage.tokenizer)
+    cache = datamodule.feature_cache_signature()
+    if cache is not None:
+        from damo_lit.data.features import check_tower_weights
+
+        check_tower_weights(cache[1], stage.model, cache[0])
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="partial")

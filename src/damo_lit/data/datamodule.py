@@ -29,6 +29,7 @@ import tempfile
 import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -41,7 +42,8 @@ from damo_lit.data.collection import Sample, SplitRecords, check_tasks, load_spl
 from damo_lit.data.dataset import BATCH_KEYS, Collator, EpochSampler, RecordDataset, VideoLoader
 from damo_lit.data.decode import DecodeParams, worker_context
 from damo_lit.data.features import (
-    FeatureCacheError, FeatureLoader, FeatureStore, trainable_towers, video_key,
+    FORMAT as FEATURES_FORMAT, MANIFEST as FEATURES_MANIFEST, FeatureCacheError, FeatureLoader, FeatureStore,
+    read_manifest, trainable_towers, video_key,
 )  # fmt: skip
 from damo_lit.data.prompts import PROMPT_STYLES
 from damo_lit.data.sources.base import SPLITS
@@ -239,6 +241,15 @@ class DaMODataModule(L.LightningDataModule):
             self.datasets[split] = RecordDataset(
                 loaded.samples, loader, self.tokenizer, self.timestamps, self.prompt_style
             )
+
+    def feature_cache_signature(self) -> tuple[str, dict[str, Any]] | None:
+        """(where, encoder signature) of the feature cache this data reads; None when it decodes media.
+        The training run checks the signature's tower-weights digest against its model."""
+        if not self.features:
+            return None
+        manifest = read_manifest(Path(self.features) / FEATURES_MANIFEST, FEATURES_FORMAT, "data.features",
+                                 f"damo-cache data=... model=... out={self.features}")  # fmt: skip
+        return f"data.features={self.features}", manifest.get("signature", {})
 
     def _from_features(self, split: str, samples: list[Sample]) -> tuple[list[Sample], FeatureLoader]:
         """The samples the feature cache serves (videos that failed to decode left out and counted),

@@ -6,8 +6,9 @@ over every video of a dataset and writes what `DaMO.encoder_features` returns, p
 frame / segment times, masks and duration, into safetensors shards (never pickle):
 
     DIR/manifest.json          format, status (partial | complete), the encoder signature (the
-                               model-config keys that decide the towers' outputs), decode
-                               parameters, the full model config for the record, counts
+                               model-config keys that decide the towers' outputs, and a digest
+                               of the tower weights), decode parameters, the full model config
+                               for the record, counts
     DIR/shards/00000.safetensors  rows of up to `shard_size` videos; metadata "keys" names them
     DIR/index.json             shard -> video keys, and the videos that failed to decode
 
@@ -20,6 +21,10 @@ The datamodule (`data.features=DIR`) reads rows by key (`FeatureStore`) and yiel
 keys `vision_global`, `vision_local`, `audio_global`, `audio_local` instead of `frames` /
 `audio_mel`; every other key of the batch contract is unchanged. It refuses a cache made with
 another encoder signature or other decode parameters, and a model config whose towers train.
+The tower weights themselves are checked by the training run once its model exists
+(`check_tower_weights`): a cache made with the pretrained towers does not serve a run whose
+towers came from a stage checkpoint (the tiny model trains its random towers in stages 1-2;
+`damo-cache init_from=STAGE_DIR` encodes with those).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ FEATURE_KEYS = ("vision_global", "vision_local", "audio_global", "audio_local")
 ROW_KEYS = (*FEATURE_KEYS, "frame_times", "frame_mask", "audio_times", "audio_mask", "has_audio", "duration")
 # Model-config keys of a tower that do not change what it outputs.
 NOT_IN_SIGNATURE = ("trainable",)
+# The signature entry that holds the digest of the tower weights the cache was made with (checked
+# against the training run's model, not against its config).
+TOWER_WEIGHTS = "tower_weights"
 
 
 class FeatureCacheError(ValueError):
@@ -74,6 +82,43 @@ def encoder_signature(model_cfg: Mapping[str, Any], pooled: bool = False) -> dic
         "audio": tower("audio"),
         "pooled_local": _pooled_local(model_cfg) if pooled else None,
     }
+
+
+def tower_digest(model: torch.nn.Module) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a DaMO model's vision and audio tower
+    tensors: what the cached rows depend on besides the config."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("vision", "audio"):
+        tower = getattr(model, name, None)
+        if tower is None:
+            continue
+        for key, tensor in sorted(tower.state_dict().items()):
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def config_signature(signature: Mapping[str, Any]) -> dict[str, Any]:
+    """A cache's signature without the tower-weights digest: what a model config can be compared to."""
+    return {k: v for k, v in signature.items() if k != TOWER_WEIGHTS}
+
+
+def check_tower_weights(signature: Mapping[str, Any], model: torch.nn.Module, where: str) -> None:
+    """Refuse a cache whose rows came from other tower weights than `model`'s (a signature
+    without a digest, written before digests existed, is not checked)."""
+    made = signature.get(TOWER_WEIGHTS)
+    if made is None:
+        return
+    if made != tower_digest(model):
+        raise FeatureCacheError(
+            f"{where} was made with other tower weights than this run's model has (its manifest's "
+            "info.towers_from says where they came from). A stage that starts from a checkpoint holding trained "
+            "towers (stage.init_from) needs a cache made from the same checkpoint: damo-cache "
+            "init_from=THAT_STAGE_DIR out=NEW_DIR; a run on the pretrained towers needs one made without init_from"
+        )
 
 
 def _pooled_local(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -315,7 +360,7 @@ class FeatureStore:
         made = self.manifest.get("signature", {})
         if model_cfg is not None:
             signature = encoder_signature(model_cfg, pooled=made.get("pooled_local") is not None)
-            problems = signature_diff(made, _plain(signature))
+            problems = signature_diff(config_signature(made), _plain(signature))
             if problems:
                 raise FeatureCacheError(
                     f"data.features={self.root} was made by another model config: {'; '.join(problems)}. "

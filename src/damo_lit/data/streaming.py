@@ -42,7 +42,7 @@ from damo_lit.data.datamodule import DaMODataModule, SpanPrior  # noqa: E402
 from damo_lit.data.dataset import Collator, sample_item  # noqa: E402
 from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, decode_video, worker_context  # noqa: E402
 from damo_lit.data.features import (  # noqa: E402
-    FEATURE_KEYS, CachedFeatures, FeatureCacheError, FeatureStore, encoder_signature, read_manifest,
+    FEATURE_KEYS, CachedFeatures, FeatureCacheError, FeatureStore, config_signature, encoder_signature, read_manifest,
     signature_diff, trainable_towers, video_key,
 )  # fmt: skip
 from damo_lit.data.schema import TASKS, Record  # noqa: E402
@@ -251,6 +251,11 @@ class StreamingDataModule(DaMODataModule):
         if self.meta["kind"] == "features":
             self._check_features()
 
+    def feature_cache_signature(self) -> tuple[str, dict[str, Any]] | None:
+        if self.meta["kind"] != "features":
+            return None
+        return f"data.streaming_dir={self.streaming_dir}", self.meta["features_manifest"]["signature"]
+
     def _check_features(self) -> None:
         """A features stream serves only a model with the same frozen towers (as data.features)."""
         if self.features_model is None:
@@ -262,7 +267,8 @@ class StreamingDataModule(DaMODataModule):
                 f"set {'=false '.join(towers)}=false"
             )
         made = self.meta["features_manifest"]["signature"]
-        problems = signature_diff(made, encoder_signature(self.features_model, made.get("pooled_local") is not None))
+        problems = signature_diff(config_signature(made),
+                                  encoder_signature(self.features_model, made.get("pooled_local") is not None))
         if problems:
             raise FeatureCacheError(
                 f"data.streaming_dir={self.streaming_dir} holds features of another model config: {'; '.join(problems)}"

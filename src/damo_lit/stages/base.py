@@ -35,7 +35,7 @@ from torch import Tensor
 from damo_lit.models.damo import STAGE_TRAINABLE, DaMO, build_damo
 from damo_lit.models.media import MediaTokens
 from damo_lit.stages.schedule import warmup_cosine
-from damo_lit.stages.weights import load_stage_weights, persistent_names
+from damo_lit.stages.weights import inherited_groups, load_stage_weights, persistent_names
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +226,10 @@ class DaMOStage(L.LightningModule):
         return groups
 
     def persistent_names(self) -> set[str]:
-        """State-dict names (relative to self.model) this stage saves: see stages/weights.py."""
-        return persistent_names(self.model, self.trainable_groups)
+        """State-dict names (relative to self.model) this stage saves: what it trains, plus the
+        towers / base LM it started from a previous stage's weights (stages/weights.py)."""
+        inherited = inherited_groups(self.model, self.init_report.loaded) if self.init_report is not None else []
+        return persistent_names(self.model, [*self.trainable_groups, *inherited])
 
     def stage_meta(self) -> dict[str, Any]:
         return {"stage": self.stage_name, "model_cfg": self.model_cfg, "timestamps": self.timestamps,

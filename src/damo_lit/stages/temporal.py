@@ -2,17 +2,21 @@
 
 Training is the next-token loss on the answers. Validation and test generate the final answer
 of each sample, parse its span and score it: R@0.3/0.5/0.7, mIoU, the same per modality the
-query needs, and the parse rate. The test also scores a constant-span baseline (the training
-set's mean relative span) on the same queries, so every run reports what "no learning" gives.
+query needs, and the parse rate. When a split evaluates more than one task (stage 4: grounding
+queries and dialogues), the figures over all queries come with the same per task, prefixed
+(`test/dialogue_R@0.5`). The test also scores a constant-span baseline (the training set's mean
+relative span) on the same queries, so every run reports what "no learning" gives.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from damo_lit.data.schema import TASKS
 from damo_lit.metrics import GroundingMetrics
 from damo_lit.stages.base import DaMOStage
 from damo_lit.stages.reporting import PredictionLog, span_iou
@@ -28,6 +32,7 @@ class TemporalStage(DaMOStage):
         self.span_prior = tuple(span_prior) if span_prior is not None else None
         self.metrics = torch.nn.ModuleDict({
             "val": GroundingMetrics(), "test": GroundingMetrics(), "baseline": GroundingMetrics(),
+            **{f"{split}_{task}": GroundingMetrics() for split in ("val", "test") for task in TASKS},
         })
         self.prediction_log = PredictionLog()
 
@@ -64,6 +69,11 @@ class TemporalStage(DaMOStage):
         self.log(f"{split}/loss", loss, batch_size=size, sync_dist=True)
         preds = [tuple(r["pred_spans"][0]) if r["pred_spans"] else None for r in rows]
         self.metrics[split].update(preds, [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
+        for task in TASKS:
+            mine = [i for i, r in enumerate(rows) if r["task"] == task]
+            if mine:
+                self.metrics[f"{split}_{task}"].update([preds[i] for i in mine], [rows[i]["gt_spans"] for i in mine],
+                                                       [rows[i]["modality"] for i in mine])
         if split == "test" and self.span_prior is not None:
             start, end = self.span_prior
             base = [(start * r["duration"], end * r["duration"]) for r in rows]
@@ -83,8 +93,19 @@ class TemporalStage(DaMOStage):
 
     def _log_split(self, split: str) -> None:
         values = self.metrics[split].compute()
-        self.log_metrics(split, {k: v for k, v in values.items() if not np.isnan(float(v))})
         self.metrics[split].reset()
+        # Every rank computes every task's figures (a collective), then all agree on which to log.
+        per_task = {}
+        for task in TASKS:
+            metric = self.metrics[f"{split}_{task}"]
+            with warnings.catch_warnings():  # a task this rank never saw: empty states are expected
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                per_task[task] = metric.compute()
+            metric.reset()
+        present = [task for task, figures in per_task.items() if float(figures["count"]) > 0]
+        if len(present) > 1:
+            values = {**values, **{f"{task}_{k}": v for task in present for k, v in per_task[task].items()}}
+        self.log_metrics(split, {k: v for k, v in values.items() if not np.isnan(float(v))})
 
     def on_validation_epoch_start(self) -> None:
         self.prediction_log.reset(self.loggers)

@@ -23,6 +23,11 @@ META_FILE = "stage.json"
 ALL_GROUPS = ("vision", "audio", "residual", "fuseformer", "projector", "llm", "lora", "text_encoder")
 # Groups whose weights always come from training, never from a pretrained checkpoint.
 LEARNED_GROUPS = ("residual", "fuseformer", "projector", "lora")
+# Groups that have a pretrained source, yet may have been trained by an earlier stage (random-init
+# towers, a trained base LM): once a stage starts from such weights, it saves them on, trained or
+# frozen, so that the next stage and damo-eval see the weights this stage used. (The stage-1 text
+# encoder is not carried: no later stage reads it.)
+CARRIED_GROUPS = ("vision", "audio", "llm")
 
 
 def group_parameter_names(model: nn.Module) -> dict[str, set[str]]:
@@ -35,6 +40,14 @@ def group_parameter_names(model: nn.Module) -> dict[str, set[str]]:
         params = members.parameters() if isinstance(members, nn.Module) else members
         groups[group] = {n for p in params for n in names_by_id.get(id(p), [])}
     return groups
+
+
+def inherited_groups(model: nn.Module, loaded: Iterable[str]) -> list[str]:
+    """The CARRIED_GROUPS among whose parameters some were loaded from a previous stage (`loaded`:
+    state-dict names, as LoadReport.loaded lists them)."""
+    loaded = set(loaded)
+    groups = group_parameter_names(model)
+    return [g for g in CARRIED_GROUPS if groups.get(g, set()) & loaded]
 
 
 def persistent_names(model: nn.Module, extra_groups: Iterable[str] = ()) -> set[str]:
