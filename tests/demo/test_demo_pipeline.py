@@ -73,7 +73,7 @@ def test_no_init_from_when_the_previous_stage_holds_no_towers(tmp_path: Path) ->
     save_file({"fuseformer.w": torch.zeros(2)}, str(run_dir / "weights.safetensors"))
     cmd = demo.cache_command(tmp_path / "features", run_dir, ["model=damo_paper", "+data.x=1", "trainer.devices=8"])
     assert _word(cmd, "init_from") is None
-    assert cmd[-2:] == ["model=damo_paper", "+data.x=1"]
+    assert cmd[-4:] == ["model=damo_paper", "+data.x=1", "model.vision.trainable=false", "model.audio.trainable=false"]
 
 
 def test_an_unknown_first_cached_stage_is_refused(calls: list[list[str]], tmp_path: Path) -> None:

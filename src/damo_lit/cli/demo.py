@@ -48,6 +48,7 @@ def stage_command(stage_cfg: str, run_dir: Path, init_from: Path | None, overrid
 
 
 CACHE_KEYS = ("model", "data", "paths", "seed")  # the overrides damo-cache's config takes
+FROZEN_TOWERS = ["model.vision.trainable=false", "model.audio.trainable=false"]
 
 
 def cache_command(out: Path, init_from: Path | None, overrides: Sequence[str]) -> list[str]:
@@ -57,7 +58,7 @@ def cache_command(out: Path, init_from: Path | None, overrides: Sequence[str]) -
     if init_from is not None and _has_tower_weights(init_from):
         cmd.append(f"init_from={init_from}")
     keep = [w for w in overrides if w.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in CACHE_KEYS]
-    return cmd + keep
+    return cmd + keep + FROZEN_TOWERS  # the stages that read the cache run with these
 
 
 def _has_tower_weights(run_dir: Path) -> bool:
@@ -71,7 +72,7 @@ def _has_tower_weights(run_dir: Path) -> bool:
 
 def feature_overrides(features_dir: Path) -> list[str]:
     """What a stage needs to read the cache: the folder, and frozen towers."""
-    return [f"data.features={features_dir}", "model.vision.trainable=false", "model.audio.trainable=false"]
+    return [f"data.features={features_dir}", *FROZEN_TOWERS]
 
 
 def _call(key: str, cmd: Sequence[str], out_dir: Path, summary: dict[str, Any], where: Path) -> None:
