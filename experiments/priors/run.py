@@ -1,14 +1,16 @@
 """What a model that ignores the media can reach: picture- and sound-free span priors, scored on
 the test split by modality, from the annotations alone (no model, a few seconds).
 
-Three priors, each fitted on the training split's grounding records:
+Four priors, each fitted on the training split's grounding records:
   constant  the training set's mean relative span (the runs' own `test/baseline_R@0.5`);
   typical   a span of the mean event length in seconds at the mean relative centre;
-  duration  for each quarter of the training durations, the relative span (on a 0.05 grid) with
-            the best training R@0.5: what a model can learn from the video's length alone.
+  best      the one relative span (on a 0.05 grid) with the best training R@0.5, for every video:
+            the mean span is not the best constant guess;
+  duration  the same per quarter of the training durations: what a model can learn from the
+            video's length alone.
 A model must beat the strongest of them before it can claim to ground anything, and a model
-without audio may reach the `duration` prior on audio-only queries without any leak (it knows
-the video's length from its frame times).
+without audio may reach the `best` and `duration` priors on audio-only queries without any leak
+(a constant guess needs no media, and it knows the video's length from its frame times).
 
 Usage: python experiments/priors/run.py [--root DIR] [--out DIR]   (make exp-priors)
 Writes OUT/results.md and OUT/results.json (default OUT: outputs/experiments/priors).
@@ -74,11 +76,12 @@ def typical_prior(train: Sequence[Query]) -> Prior:
     return lambda d: (max(0.0, centre * d - length / 2), min(d, centre * d + length / 2))
 
 
-def duration_prior(train: Sequence[Query]) -> Prior:
-    """Best relative span on the grid per duration quartile (edges from the training durations)."""
-    edges = np.quantile([q.duration for q in train], np.linspace(0, 1, DURATION_BINS + 1)[1:-1])
+def duration_prior(train: Sequence[Query], bins: int = DURATION_BINS) -> Prior:
+    """Best relative span on the grid per duration bin (quantiles of the training durations;
+    bins=1: one span for every video)."""
+    edges = np.quantile([q.duration for q in train], np.linspace(0, 1, bins + 1)[1:-1])
     best: list[tuple[float, float]] = []
-    for b in range(DURATION_BINS):
+    for b in range(bins):
         group = [q for q in train if int(np.searchsorted(edges, q.duration, side="right")) == b]
         candidates = [(s, e) for s in GRID for e in GRID if e > s]
         scores = [recall(lambda d, s=s, e=e: (s * d, e * d), group) for s, e in candidates]
@@ -122,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train, test = grounding_queries(files["train"]), grounding_queries(files["test"])
     if not train or not test:
         parser.error(f"{args.root}: need grounding records in both the train and the test split")
-    priors = {"constant": constant_prior(train), "typical": typical_prior(train), "duration": duration_prior(train)}
+    priors = {"constant": constant_prior(train), "typical": typical_prior(train),
+              "best": duration_prior(train, bins=1), "duration": duration_prior(train)}
     results = score(priors, test)
     text = (f"Span priors on {args.root} (fitted on {len(train)} training queries, scored on {len(test)} test "
             f"queries; no model):\n\n{table(results)}\n")
