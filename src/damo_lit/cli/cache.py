@@ -130,15 +130,15 @@ def build_cache(cfg: Any) -> Any:
     damo = build_damo(model_cfg)
     towers_from = "pretrained"
     if cfg.get("init_from"):
-        from damo_lit.stages.weights import load_stage_weights
+        from damo_lit.stages.weights import inherited_groups, load_stage_weights
 
         loaded = load_stage_weights(damo, cfg.init_from).loaded
-        tower_keys = [k for k in loaded if k.startswith(("vision.", "audio."))]
-        if not tower_keys:
+        towers = [g for g in inherited_groups(damo, loaded) if g in ("vision", "audio")]
+        if not towers:
             raise SystemExit(f"damo-cache: init_from={cfg.init_from} holds no tower weights (vision.*, audio.*); "
                              "the pretrained towers need no init_from")
         towers_from = str(cfg.init_from)
-        log.info("towers from %s (%d tensors)", cfg.init_from, len(tower_keys))
+        log.info("towers (%s) from %s", ", ".join(towers), cfg.init_from)
     signature = {**encoder_signature(model_cfg, pooled=pooled), TOWER_WEIGHTS: tower_digest(damo)}
     writer = FeatureCacheWriter(
         cfg.out, signature, datamodule.params, int(cfg.shard_size),
