@@ -10,6 +10,8 @@ annotations/train.jsonl keeps the records of the first n training videos (in fil
 val.jsonl and test.jsonl are copies, so every run is tested on the same queries, and `videos`
 links to the full set's videos. The runs read the videos from the full set's folder
 (data.video_dir), so the decoded-video cache made for the full set serves them too.
+An n that is the whole training set reads the full set itself, so those two runs are the same
+runs as the ablations' `full` and `skip_stage1` and reuse them when they are on disk.
 Each n is one full damo-demo run (stages 1-4) into OUT/videos{n}/, and one without stage 1
 (demo.skip=[stage1]) into OUT/videos{n}_no_stage1/. Every stage trains on the n videos.
 
@@ -58,10 +60,15 @@ def full_set(extra: list[str], generate: bool = True) -> tuple[Path, Path]:
     return annotations, Path(data.video_dir or annotations).resolve()
 
 
+def training_videos(annotations: Path) -> tuple[list[str], list[str]]:
+    """(the training records' lines, each line's video) of annotations/train.jsonl."""
+    lines = [line for line in (annotations / "train.jsonl").read_text().splitlines() if line.strip()]
+    return lines, [json.loads(line)["video"] for line in lines]
+
+
 def make_subset(annotations: Path, video_dir: Path, dest: Path, n: int) -> Path:
     """dest/annotations/{train,val,test}.jsonl with the records of the first n training videos."""
-    lines = [line for line in (annotations / "train.jsonl").read_text().splitlines() if line.strip()]
-    videos = [json.loads(line)["video"] for line in lines]
+    lines, videos = training_videos(annotations)
     order = list(dict.fromkeys(videos))
     if n > len(order):
         raise SystemExit(f"{NAME}: exp.videos asks for {n} training videos; {annotations / 'train.jsonl'} "
@@ -84,17 +91,22 @@ def make_subset(annotations: Path, video_dir: Path, dest: Path, n: int) -> Path:
 def build_runs(opts: common.Options) -> list[common.Run]:
     """One run per (n, with / without stage 1); the derived data roots are written unless collecting."""
     counts = sorted({int(n) for n in opts.params["videos"]})
+    total = -1  # collecting: the runs' overrides do not matter, only their folders
     if not opts.collect:
         annotations, video_dir = full_set(opts.extra)
+        total = len(set(training_videos(annotations)[1]))
     else:
         video_dir = Path("unused")
     runs = []
     for n in counts:
         root = opts.out / f"data_{n}"
-        if not opts.collect:
-            make_subset(annotations, video_dir, root, n)
-        data = [f"data.root={root}", f"data.annotations={root / 'annotations'}", f"data.video_dir={video_dir}",
-                "data.generate=null"]  # fmt: skip
+        if n == total:
+            data = []  # the full set as it is: the same runs as the ablations' full and skip_stage1
+        else:
+            if not opts.collect:
+                make_subset(annotations, video_dir, root, n)
+            data = [f"data.root={root}", f"data.annotations={root / 'annotations'}", f"data.video_dir={video_dir}",
+                    "data.generate=null"]  # fmt: skip
         for with_stage1 in opts.params["stage1"]:
             runs.append(common.Run(f"videos{n}" + ("" if with_stage1 else "_no_stage1"),
                                    {"videos": n, "stage 1": "yes" if with_stage1 else "no"},

@@ -3,12 +3,14 @@
 R@0.5 is depth / 10 when model.fuseformer.depth=D is given, else 0.6; audio-only R@0.5 is 0.2 with
 model.audio.enabled=false, else 0.55; the baseline is 0.3 (0.28 on audio-only queries). demo.skip
 leaves stages out, as damo-demo does. `fake.fail=true` fails after stage 1 the way damo-demo does
-(a summary without seconds.total, exit code 3). Every call appends its run name to OUT/../calls.txt.
+(a summary without seconds.total, exit code 3). Every call appends its run name to OUT/../calls.txt;
+the summary also records OMP_NUM_THREADS as the runner set it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def main() -> int:
                  "test/parse_rate": 0.99, "test/baseline_R@0.5": 0.3, "test/baseline_R@0.5_audio": 0.28}  # fmt: skip
     stages = {"stage1": {"test/t2v_R@1": 0.5}, "stage2": {"test/loss": 5.0}, "stage3": dict(grounding),
               "stage4": {k: v + 0.01 for k, v in grounding.items()}}  # fmt: skip
-    summary = {"stages": {}, "seconds": {}, "argv": args}
+    summary = {"stages": {}, "seconds": {}, "argv": args, "omp_threads": os.environ.get("OMP_NUM_THREADS")}
     for key, metrics in stages.items():
         if key in skip:
             continue

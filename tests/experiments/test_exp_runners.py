@@ -116,3 +116,45 @@ def test_data_efficiency_generates_the_full_set_when_absent(runner, tmp_path: Pa
         [f"data.root={root}", "data.generate.videos=10", "data.generate.max_seconds=9", "data.generate.workers=1"])
     assert annotations == root / "annotations" and video_dir == root
     assert len({json.loads(line)["video"] for line in (annotations / "train.jsonl").read_text().splitlines()}) == 8
+
+
+def test_the_same_run_in_another_experiment_is_reused(runner, fake_demo, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "OUT_ROOT", tmp_path)
+    assert runner("ablations").main([f"exp.out={tmp_path / 'ablations'}", "exp.only=[full,no_audio]"]) == 0
+    fusion = tmp_path / "fusion_depth"
+    assert runner("fusion_depth").main([f"exp.out={fusion}", "model.fuseformer.depth=2,4"]) == 0
+    assert calls(fusion) == ["depth4"], "depth 2 is the model's default depth: the ablations' full run"
+    assert json.loads((fusion / "depth2" / "run.json").read_text())["same_as"] == str(tmp_path / "ablations" / "full")
+    assert (fusion / "depth2" / "summary.json").read_text() == (tmp_path / "ablations" / "full" / "summary.json").read_text()
+    assert runner("fusion_depth").main([f"exp.out={fusion}", "model.fuseformer.depth=2", "--force"]) == 0
+    assert calls(fusion) == ["depth4", "depth2"], "--force runs it for real"
+
+    outside = tmp_path.parent / f"{tmp_path.name}_elsewhere"
+    assert runner("fusion_depth").main([f"exp.out={outside}", "model.fuseformer.depth=2"]) == 0
+    assert calls(outside) == ["depth2"], "outside the experiments' root nothing is shared"
+
+
+def test_jobs_run_side_by_side_with_their_share_of_the_cores(runner, fake_demo, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 4)
+    argv = [f"exp.out={tmp_path}", "exp.only=[full,no_audio,concat]", "exp.jobs=2"]
+    assert runner("ablations").main(argv) == 0
+    assert sorted(calls(tmp_path)) == ["concat", "full", "no_audio"]
+    for name in ("full", "no_audio", "concat"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["omp_threads"] == "2"
+        assert json.loads((tmp_path / name / "run.json").read_text())["threads"] == 2
+    rows = [line.split(" | ")[0] for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| full model", "| no audio", "| concat fusion"], "the table keeps the runs' order"
+    with pytest.raises(SystemExit, match="exp.jobs=0: expected a whole number"):
+        runner("ablations").main([f"exp.out={tmp_path}", "exp.jobs=0"])
+
+
+def test_data_efficiency_on_the_whole_set_is_the_full_run(runner, fake_demo, tmp_path: Path) -> None:
+    full = make_full_set(tmp_path / "full", videos=4)
+    out = tmp_path / "out"
+    assert runner("data_efficiency").main([f"exp.out={out}", "exp.videos=[2,4]", f"data.root={full}",
+                                           "data.generate=null"]) == 0  # fmt: skip
+    assert argv_of(out / "videos4")[1:] == [f"data.root={full}", "data.generate=null"]
+    assert argv_of(out / "videos4_no_stage1")[-1] == "demo.skip=[stage1]" and not (out / "data_4").exists()
