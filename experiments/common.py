@@ -349,6 +349,17 @@ def run_one(run: Run, out_dir: Path, overrides: list[str], force: bool = False, 
     return Outcome(run, out_dir, "ran", summary)
 
 
+def stages_folder(outcome: Outcome) -> Path:
+    """The folder that holds the run's stage folders: its own, or the one it was reused from (same_as)."""
+    same_as = (read_json(outcome.out_dir / "run.json") or {}).get("same_as")
+    return Path(same_as) if same_as else outcome.out_dir
+
+
+def recorded_overrides(outcome: Outcome) -> list[str]:
+    """The damo-demo overrides the run was made with (its run.json)."""
+    return list((read_json(outcome.out_dir / "run.json") or {}).get("overrides") or [])
+
+
 def select(runs: Sequence[Run], only: Sequence[str]) -> list[Run]:
     if not only:
         return list(runs)
