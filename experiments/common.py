@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from damo_lit.cli.common import PROJECT_ROOT
+from damo_lit.cli.common import PROJECT_ROOT, override_key
 
 OUT_ROOT = PROJECT_ROOT / "outputs" / "experiments"
 # --quick: a few steps per stage and one batch of val / test each, for smoke tests. The CSV logger
@@ -253,10 +253,6 @@ def _tee(cmd: Sequence[str], log_path: Path, echo: bool = True, env: Mapping[str
 
 
 # --- the same run elsewhere ------------------------------------------------------------------
-def _key_of(word: str) -> str:
-    return word.lstrip("+~").split("=", 1)[0]
-
-
 def _restated_model_defaults(overrides: Sequence[str]) -> set[str]:
     """The `model.K=V` words of `overrides` whose V is what the model config says anyway (e.g.
     model.fuseformer.depth=2 where depth is 2), given the other words."""
@@ -265,7 +261,7 @@ def _restated_model_defaults(overrides: Sequence[str]) -> set[str]:
     from damo_lit.cli.common import compose
     from damo_lit.cli.demo import split_overrides
 
-    value_words = [w for w in overrides if _key_of(w).startswith("model.") and not w.startswith(("+", "~"))]
+    value_words = [w for w in overrides if override_key(w).startswith("model.") and not w.startswith(("+", "~"))]
     if not value_words:
         return set()
     demo_words, stage_words = split_overrides([w for w in overrides if w not in value_words])
@@ -289,14 +285,17 @@ def run_identity(overrides: Sequence[str]) -> list[str]:
 def find_twin(out_dir: Path, overrides: Sequence[str], root: Path) -> Path | None:
     """A finished run under root/*/ (any experiment) that is the same run as `overrides`."""
     identity: list[str] | None = None
-    plain = sorted(w for w in overrides if not _key_of(w).startswith("model."))
+    def outside_model(words: Sequence[str]) -> list[str]:
+        return sorted(w for w in words if not override_key(w).startswith("model."))
+
+    plain = outside_model(overrides)
     for run_json in sorted(root.glob("*/*/run.json")):
         other = run_json.parent
         recorded = read_json(run_json) or {}
         words = recorded.get("overrides")
         if other.resolve() == out_dir.resolve() or not isinstance(words, list) or recorded.get("same_as"):
             continue
-        if sorted(w for w in words if not _key_of(w).startswith("model.")) != plain:
+        if outside_model(words) != plain:
             continue  # cheap test first: runs that differ outside model.* are never the same
         if not is_complete(read_json(other / "summary.json")):
             continue

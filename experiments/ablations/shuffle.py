@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from damo_lit.cli.common import overrides_under
 from damo_lit.metrics.spans import best_iou
 
 SHUFFLES = 200
@@ -82,7 +83,7 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 def eval_command(stage_dir: Path, out: Path, overrides: Sequence[str], limit: int | None) -> list[str]:
     """damo-eval of a run's final stage over the test grounding queries (tests replace this)."""
-    keep = [w for w in overrides if w.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in EVAL_KEYS]
+    keep = overrides_under(overrides, EVAL_KEYS)
     return [sys.executable, "-m", "damo_lit.cli.eval", f"ckpt={stage_dir}", "split=test", "tasks=[grounding]",
             f"out={out}", "accelerator=cpu", *([f"limit={limit}"] if limit else []), *keep]  # fmt: skip
 

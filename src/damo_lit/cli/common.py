@@ -62,3 +62,13 @@ def compose_run(config_name: str, overrides: Sequence[str], output_dir: str | os
         cfg.hydra.run.dir = str(Path(output_dir).resolve())
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def override_key(word: str) -> str:
+    """The config key of a Hydra override word (`+a.b=1` -> `a.b`)."""
+    return word.lstrip("+~").split("=", 1)[0]
+
+
+def overrides_under(words: Sequence[str], groups: Sequence[str]) -> list[str]:
+    """The override words whose top-level key is one of `groups` (what another config understands)."""
+    return [w for w in words if override_key(w).split(".", 1)[0] in groups]

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose
+from damo_lit.cli.common import compose, overrides_under
 
 USAGE = __doc__
 
@@ -57,8 +57,7 @@ def cache_command(out: Path, init_from: Path | None, overrides: Sequence[str]) -
     cmd = [sys.executable, "-m", "damo_lit.cli.cache", f"out={out}"]
     if init_from is not None and _has_tower_weights(init_from):
         cmd.append(f"init_from={init_from}")
-    keep = [w for w in overrides if w.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in CACHE_KEYS]
-    return cmd + keep + FROZEN_TOWERS  # the stages that read the cache run with these
+    return cmd + overrides_under(overrides, CACHE_KEYS) + FROZEN_TOWERS  # the stages that read the cache run with these
 
 
 def _has_tower_weights(run_dir: Path) -> bool:
