@@ -275,11 +275,23 @@ def _restated_model_defaults(overrides: Sequence[str]) -> set[str]:
     return restated
 
 
+def canonical_words(overrides: Sequence[str]) -> list[str]:
+    """The override words with absolute path values resolved (symlinks, `..`), so that a checkout
+    reached through another path (a clone whose outputs/ links here) names the same run."""
+    def canonical(word: str) -> str:
+        key, sep, value = word.partition("=")
+        if sep and value.startswith("/"):
+            return f"{key}={os.path.realpath(value)}"
+        return word
+    return [canonical(w) for w in overrides]
+
+
 def run_identity(overrides: Sequence[str]) -> list[str]:
-    """What makes two runs the same run: their override words, sorted, without those that restate a
-    model default. The stage budgets come from conf/demo.yaml, the same for every run of a checkout."""
+    """What makes two runs the same run: their override words (paths resolved), sorted, without those
+    that restate a model default. The stage budgets come from conf/demo.yaml, the same for every run
+    of a checkout."""
     restated = _restated_model_defaults(overrides)
-    return sorted(w for w in overrides if w not in restated)
+    return sorted(canonical_words(w for w in overrides if w not in restated))
 
 
 def find_twin(out_dir: Path, overrides: Sequence[str], root: Path) -> Path | None:
@@ -288,14 +300,14 @@ def find_twin(out_dir: Path, overrides: Sequence[str], root: Path) -> Path | Non
     def outside_model(words: Sequence[str]) -> list[str]:
         return sorted(w for w in words if not override_key(w).startswith("model."))
 
-    plain = outside_model(overrides)
+    plain = outside_model(canonical_words(overrides))
     for run_json in sorted(root.glob("*/*/run.json")):
         other = run_json.parent
         recorded = read_json(run_json) or {}
         words = recorded.get("overrides")
         if other.resolve() == out_dir.resolve() or not isinstance(words, list) or recorded.get("same_as"):
             continue
-        if outside_model(words) != plain:
+        if outside_model(canonical_words(words)) != plain:
             continue  # cheap test first: runs that differ outside model.* are never the same
         if not is_complete(read_json(other / "summary.json")):
             continue
@@ -326,7 +338,7 @@ def run_one(run: Run, out_dir: Path, overrides: list[str], force: bool = False, 
         return Outcome(run, out_dir, "reused", summary) if is_complete(summary) else Outcome(run, out_dir, "missing")
     recorded = read_json(out_dir / "run.json") or {}
     if is_complete(summary) and not force:
-        if recorded.get("overrides") == overrides:
+        if canonical_words(recorded.get("overrides") or []) == canonical_words(overrides):
             print(f"reusing {out_dir / 'summary.json'} (--force runs it again)", flush=True)
             return Outcome(run, out_dir, "reused", summary)
         print(f"{out_dir}: made with other overrides ({recorded.get('overrides')}); running it again", flush=True)

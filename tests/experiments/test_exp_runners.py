@@ -40,6 +40,21 @@ def test_runs_then_reuses_then_forces(runner, fake_demo, tmp_path: Path) -> None
     assert calls(tmp_path)[4:] == ["no_audio"]
 
 
+def test_a_path_reached_through_a_link_names_the_same_run(runner, fake_demo, tmp_path: Path) -> None:
+    """A finished run is reused, not wiped and rerun, when its path overrides only differ by a
+    symlink (a second clone whose outputs/ links to the first one's)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "link").symlink_to(data)
+    ablations = runner("ablations")
+    out = tmp_path / "out"
+    assert ablations.main([f"exp.out={out}", "exp.only=[no_audio]", f"data.root={data}"]) == 0
+    assert ablations.main([f"exp.out={out}", "exp.only=[no_audio]", f"data.root={tmp_path / 'link'}"]) == 0
+    assert calls(out) == ["no_audio"]
+    assert common.canonical_words([f"data.root={tmp_path / 'link' / '..' / 'data'}", "seed=1"]) == \
+        [f"data.root={data.resolve()}", "seed=1"]  # fmt: skip
+
+
 def test_a_failed_run_is_reported_and_rerun(runner, fake_demo, tmp_path: Path) -> None:
     ablations = runner("ablations")
     argv = [f"exp.out={tmp_path}", "exp.only=[full,concat]"]

@@ -71,29 +71,55 @@ def test_fusion_depth_table_and_plot(runner, write_summary, tmp_path: Path) -> N
     assert_png(tmp_path / "results.png")
 
 
+def grounding_file(path: Path, spans: list[tuple[float, float]]) -> None:
+    """A DaMO JSONL file of audio-only grounding records over 10 s videos, one per span."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    turns = [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "{span:0}"}]
+    path.write_text("".join(json.dumps({"id": f"g{i}", "video": f"v{i}.mp4", "duration": 10.0, "task": "grounding",
+                                        "spans": [list(span)], "turns": turns, "modality": "audio"}) + "\n"
+                            for i, span in enumerate(spans)))  # fmt: skip
+
+
 def test_ablations_table_marks_the_audio_check(runner, write_summary, tmp_path: Path) -> None:
-    write_summary(tmp_path / "full", metrics(0.66) | {"test/R@0.5_audio": 0.6})
-    write_summary(tmp_path / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.30})  # <= 0.27 + 0.05
-    write_summary(tmp_path / "skip_stage3", metrics(0.35), final_stage="stage4")
-    write_summary(tmp_path / "skip_stage1", metrics(0.5), final_stage="stage3")  # stage 4 missing: stage3 counts
-    code = runner("ablations").main(["--collect", f"exp.out={tmp_path}"])
+    out = tmp_path / "out"
+    write_summary(out / "full", metrics(0.66) | {"test/R@0.5_audio": 0.6})
+    write_summary(out / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.30})  # <= 0.27 + 0.05
+    write_summary(out / "skip_stage3", metrics(0.35), final_stage="stage4")
+    write_summary(out / "skip_stage1", metrics(0.5), final_stage="stage3")  # stage 4 missing: stage3 counts
+    no_data = f"data.root={tmp_path / 'absent'}"  # no annotations: the runs' own mean-span baseline only
+    code = runner("ablations").main(["--collect", f"exp.out={out}", no_data])
     assert code == 0, "missing runs are listed, not an error, while some have figures"
-    markdown = (tmp_path / "results.md").read_text()
+    markdown = (out / "results.md").read_text()
     rows = table_rows(markdown)
-    check = "audio R@0.5 ≤ baseline+0.05"
+    check = "audio R@0.5 ≤ const. span+0.05"
     assert rows["no audio"][check] == "yes" and rows["no audio"]["R@0.5 audio"] == "0.300"
     assert rows["full model"][check] == "no"
     assert rows["skip stage 1"]["stage"] == "stage3" and rows["skip stage 1"]["R@0.5"] == "0.500"
     assert rows["concat fusion"]["stage"] == "missing" and rows["concat fusion"]["R@0.5"] == "–"
-    assert "0.300 ≤ 0.270 + 0.05, as it should be" in markdown
+    assert "0.300 ≤ 0.270 + 0.05: the model without audio does no better than a constant guess" in markdown
     assert "- concat: missing" in markdown and "- no_residual: missing" in markdown
-    assert_png(tmp_path / "results.png")
+    assert_png(out / "results.png")
 
-    write_summary(tmp_path / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.5})
-    runner("ablations").main(["--collect", f"exp.out={tmp_path}"])
-    markdown = (tmp_path / "results.md").read_text()
+    write_summary(out / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.5})
+    runner("ablations").main(["--collect", f"exp.out={out}", no_data])
+    markdown = (out / "results.md").read_text()
     assert table_rows(markdown)["no audio"][check] == "no"
-    assert "NOT within the margin: the picture gives audio answers away, or the model learned a media-blind prior" in markdown
+    assert "0.500 > 0.270 + 0.05: NOT within the margin: the picture gives audio answers away" in markdown
+
+    # Events at either end of the video: the mean span (0.28-0.58) hits none of them, the best
+    # constant span fitted on train (0-0.3, the commoner end) half of the test's audio queries.
+    data = tmp_path / "data"
+    grounding_file(data / "annotations" / "train.jsonl", [(0, 3)] * 3 + [(7, 10)] * 2)
+    grounding_file(data / "annotations" / "test.jsonl", [(0, 3), (0, 3), (7, 10), (7, 10)])
+    write_summary(out / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.5})
+    runner("ablations").main(["--collect", f"exp.out={out}", f"data.root={data}"])
+    markdown = (out / "results.md").read_text()
+    assert table_rows(markdown)["no audio"][check] == "yes", "0.5 <= best constant span 0.5 + 0.05"
+    assert "the best constant span fitted on the training split 0.500" in markdown
+    assert "Against the mean span alone the check fails (0.500 > 0.270 + 0.05)" in markdown
+    write_summary(out / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.75})
+    runner("ablations").main(["--collect", f"exp.out={out}", f"data.annotations={data / 'annotations'}"])
+    assert table_rows((out / "results.md").read_text())["no audio"][check] == "no", "0.75 > 0.5 + 0.05"
 
 
 def test_data_efficiency_table_and_plot(runner, write_summary, tmp_path: Path) -> None:

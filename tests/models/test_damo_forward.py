@@ -14,7 +14,8 @@ def damo(make_damo) -> DaMO:
     return make_damo()
 
 
-def test_forward_backward_shapes(damo: DaMO) -> None:
+def test_forward_backward_shapes(make_damo) -> None:
+    damo = make_damo("llm.length_buckets=1")  # one pass: the logits too (more passes give the loss alone)
     b = make_batch(damo, batch=3)
     media = damo.encode(**b.media())
     cfg = damo.cfg
@@ -108,6 +109,35 @@ def test_splice_places_media_and_masks_labels(damo: DaMO) -> None:
         assert torch.equal(s.attention_mask[i, pos + k :], b.attention_mask[i, pos + 1 :])
         torch.testing.assert_close(s.inputs_embeds[i, :pos], damo.llm.embed_tokens(b.input_ids[i, :pos]))
     assert int((s.labels != -100).sum()) == int((b.labels != -100).sum())
+
+
+def test_length_buckets_give_the_loss_and_gradients_of_one_pass(make_damo) -> None:
+    """Passes over groups of rows of similar length, each cut after its longest row, lose nothing:
+    the loss and every gradient equal those of one padded pass."""
+    damo = make_damo("llm.length_buckets=1")
+    b = make_batch(damo, batch=5, seed=8)
+    lengths = b.attention_mask.sum(1)
+    assert lengths.min() < lengths.max(), "rows of different lengths, so that cutting removes padding"
+    media = torch.randn(5, damo.cfg.projector.queries, damo.llm.hidden_size, requires_grad=True)
+
+    def loss_and_grads(buckets: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        damo.llm.length_buckets = buckets
+        damo.zero_grad()
+        media.grad = None
+        loss = damo(b.input_ids, b.attention_mask, b.labels, media).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in damo.llm.parameters() if p.grad is not None]
+        return loss.detach(), [media.grad.clone(), *grads]
+
+    loss, grads = loss_and_grads(1)
+    for buckets in (2, 3, 5, 9):
+        other, other_grads = loss_and_grads(buckets)
+        torch.testing.assert_close(other, loss, rtol=1e-5, atol=1e-6)
+        assert len(other_grads) == len(grads) > 1
+        for g1, g2 in zip(grads, other_grads):
+            torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-6)
+    with pytest.raises(Exception, match=r"model.llm.length_buckets: expected an integer >= 1, got 0"):
+        make_damo("llm.length_buckets=0")
 
 
 def test_splice_rejects_sequences_without_one_video_token(damo: DaMO) -> None:

@@ -141,6 +141,10 @@ class LLMConfig(PretrainedSpec):
     tokenizer: str | None = None  # defaults to name_or_path
     trainable: bool = False  # True: the base LM trains in every stage (random-init tiny LM)
     gradient_checkpointing: bool = False
+    # Teacher-forced passes split the batch into this many groups of similar length (rows sorted by
+    # length), each cut to its own longest row: less compute on padding where short and long
+    # sequences share a batch (grounding answers beside dialogues). The loss is the same.
+    length_buckets: int = 1
     lora: LoraSettings = field(default_factory=LoraSettings)
     # Random-init LMs only (damo-model build-tiny): `sinusoid` gives the number tokens "0".."99"
     # embeddings (input and output) that are sinusoids of their value, so that neighbouring times

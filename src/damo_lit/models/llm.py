@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
@@ -117,6 +118,9 @@ class CausalLM(nn.Module):
     ) -> None:
         super().__init__()
         self.trainable = cfg.trainable
+        if isinstance(cfg.length_buckets, bool) or not isinstance(cfg.length_buckets, int) or cfg.length_buckets < 1:
+            raise ConfigError(f"{where}.length_buckets: expected an integer >= 1, got {cfg.length_buckets!r}")
+        self.length_buckets = cfg.length_buckets
         model = load_or_build(cfg, where, meta=meta, load=_load_causal_lm, build=_build_causal_lm)
         rows = model.get_input_embeddings().weight.shape[0]
         if vocab_size is not None and vocab_size > rows:
@@ -215,14 +219,44 @@ class CausalLM(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None, media_embeds: Tensor
     ) -> CausalLMOutputWithPast:
-        """Teacher-forced pass over the spliced sequence; loss on labels != -100 when labels given."""
+        """Teacher-forced pass over the spliced sequence; loss on labels != -100 when labels given
+        (with `length_buckets` > 1, the loss alone, from passes over groups of similar length)."""
         spliced = self.splice(input_ids, attention_mask, media_embeds, labels)
+        if spliced.labels is not None and self.length_buckets > 1 and input_ids.shape[0] > 1:
+            return CausalLMOutputWithPast(loss=self._bucketed_loss(spliced))
         return self.model(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
             position_ids=spliced.position_ids,
             labels=spliced.labels,
         )
+
+    def _bucketed_loss(self, spliced: SplicedInputs) -> Tensor:
+        """The mean next-token loss over every labelled token, as one pass gives it, from
+        `length_buckets` passes over rows sorted by length, each cut after its longest row (training
+        padding is on the right, so what is cut is padding). Less padding, the same loss."""
+        assert spliced.labels is not None
+        mask = spliced.attention_mask
+        steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+        lengths = (mask.bool() * steps).amax(1)  # one past each row's last real token
+        order = torch.argsort(lengths)
+        total = spliced.inputs_embeds.new_zeros(())
+        count = 0
+        for rows in torch.tensor_split(order, min(self.length_buckets, len(order))):
+            if len(rows) == 0:
+                continue
+            width = max(int(lengths[rows].max()), 2)
+            labels = spliced.labels[rows, :width]
+            logits = self.model(
+                inputs_embeds=spliced.inputs_embeds[rows, :width],
+                attention_mask=mask[rows, :width],
+                position_ids=spliced.position_ids[rows, :width],
+            ).logits
+            targets = labels[:, 1:]
+            total = total + F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                            ignore_index=IGNORE_INDEX, reduction="sum")  # fmt: skip
+            count += int((targets != IGNORE_INDEX).sum())
+        return total / max(count, 1)
 
     @torch.no_grad()
     def generate(
