@@ -115,9 +115,11 @@ def test_ablations_table_marks_the_audio_check(runner, write_summary, tmp_path: 
     runner("ablations").main(["--collect", f"exp.out={out}", f"data.root={data}"])
     markdown = (out / "results.md").read_text()
     assert table_rows(markdown)["no audio"][check] == "yes", "0.5 <= best constant span 0.5 + 0.05"
-    assert "the best constant span fitted on the training split 0.500" in markdown
-    assert "Against the mean span alone the check fails (0.500 > 0.270 + 0.05)" in markdown
-    write_summary(out / "no_audio", metrics(0.42) | {"test/R@0.5_audio": 0.75})
+    assert "Audio check on the test split's 4 audio-only grounding queries" in markdown
+    assert "the mean span 0.000, the best constant span 0.500 (both fitted on the training split)" in markdown
+    assert "Against the mean span alone it would fail (0.500 > 0.000 + 0.05)" in markdown
+    grounding_only = {"test/R@0.5_audio": 0.2, "test/grounding_R@0.5_audio": 0.75}  # stage 4: grounding queries count
+    write_summary(out / "no_audio", metrics(0.42) | grounding_only)
     runner("ablations").main(["--collect", f"exp.out={out}", f"data.annotations={data / 'annotations'}"])
     assert table_rows((out / "results.md").read_text())["no audio"][check] == "no", "0.75 > 0.5 + 0.05"
 
