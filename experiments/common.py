@@ -18,6 +18,7 @@ run's final metrics) and the runner draws OUT/results.png with `plot_lines` / `p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from damo_lit.cli.common import PROJECT_ROOT, override_key
+from damo_lit.cli.common import CONF_DIR, PROJECT_ROOT, override_key
 
 OUT_ROOT = PROJECT_ROOT / "outputs" / "experiments"
 # --quick: a few steps per stage and one batch of val / test each, for smoke tests. The CSV logger
@@ -294,9 +295,25 @@ def run_identity(overrides: Sequence[str]) -> list[str]:
     return sorted(canonical_words(w for w in overrides if w not in restated))
 
 
+DEMO_RECIPE_KEYS = ("common", "features", "stages")
+
+
+def demo_recipe() -> str:
+    """A fingerprint of the recipe in conf/demo.yaml (the overrides every stage gets, the feature
+    cache, the stages and their budgets; comments aside): a run made under another recipe is
+    another run, never reused for this one."""
+    import omegaconf
+
+    cfg = omegaconf.OmegaConf.load(CONF_DIR / "demo.yaml")
+    recipe = {k: omegaconf.OmegaConf.to_container(cfg[k]) for k in DEMO_RECIPE_KEYS if k in cfg}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def find_twin(out_dir: Path, overrides: Sequence[str], root: Path) -> Path | None:
-    """A finished run under root/*/ (any experiment) that is the same run as `overrides`."""
+    """A finished run under root/*/ (any experiment) that is the same run as `overrides`, made
+    under the current demo recipe."""
     identity: list[str] | None = None
+    recipe = demo_recipe()
     def outside_model(words: Sequence[str]) -> list[str]:
         return sorted(w for w in words if not override_key(w).startswith("model."))
 
@@ -306,6 +323,8 @@ def find_twin(out_dir: Path, overrides: Sequence[str], root: Path) -> Path | Non
         recorded = read_json(run_json) or {}
         words = recorded.get("overrides")
         if other.resolve() == out_dir.resolve() or not isinstance(words, list) or recorded.get("same_as"):
+            continue
+        if recorded.get("recipe") != recipe:
             continue
         if outside_model(canonical_words(words)) != plain:
             continue  # cheap test first: runs that differ outside model.* are never the same
@@ -324,7 +343,7 @@ def reuse_twin(run: Run, out_dir: Path, overrides: list[str], twin: Path) -> Out
     out_dir.mkdir(parents=True)
     shutil.copyfile(twin / "summary.json", out_dir / "summary.json")
     (out_dir / "run.json").write_text(json.dumps({"name": run.name, "label": run.label, "overrides": overrides,
-                                                  "same_as": str(twin)}, indent=2))  # fmt: skip
+                                                  "recipe": demo_recipe(), "same_as": str(twin)}, indent=2))  # fmt: skip
     print(f"{run.name}: the same run as {twin} (its summary reused; --force runs it again)", flush=True)
     return Outcome(run, out_dir, "reused", read_json(out_dir / "summary.json"))
 
@@ -338,10 +357,14 @@ def run_one(run: Run, out_dir: Path, overrides: list[str], force: bool = False, 
         return Outcome(run, out_dir, "reused", summary) if is_complete(summary) else Outcome(run, out_dir, "missing")
     recorded = read_json(out_dir / "run.json") or {}
     if is_complete(summary) and not force:
-        if canonical_words(recorded.get("overrides") or []) == canonical_words(overrides):
+        same_words = canonical_words(recorded.get("overrides") or []) == canonical_words(overrides)
+        if same_words and recorded.get("recipe") == demo_recipe():
             print(f"reusing {out_dir / 'summary.json'} (--force runs it again)", flush=True)
             return Outcome(run, out_dir, "reused", summary)
-        print(f"{out_dir}: made with other overrides ({recorded.get('overrides')}); running it again", flush=True)
+        why = (f"other overrides ({recorded.get('overrides')})" if not same_words else
+               f"another demo recipe ({recorded.get('recipe') or 'not recorded'}; now {demo_recipe()}: "
+               f"conf/demo.yaml's stages changed)")
+        print(f"{out_dir}: made with {why}; running it again", flush=True)
     twin = None if force or twins_root is None else find_twin(out_dir, overrides, twins_root)
     if twin is not None:
         return reuse_twin(run, out_dir, overrides, twin)
@@ -350,7 +373,8 @@ def run_one(run: Run, out_dir: Path, overrides: list[str], force: bool = False, 
     out_dir.mkdir(parents=True)
     cmd = demo_command(out_dir, overrides)
     (out_dir / "run.json").write_text(json.dumps({"name": run.name, "label": run.label, "overrides": overrides,
-                                                  "command": cmd, "threads": threads}, indent=2, default=str))  # fmt: skip
+                                                  "recipe": demo_recipe(), "command": cmd, "threads": threads},
+                                                 indent=2, default=str))  # fmt: skip
     print("    " + " ".join(cmd), flush=True)
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     code = _tee(cmd, out_dir / "demo.log", echo=echo, env=env)

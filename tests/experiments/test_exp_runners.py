@@ -150,6 +150,41 @@ def test_the_same_run_in_another_experiment_is_reused(runner, fake_demo, tmp_pat
     assert calls(outside) == ["depth2"], "outside the experiments' root nothing is shared"
 
 
+def test_a_run_of_another_demo_recipe_is_neither_reused_nor_a_twin(runner, fake_demo, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs made before conf/demo.yaml's stages changed (other budgets) are other runs."""
+    monkeypatch.setattr(common, "OUT_ROOT", tmp_path)
+    ablations = tmp_path / "ablations"
+    assert runner("ablations").main([f"exp.out={ablations}", "exp.only=[full]"]) == 0
+    assert json.loads((ablations / "full" / "run.json").read_text())["recipe"] == common.demo_recipe()
+    assert runner("ablations").main([f"exp.out={ablations}", "exp.only=[full]"]) == 0
+    assert calls(ablations) == ["full"], "same recipe: reused"
+
+    monkeypatch.setattr(common, "demo_recipe", lambda: "0123456789ab")
+    fusion = tmp_path / "fusion_depth"
+    assert runner("fusion_depth").main([f"exp.out={fusion}", "model.fuseformer.depth=2"]) == 0
+    assert calls(fusion) == ["depth2"], "the ablations' full run was made under another recipe: no twin"
+    assert runner("ablations").main([f"exp.out={ablations}", "exp.only=[full]"]) == 0
+    assert calls(ablations) == ["full"], "its own run is out of date, and fusion_depth's depth2 is its twin now"
+    assert json.loads((ablations / "full" / "run.json").read_text())["same_as"] == str(fusion / "depth2")
+    assert runner("ablations").main([f"exp.out={ablations}", "exp.only=[full]", "--force"]) == 0
+    assert calls(ablations) == ["full", "full"]
+
+
+def test_the_recipe_fingerprint_ignores_comments_and_follows_the_budgets(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.setattr(common, "CONF_DIR", conf)
+    budgets = "stages:\n  stage3:\n    overrides: [trainer.max_steps={}]\n"
+    (conf / "demo.yaml").write_text(budgets.format(680))
+    before = common.demo_recipe()
+    (conf / "demo.yaml").write_text("# a comment\nout_dir: elsewhere\n" + budgets.format(680))
+    assert common.demo_recipe() == before
+    (conf / "demo.yaml").write_text(budgets.format(760))
+    assert common.demo_recipe() != before
+
+
 def test_jobs_run_side_by_side_with_their_share_of_the_cores(runner, fake_demo, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(common.os, "cpu_count", lambda: 4)
