@@ -11,11 +11,12 @@ Variants (folder names, for exp.only):
   skip_stage1   demo.skip=[stage1]: no video-text alignment
   skip_stage3   demo.skip=[stage3]: no temporal perception stage (stage 4 straight after 2)
 
-The audio check: on audio-only queries the no-audio model must do no better than a
-constant-span baseline on the same queries + 0.05: the stronger of the runs' own baseline (the
-training set's mean relative span, test/baseline_R@0.5_audio) and the one relative span with the
-best training R@0.5 (experiments/priors `best`, fitted on the train split of the data the runs
-read). If it does better, the synthetic picture gives the audio answers away. The table has
+The audio check: on the test split's audio-only grounding queries the no-audio model must do
+no better than a constant-span baseline on the same queries + 0.05: the stronger of the
+training set's mean relative span (what the runs log as test/baseline_*) and the one relative
+span with the best training R@0.5 (experiments/priors `best`), both fitted on the train split of
+the data the runs read (data.root / data.annotations; without those annotations, the runs' own
+test/baseline_R@0.5_audio). If it does better, the synthetic picture gives the audio answers away. The table has
 the check per variant (the full model should fail it, by a wide margin) and a verdict below it.
 The shuffle test (experiments/ablations/shuffle.py) then asks the question without a prior:
 damo-eval runs the full and the no-audio model over the test grounding queries (once, into
