@@ -253,20 +253,31 @@ def _tee(cmd: Sequence[str], log_path: Path, echo: bool = True, env: Mapping[str
         return proc.wait()
 
 
+def stage_config(extra: Sequence[str]) -> Any:
+    """The training config the demo's stages compose from these words: conf/demo.yaml's overrides
+    for every stage, then the stage words among them (the demo.* ones set the demo instead)."""
+    from damo_lit.cli.common import compose
+    from damo_lit.cli.demo import split_overrides
+
+    demo_words, stage_words = split_overrides(list(extra))
+    return compose("train", [*compose("demo", demo_words).common, *stage_words])
+
+
+def data_config(extra: Sequence[str]) -> Any:
+    """The data config the demo runs read (data=..., data.root=..., ... among the words)."""
+    return stage_config(extra).data
+
+
 # --- the same run elsewhere ------------------------------------------------------------------
 def _restated_model_defaults(overrides: Sequence[str]) -> set[str]:
     """The `model.K=V` words of `overrides` whose V is what the model config says anyway (e.g.
     model.fuseformer.depth=2 where depth is 2), given the other words."""
     from omegaconf import OmegaConf
 
-    from damo_lit.cli.common import compose
-    from damo_lit.cli.demo import split_overrides
-
     value_words = [w for w in overrides if override_key(w).startswith("model.") and not w.startswith(("+", "~"))]
     if not value_words:
         return set()
-    demo_words, stage_words = split_overrides([w for w in overrides if w not in value_words])
-    cfg = compose("train", [*compose("demo", demo_words).common, *stage_words])
+    cfg = stage_config([w for w in overrides if w not in value_words])
     restated = set()
     for word, override in zip(value_words, _parse(value_words)):
         current = OmegaConf.select(cfg, override.key_or_group, default=object())

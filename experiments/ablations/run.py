@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from experiments import common  # noqa: E402
 from experiments.ablations import shuffle  # noqa: E402
 from experiments.priors import run as priors  # noqa: E402
-from damo_lit.cli.common import override_key  # noqa: E402
 
 NAME = "ablations"
 VARIANTS = [
@@ -52,15 +51,17 @@ VARIANTS = [
 MARGIN = 0.05
 AUDIO_HEADER = f"audio R@0.5 ≤ const. span+{MARGIN:g}"
 BEST_SPAN = "the best constant span"
-DEFAULT_DATA = common.OUT_ROOT.parent / "data" / "synthetic"
 
 
-def data_annotations(extra: list[str]) -> Path:
-    """The annotations folder the runs read (data.annotations, else data.root's, else the embedded set's)."""
-    values = {override_key(w): w.split("=", 1)[1] for w in extra if "=" in w}
-    if "data.annotations" in values:
-        return Path(values["data.annotations"])
-    return Path(values.get("data.root", DEFAULT_DATA)) / "annotations"
+def data_annotations(extra: list[str]) -> Path | None:
+    """The annotations folder the runs read (the composed data config's data.annotations); None
+    where the words do not compose into a config (the runs then report their own failure)."""
+    from hydra.errors import HydraException
+
+    try:
+        return Path(common.data_config(extra).annotations)
+    except HydraException:
+        return None
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ class SpanPriors:
     queries: int
 
 
-def span_priors(annotations: Path) -> SpanPriors | None:
+def span_priors(annotations: Path | None) -> SpanPriors | None:
     """SpanPriors of a DaMO JSONL folder; None where the annotations or such queries are missing."""
+    if annotations is None:
+        return None
     files = [annotations / f"{split}.jsonl" for split in ("train", "test")]
     if not all(f.is_file() for f in files):
         return None

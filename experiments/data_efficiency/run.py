@@ -36,16 +36,11 @@ PARAMS: dict[str, Any] = {"videos": [100, 200, 400, 800], "stage1": [True, False
 SPLITS = ("train", "val", "test")
 
 
-def full_set(extra: list[str], generate: bool = True) -> tuple[Path, Path]:
+def full_set(extra: list[str]) -> tuple[Path, Path]:
     """(annotations folder, video folder) of the data the demo runs would use, generated when absent."""
     from omegaconf import OmegaConf
 
-    from damo_lit.cli.common import compose
-    from damo_lit.cli.demo import split_overrides
-
-    demo_words, stage_words = split_overrides(extra)
-    cfg = compose("train", [*compose("demo", demo_words).common, *stage_words])
-    data = cfg.data
+    data = common.data_config(extra)
     if any(data.splits.get(s) for s in SPLITS):
         raise SystemExit(f"{NAME}: data.splits is set; this runner needs data.annotations to be a folder of "
                          "train/val/test.jsonl")  # fmt: skip
