@@ -83,6 +83,27 @@ def test_a_cache_of_another_model_config_is_refused(data_overrides: list[str], f
         main([*data_overrides, *FROZEN, "model.vision.std=[0.5,0.5,0.5]", f"out={feature_cache}"])
 
 
+def test_a_linked_path_to_the_same_towers_is_the_same_config(
+    data_overrides: list[str], feature_cache: Path, tmp_path: Path
+) -> None:
+    # A checkout reached through a symlink names the towers by another path string; the cache
+    # must still serve it (and a different folder must not: see the test above).
+    tiny_dir = Path(compose("train", [*data_overrides, *FROZEN]).model.tiny_dir)
+    link = tmp_path / "linked_tiny_models"
+    link.symlink_to(tiny_dir, target_is_directory=True)
+    cfg = compose("train", [*data_overrides, *FROZEN, f"model.tiny_dir={link}", f"data.features={feature_cache}"])
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    datamodule.setup("fit")
+    assert datamodule.feature_store is not None
+
+    elsewhere = tmp_path / "other_tiny_models"
+    elsewhere.mkdir()
+    cfg = compose("train", [*data_overrides, *FROZEN, f"model.tiny_dir={elsewhere}",
+                            f"data.features={feature_cache}"])  # fmt: skip
+    with pytest.raises(FeatureCacheError, match=r"another model config: model\.audio\.name_or_path"):
+        instantiate(cfg.data, _convert_="partial").setup("fit")
+
+
 def test_towers_from_a_stage_checkpoint_need_a_cache_made_from_it(
     train_overrides: list[str], data_overrides: list[str], feature_cache: Path, tmp_path: Path
 ) -> None:

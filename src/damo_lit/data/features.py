@@ -145,9 +145,21 @@ def signature_diff(made: Mapping[str, Any], wanted: Mapping[str, Any], prefix: s
         name = f"{prefix}.{key}"
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             diffs += signature_diff(a, b, name)
-        elif a != b:
+        elif a != b and not _same_file(a, b):
             diffs.append(f"{name}: cache {a!r}, this run {b!r}")
     return diffs
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    """Two path strings naming one existing file or folder (through a symlink, or relative and
+    absolute): a tower loaded from a linked checkout is the same tower. Its weights are checked
+    apart, by digest (check_tower_weights)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either one missing: compare as the strings they are
+        return False
 
 
 def _plain(value: Any) -> Any:
