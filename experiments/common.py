@@ -18,6 +18,7 @@ run's final metrics) and the runner draws OUT/results.png with `plot_lines` / `p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -25,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -253,6 +255,10 @@ def _tee(cmd: Sequence[str], log_path: Path, echo: bool = True, env: Mapping[str
         return proc.wait()
 
 
+# Hydra's compose API keeps global state: runs side by side (exp.jobs > 1) compose one at a time.
+_COMPOSE_LOCK = threading.Lock()
+
+
 def stage_config(extra: Sequence[str]) -> Any:
     """The training config the demo's stages compose from these words: conf/demo.yaml's overrides
     for every stage, then the stage words among them (the demo.* ones set the demo instead)."""
@@ -260,7 +266,8 @@ def stage_config(extra: Sequence[str]) -> Any:
     from damo_lit.cli.demo import split_overrides
 
     demo_words, stage_words = split_overrides(list(extra))
-    return compose("train", [*compose("demo", demo_words).common, *stage_words])
+    with _COMPOSE_LOCK:
+        return compose("train", [*compose("demo", demo_words).common, *stage_words])
 
 
 def data_config(extra: Sequence[str]) -> Any:
@@ -307,17 +314,40 @@ def run_identity(overrides: Sequence[str]) -> list[str]:
 
 
 DEMO_RECIPE_KEYS = ("common", "features", "stages")
+# The composed groups a demo run's stages read besides conf/demo.yaml: their defaults are the recipe too.
+RECIPE_GROUPS = ("model", "data", "trainer")
 
 
 def demo_recipe() -> str:
-    """A fingerprint of the recipe in conf/demo.yaml (the overrides every stage gets, the feature
-    cache, the stages and their budgets; comments aside): a run made under another recipe is
-    another run, never reused for this one."""
+    """A fingerprint of the recipe: conf/demo.yaml (the overrides every stage gets, the feature
+    cache, the stages and their budgets; comments aside) and the defaults its stages compose (the
+    model, data and trainer configs, each stage's config), unresolved. A run made under another
+    recipe (say, before damo_tiny's default depth changed) is another run, never reused for this one."""
     import omegaconf
 
     cfg = omegaconf.OmegaConf.load(CONF_DIR / "demo.yaml")
     recipe = {k: omegaconf.OmegaConf.to_container(cfg[k]) for k in DEMO_RECIPE_KEYS if k in cfg}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    stages = tuple(str(stage.get("stage")) for stage in (cfg.get("stages") or {}).values() if stage.get("stage"))
+    recipe["composed"] = _composed_defaults(tuple(cfg.get("common") or ()), stages)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=8)
+def _composed_defaults(common: tuple[str, ...], stages: tuple[str, ...]) -> dict[str, Any]:
+    """RECIPE_GROUPS and each stage's `stage` node as conf/train.yaml composes them under `common`,
+    interpolations left as written (so that two checkouts in other folders agree)."""
+    from omegaconf import OmegaConf
+
+    from damo_lit.cli.common import compose
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+
+    with _COMPOSE_LOCK:
+        base = compose("train", list(common))
+        out = {group: plain(base.get(group)) for group in RECIPE_GROUPS}
+        out["stages"] = {name: plain(compose("train", [*common, f"stage={name}"]).stage) for name in stages}
+    return out
 
 
 def find_twin(out_dir: Path, overrides: Sequence[str], root: Path) -> Path | None:

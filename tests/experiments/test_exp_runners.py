@@ -4,6 +4,7 @@ which overrides in which order, resume, --force, failures, the derived data root
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,31 @@ def test_the_recipe_fingerprint_ignores_comments_and_follows_the_budgets(tmp_pat
     assert common.demo_recipe() == before
     (conf / "demo.yaml").write_text(budgets.format(760))
     assert common.demo_recipe() != before
+
+
+def test_the_recipe_fingerprint_follows_the_model_and_stage_defaults(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run made before damo_tiny's defaults (or a stage's lr) changed is of another recipe."""
+    import damo_lit.cli.common as cli_common
+
+    conf = tmp_path / "conf"
+    shutil.copytree(common.CONF_DIR, conf)
+    for module in (common, cli_common):
+        monkeypatch.setattr(module, "CONF_DIR", conf)
+    common._composed_defaults.cache_clear()
+    before = common.demo_recipe()
+    tiny = conf / "model" / "damo_tiny.yaml"
+    text = tiny.read_text()
+    assert "\n  depth: " in text
+    tiny.write_text(text.replace("\n  depth: ", "\n  depth: 3 #", 1))
+    common._composed_defaults.cache_clear()
+    after_model = common.demo_recipe()
+    assert after_model != before
+    stage = conf / "stage" / "stage3_temporal.yaml"
+    stage.write_text(stage.read_text().replace("weight_decay: 0.02", "weight_decay: 0.05", 1))
+    common._composed_defaults.cache_clear()
+    assert common.demo_recipe() not in (before, after_model)
+    common._composed_defaults.cache_clear()
 
 
 def test_jobs_run_side_by_side_with_their_share_of_the_cores(runner, fake_demo, tmp_path: Path,
