@@ -134,21 +134,26 @@ def test_data_efficiency_generates_the_full_set_when_absent(runner, tmp_path: Pa
     assert len({json.loads(line)["video"] for line in (annotations / "train.jsonl").read_text().splitlines()}) == 8
 
 
+# The embedded default's Fuseformer depth (conf/model/damo_tiny.yaml), and another one.
+DEPTH = int(common.stage_config([]).model.fuseformer.depth)
+OTHER = DEPTH + 3
+
+
 def test_the_same_run_in_another_experiment_is_reused(runner, fake_demo, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(common, "OUT_ROOT", tmp_path)
     assert runner("ablations").main([f"exp.out={tmp_path / 'ablations'}", "exp.only=[full,no_audio]"]) == 0
     fusion = tmp_path / "fusion_depth"
-    assert runner("fusion_depth").main([f"exp.out={fusion}", "model.fuseformer.depth=2,4"]) == 0
-    assert calls(fusion) == ["depth4"], "depth 2 is the model's default depth: the ablations' full run"
-    assert json.loads((fusion / "depth2" / "run.json").read_text())["same_as"] == str(tmp_path / "ablations" / "full")
-    assert (fusion / "depth2" / "summary.json").read_text() == (tmp_path / "ablations" / "full" / "summary.json").read_text()
-    assert runner("fusion_depth").main([f"exp.out={fusion}", "model.fuseformer.depth=2", "--force"]) == 0
-    assert calls(fusion) == ["depth4", "depth2"], "--force runs it for real"
+    assert runner("fusion_depth").main([f"exp.out={fusion}", f"model.fuseformer.depth={DEPTH},{OTHER}"]) == 0
+    assert calls(fusion) == [f"depth{OTHER}"], "the model's default depth: the ablations' full run"
+    assert json.loads((fusion / f"depth{DEPTH}" / "run.json").read_text())["same_as"] == str(tmp_path / "ablations" / "full")
+    assert (fusion / f"depth{DEPTH}" / "summary.json").read_text() == (tmp_path / "ablations" / "full" / "summary.json").read_text()
+    assert runner("fusion_depth").main([f"exp.out={fusion}", f"model.fuseformer.depth={DEPTH}", "--force"]) == 0
+    assert calls(fusion) == [f"depth{OTHER}", f"depth{DEPTH}"], "--force runs it for real"
 
     outside = tmp_path.parent / f"{tmp_path.name}_elsewhere"
-    assert runner("fusion_depth").main([f"exp.out={outside}", "model.fuseformer.depth=2"]) == 0
-    assert calls(outside) == ["depth2"], "outside the experiments' root nothing is shared"
+    assert runner("fusion_depth").main([f"exp.out={outside}", f"model.fuseformer.depth={DEPTH}"]) == 0
+    assert calls(outside) == [f"depth{DEPTH}"], "outside the experiments' root nothing is shared"
 
 
 def test_a_run_of_another_demo_recipe_is_neither_reused_nor_a_twin(runner, fake_demo, tmp_path: Path,
@@ -163,11 +168,11 @@ def test_a_run_of_another_demo_recipe_is_neither_reused_nor_a_twin(runner, fake_
 
     monkeypatch.setattr(common, "demo_recipe", lambda: "0123456789ab")
     fusion = tmp_path / "fusion_depth"
-    assert runner("fusion_depth").main([f"exp.out={fusion}", "model.fuseformer.depth=2"]) == 0
-    assert calls(fusion) == ["depth2"], "the ablations' full run was made under another recipe: no twin"
+    assert runner("fusion_depth").main([f"exp.out={fusion}", f"model.fuseformer.depth={DEPTH}"]) == 0
+    assert calls(fusion) == [f"depth{DEPTH}"], "the ablations' full run was made under another recipe: no twin"
     assert runner("ablations").main([f"exp.out={ablations}", "exp.only=[full]"]) == 0
-    assert calls(ablations) == ["full"], "its own run is out of date, and fusion_depth's depth2 is its twin now"
-    assert json.loads((ablations / "full" / "run.json").read_text())["same_as"] == str(fusion / "depth2")
+    assert calls(ablations) == ["full"], "its own run is out of date, and fusion_depth's run at that depth is its twin now"
+    assert json.loads((ablations / "full" / "run.json").read_text())["same_as"] == str(fusion / f"depth{DEPTH}")
     assert runner("ablations").main([f"exp.out={ablations}", "exp.only=[full]", "--force"]) == 0
     assert calls(ablations) == ["full", "full"]
 
