@@ -51,3 +51,18 @@ def test_more_than_one_device_selects_ddp(tmp_path: Path) -> None:
     cfg = compose_run("train", ["trainer.devices=2", "trainer.accelerator=cpu", "logger=csv"], tmp_path)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_learning_rates_follow_the_paper_unless_the_model_recipe_says_otherwise(stage: str) -> None:
+    from damo_lit.cli.common import compose
+
+    def lr(*overrides: str) -> float:
+        return float(compose("train", [f"stage={stage}", *overrides]).stage.optimizer.lr)
+
+    assert lr("model=damo_paper") == 1e-4, "the paper: AdamW at 1e-4 in every stage"
+    tiny = compose("train", ["model=damo_tiny"]).model.recipe
+    expected = tiny.stage4_lr if stage == "stage4_dialogue" else tiny.lr
+    assert lr("model=damo_tiny") == expected
+    assert lr("model=damo_tiny", "~model.recipe.stage4_lr") == tiny.lr, "without stage4_lr, recipe.lr serves"
+    assert lr("model=damo_tiny", "stage.optimizer.lr=5e-5") == 5e-5, "an explicit lr wins"
