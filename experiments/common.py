@@ -404,7 +404,7 @@ def run_one(run: Run, out_dir: Path, overrides: list[str], force: bool = False, 
             return Outcome(run, out_dir, "reused", summary)
         why = (f"other overrides ({recorded.get('overrides')})" if not same_words else
                f"another demo recipe ({recorded.get('recipe') or 'not recorded'}; now {demo_recipe()}: "
-               f"conf/demo.yaml's stages changed)")
+               f"conf/demo.yaml's stages or the model, data or stage defaults changed)")
         print(f"{out_dir}: made with {why}; running it again", flush=True)
     twin = None if force or twins_root is None else find_twin(out_dir, overrides, twins_root)
     if twin is not None:

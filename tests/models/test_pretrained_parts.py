@@ -76,6 +76,23 @@ def test_ensure_tiny_pretrained_reuses_and_rebuilds(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tiny-")]  # no staging left behind
 
 
+def test_a_model_without_audio_shares_the_tiny_folder(tmp_path: Path) -> None:
+    """model.audio.enabled=false (the no-audio ablation, run beside the full model) reuses the
+    folder as it is: it must not rebuild it without the audio tower, and its LM is the full model's."""
+    import copy
+
+    cfg = tiny_config(tmp_path)
+    folder = ensure_tiny_pretrained(tmp_path / "tiny", cfg)
+    stamp = (folder / "audio" / "model.safetensors").stat().st_mtime_ns
+    no_audio = copy.deepcopy(cfg)
+    no_audio["audio"]["enabled"] = False
+    no_audio["text_encoder"]["enabled"] = False
+    assert ensure_tiny_pretrained(tmp_path / "tiny", no_audio) == folder
+    assert (folder / "audio" / "model.safetensors").stat().st_mtime_ns == stamp
+    words = read_tiny_vocab()
+    assert _states_equal(build_tiny_parts(cfg, words).llm, build_tiny_parts(no_audio, words).llm)
+
+
 def test_tiny_vocab_must_fit_the_arch() -> None:
     cfg = tiny_config(Path("/nonexistent"))
     cfg["llm"]["arch"]["vocab_size"] = 50

@@ -53,7 +53,6 @@ def _tiny_manifest(model_cfg: Mapping[str, Any], words: list[str], seed: int) ->
         "seed": seed,
         "vocab_sha256": hashlib.sha256("\n".join(words).encode()).hexdigest(),
         "arch": {name: part.get("arch") for name, part in parts.items()},
-        "enabled": {name: part.get("enabled", True) for name, part in parts.items()},
         "number_embeddings": parts["llm"].get("number_embeddings", "random"),
     }
 

@@ -28,14 +28,13 @@ class TinyParts:
     """Random-init parts and the word-level tokenizer shared by the LM and the text encoder."""
 
     vision: PreTrainedModel
-    audio: PreTrainedModel | None
-    text_encoder: PreTrainedModel | None
+    audio: PreTrainedModel
+    text_encoder: PreTrainedModel
     llm: PreTrainedModel
     tokenizer: PreTrainedTokenizerFast
 
     def items(self) -> list[tuple[str, PreTrainedModel]]:
-        parts = [("vision", self.vision), ("audio", self.audio), ("text_encoder", self.text_encoder), ("llm", self.llm)]
-        return [(name, model) for name, model in parts if model is not None]
+        return [("vision", self.vision), ("audio", self.audio), ("text_encoder", self.text_encoder), ("llm", self.llm)]
 
 
 def _with_tokens(arch: dict[str, Any] | None, tokenizer: PreTrainedTokenizerFast, where: str, **ids: int) -> dict:
@@ -50,7 +49,11 @@ def _with_tokens(arch: dict[str, Any] | None, tokenizer: PreTrainedTokenizerFast
 
 
 def build_tiny_parts(cfg: DaMOConfig | Mapping[str, Any], words: Iterable[str], seed: int | None = None) -> TinyParts:
-    """Random-init every transformers part of `cfg` from its `arch`, deterministically from `seed`."""
+    """Random-init every transformers part of `cfg` from its `arch`, deterministically from `seed`.
+
+    Every part is built, `enabled` or not: the flags choose what a model uses, not what the shared
+    folder holds, so a run without audio neither rebuilds the folder from under a run with audio
+    nor draws its LM from another random stream than the full model (a clean ablation)."""
     cfg = DaMOConfig.from_mapping(cfg)
     tokenizer = build_word_tokenizer(words)
     unsaved = {"name_or_path": None}
@@ -69,14 +72,15 @@ def build_tiny_parts(cfg: DaMOConfig | Mapping[str, Any], words: Iterable[str], 
     text_cfg = dataclasses.replace(
         cfg.text_encoder,
         **unsaved,
+        enabled=True,
         pooling="cls",  # save a complete BertModel (pooler included), whatever pooling the model uses
         arch=_with_tokens(cfg.text_encoder.arch, tokenizer, "model.text_encoder", pad_token_id=tokenizer.pad_token_id),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed if seed is None else seed)
         vision = VisionTower(dataclasses.replace(cfg.vision, **unsaved)).model
-        audio = AudioTower(dataclasses.replace(cfg.audio, **unsaved)).model if cfg.audio.enabled else None
-        text = TextEncoder(text_cfg).model if cfg.text_encoder.enabled else None
+        audio = AudioTower(dataclasses.replace(cfg.audio, **unsaved, enabled=True)).model
+        text = TextEncoder(text_cfg).model
         llm = CausalLM(llm_cfg).model
     if cfg.llm.number_embeddings == "sinusoid":
         init_number_embeddings(llm, tokenizer)
