@@ -33,18 +33,22 @@ whatever the number of worker processes. The plan is made in the parent process;
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from damo_lit.data.decode import worker_context
 from damo_lit.data.schema import Record, Turn, write_jsonl
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"val": 0.1, "test": 0.1}  # train takes the rest
@@ -648,6 +652,25 @@ def is_generated(out: str | Path) -> bool:
     return manifest_path(out).is_file() and all((out / "annotations" / f"{s}.jsonl").is_file() for s in SPLITS)
 
 
+@contextmanager
+def _generation_lock(out: Path) -> Iterator[None]:
+    """Hold an inter-process lock on `out` while generating into it: two runs started side by
+    side on a fresh clone (e.g. `exp.jobs=2`) would otherwise render the same files at once."""
+    from filelock import FileLock, Timeout
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.parent / f".{out.name}.generating.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another process is generating the synthetic set in %s; waiting for it", out)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> SynthResult | None:
     """Generate the set into `out` unless it is already there ("generate when absent").
 
@@ -659,7 +682,9 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
     except TypeError as err:
         raise ValueError(f"data.generate: {err} (keys: {', '.join(SynthConfig.__dataclass_fields__)})") from None
     if not is_generated(out):
-        return generate(out, cfg)
+        with _generation_lock(Path(out)):
+            if not is_generated(out):  # another process may have finished it while we waited
+                return generate(out, cfg)
     manifest = json.loads(manifest_path(out).read_text())
     layout = int(manifest.get("layout", 1))
     if layout != LAYOUT_VERSION:
