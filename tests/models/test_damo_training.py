@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from damo_lit.cli.train import only_frozen_modules_in_eval_mode
 from damo_lit.models.damo import GROUPS, STAGE_TRAINABLE, DaMO
 from tests.models.conftest import make_batch
 
@@ -63,6 +64,10 @@ def test_gradients_reach_exactly_the_stage_groups(make_damo, stage: str, towers_
     assert damo.audio.training is towers_trainable
     assert damo.text_encoder.training is (stage == "stage1")
     assert damo.fuseformer.training
+    # so Lightning's "modules in eval mode" warning is noise here, and only here
+    assert only_frozen_modules_in_eval_mode(damo)
+    damo.fuseformer.eval()
+    assert not only_frozen_modules_in_eval_mode(damo)
 
 
 def test_whisper_fixed_positions_never_train(make_damo) -> None:

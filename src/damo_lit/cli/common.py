@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = Path(os.environ.get("DAMO_ROOT", PACKAGE_DIR.parents[1])).resolve()
 CONF_DIR = PROJECT_ROOT / "conf"
+
+# Lightning 2.6's loops build torch's deprecated LeafSpec: a FutureWarning in every stage's log
+# that a user can do nothing about.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def register_resolvers() -> None:

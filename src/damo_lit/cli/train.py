@@ -35,6 +35,7 @@ log = logging.getLogger("damo_lit.train")
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped early, resumable from checkpoints/preempted.ckpt
 RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -89,6 +90,13 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     return stage, datamodule, trainer
 
 
+def only_frozen_modules_in_eval_mode(module: Any) -> bool:
+    """True when no module in eval mode holds a trainable parameter of its own."""
+    return not any(
+        p.requires_grad for m in module.modules() if not m.training for p in m.parameters(recurse=False)
+    )
+
+
 def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> None:
     """trainer.fit, resuming from `resume_from` with weights_only loading; a SIGTERM ends the
     process with PREEMPTED_EXIT_CODE once the interrupt checkpoint is written."""
@@ -102,6 +110,10 @@ def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> N
             # Lightning warns that a plain DataLoader cannot resume mid-epoch; the datamodule's
             # EpochSampler and saved training position do exactly that (docs/reliability.md).
             warnings.filterwarnings("ignore", message=RESUME_WARNING)
+            if only_frozen_modules_in_eval_mode(stage):
+                # the frozen towers stay in eval mode on purpose (DaMO.train); the warning is
+                # kept for a module that would train in eval mode by mistake
+                warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
             trainer.fit(stage, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(f"resume_from={resume_from}", err) from None
