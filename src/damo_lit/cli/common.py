@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -13,9 +14,22 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = Path(os.environ.get("DAMO_ROOT", PACKAGE_DIR.parents[1])).resolve()
 CONF_DIR = PROJECT_ROOT / "conf"
 
-# Lightning 2.6's loops build torch's deprecated LeafSpec: a FutureWarning in every stage's log
-# that a user can do nothing about.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+def quiet_upstream_warnings() -> None:
+    """Lightning 2.6's loops build torch's deprecated LeafSpec: a FutureWarning in every stage's
+    log that a user can do nothing about."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
+class _DropAdvertisement(logging.Filter):
+    """Lightning 2.6 logs a tip to install its hosted logger at every Trainer's start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+quiet_upstream_warnings()
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
 
 
 def register_resolvers() -> None:
