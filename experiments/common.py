@@ -454,7 +454,8 @@ def run_all(runs: Sequence[Run], opts: Options) -> list[Outcome]:
     jobs = min(opts.jobs, max(len(chosen), 1))
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     # Runs are shared between experiments only in the default layout (outputs/experiments/<experiment>/).
-    twins_root = OUT_ROOT if opts.out.is_relative_to(OUT_ROOT) else None
+    root = OUT_ROOT.resolve()  # opts.out is resolved: outputs/ may be a link to scratch storage
+    twins_root = root if opts.out.is_relative_to(root) else None
 
     def one(i: int, run: Run) -> Outcome:
         if not opts.collect:

@@ -156,6 +156,20 @@ def test_the_same_run_in_another_experiment_is_reused(runner, fake_demo, tmp_pat
     assert calls(outside) == [f"depth{DEPTH}"], "outside the experiments' root nothing is shared"
 
 
+def test_runs_are_shared_when_the_outputs_folder_is_a_link(runner, fake_demo, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """outputs/ linked to scratch storage, as on clusters: the runs under it are still twins."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (tmp_path / "experiments").symlink_to(scratch)
+    monkeypatch.setattr(common, "OUT_ROOT", tmp_path / "experiments")
+    assert runner("ablations").main(["exp.only=[full]"]) == 0
+    assert runner("fusion_depth").main([f"model.fuseformer.depth={DEPTH}"]) == 0
+    assert calls(scratch / "fusion_depth") == [], "the ablations' full run is the default depth's run"
+    assert json.loads((scratch / "fusion_depth" / f"depth{DEPTH}" / "run.json").read_text())["same_as"] == \
+        str(scratch / "ablations" / "full")  # fmt: skip
+
+
 def test_a_run_of_another_demo_recipe_is_neither_reused_nor_a_twin(runner, fake_demo, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs made before conf/demo.yaml's stages changed (other budgets) are other runs."""
