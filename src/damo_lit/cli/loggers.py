@@ -44,6 +44,10 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None, entity: s
     os.environ["WANDB_MODE"] = mode
     logger = WandbLogger(project=project, save_dir=str(root), name=name, entity=entity, group=group,
                          tags=list(tags or []), mode=mode, **kwargs)
+    if logger._wandb_init.get("anonymous") is None:
+        # Lightning 2.6 passes anonymous=None, which wandb 0.2x answers with a deprecation
+        # warning in every stage's log; left out, wandb's default is the same
+        logger._wandb_init.pop("anonymous", None)
     logger.damo_log_predictions = int(log_predictions)
     logger.damo_log_timelines = int(log_timelines)
     return logger

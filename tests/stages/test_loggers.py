@@ -1,0 +1,34 @@
+"""The W&B logger factory: files inside the run folder, offline without credentials, quiet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from damo_lit.cli.loggers import wandb_logger
+
+
+@pytest.fixture
+def clean_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: no credentials
+
+
+def test_wandb_logger_keeps_its_files_in_the_run_folder_and_goes_offline(clean_wandb_env, tmp_path: Path) -> None:
+    import os
+
+    run = tmp_path / "run"
+    logger = wandb_logger(project="p", save_dir=str(run), name="stage3", log_predictions=3)
+    assert os.environ["WANDB_MODE"] == "offline"
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_CONFIG_DIR", "wandb-config")):
+        assert Path(os.environ[var]) == (run / sub if sub else run).resolve()
+    assert logger.damo_log_predictions == 3
+    # Lightning's anonymous=None made wandb warn "The anonymous setting has no effect" in every stage
+    assert "anonymous" not in logger._wandb_init
+
+
+def test_wandb_logger_rejects_an_unknown_mode(clean_wandb_env, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="logger.wandb.mode must be auto, online, offline or disabled, got 'offlne'"):
+        wandb_logger(project="p", save_dir=str(tmp_path), mode="offlne")
