@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from damo_lit.cli import demo
+from damo_lit.cli.common import compose
 
 
 def _word(cmd: list[str], key: str) -> str | None:
@@ -74,6 +76,16 @@ def test_no_init_from_when_the_previous_stage_holds_no_towers(tmp_path: Path) ->
     cmd = demo.cache_command(tmp_path / "features", run_dir, ["model=damo_paper", "+data.x=1", "trainer.devices=8"])
     assert _word(cmd, "init_from") is None
     assert cmd[-4:] == ["model=damo_paper", "+data.x=1", "model.vision.trainable=false", "model.audio.trainable=false"]
+
+
+def test_the_cache_step_composes_with_the_words_the_stages_get(tmp_path: Path) -> None:
+    # `make demo seed=1` (or an experiment's replicate) once failed in the features step:
+    # "Could not override 'seed'", after two stages had run
+    words = ["seed=1", "trainer.devices=2", "model.fuseformer.depth=2", "data.batch_size=4", "paths.cache_dir=/x"]
+    cmd = demo.cache_command(tmp_path / "features", None, words)
+    assert cmd[:3] == [sys.executable, "-m", "damo_lit.cli.cache"]
+    cfg = compose("cache", cmd[3:])
+    assert cfg.model.fuseformer.depth == 2 and cfg.data.batch_size == 4 and cfg.paths.cache_dir == "/x"
 
 
 def test_an_unknown_first_cached_stage_is_refused(calls: list[list[str]], tmp_path: Path) -> None:

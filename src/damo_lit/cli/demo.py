@@ -47,7 +47,7 @@ def stage_command(stage_cfg: str, run_dir: Path, init_from: Path | None, overrid
     return cmd + list(overrides)
 
 
-CACHE_KEYS = ("model", "data", "paths", "seed")  # the overrides damo-cache's config takes
+CACHE_KEYS = ("model", "data", "paths")  # the overrides damo-cache's config takes (no seed: encoding is deterministic)
 FROZEN_TOWERS = ["model.vision.trainable=false", "model.audio.trainable=false"]
 
 
