@@ -36,6 +36,25 @@ def test_bench_unknown_key_is_an_error(tmp_path: Path) -> None:
     assert done.returncode != 0 and "unknown key(s) ['bogus']" in done.stderr
 
 
+def test_bench_cache_over_real_clips(tmp_path: Path, shared_data: Path) -> None:
+    """Each record gets its own link to a real clip, so that every sample is really decoded."""
+    result = _bench(tmp_path, "sections=[cache_real]", f"real_videos={shared_data / 'videos'}")
+    assert result["cache_speedup_real_clips"] > 0
+    assert set(result["step_s_real_clips"]) == {"decode", "feature_cache"}
+    assert result["feature_cache_build_real_clips"]["videos"] == 4, "2 clips x real_records=2 (quick), one link each"
+    links = sorted(p.name for p in (tmp_path / "real" / "videos").iterdir())
+    assert links == ["dog_barking_000.mp4", "dog_barking_001.mp4", "silence_girl_000.mp4", "silence_girl_001.mp4"]
+    assert "854x480" in result["cache_real_setup"] and "no audio" in result["cache_real_setup"]
+
+
+def test_bench_real_clips_skipped_without_videos(tmp_path: Path) -> None:
+    empty = tmp_path / "none"
+    empty.mkdir()
+    result = _bench(tmp_path / "out", "sections=[cache_real]", f"real_videos={empty}")
+    assert result["cache_real_skipped"] == f"no .mp4 files in real_videos={empty}"
+    assert "cache_speedup_real_clips" not in result
+
+
 @pytest.mark.slow
 def test_bench_every_section(tmp_path: Path) -> None:
     result = _bench(tmp_path)
@@ -43,4 +62,4 @@ def test_bench_every_section(tmp_path: Path) -> None:
     assert result["cache_speedup"] > 0 and set(result["step_s"]) == {"decode", "decoded_npz_cache", "feature_cache",
                                                                  "decode_frozen_lm", "feature_cache_frozen_lm"}
     assert result["feature_cache_build"]["videos"] == 10
-    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "fuse"}
+    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse"}
