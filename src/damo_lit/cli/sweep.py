@@ -1,0 +1,139 @@
+"""A Hydra callback that tabulates a multirun: one row per job, best first.
+
+`damo-train -m model.fuseformer.depth=1,2,4` (or `hparams_search=...`) leaves one folder per job
+under the sweep folder, each with `.hydra/overrides.yaml` and, when the job finished, the
+`metrics.json` that damo-train writes. At the end of the multirun this callback reads them back
+from disk (so it works with any launcher whose jobs write to a shared file system) and writes
+`sweep_summary.json` and `sweep_summary.md` into the sweep folder, sorted by `optimized_metric`
+(higher is better, except losses and ranks). Jobs without metrics are listed as such, never
+dropped: a sweep that lost a job must say so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# Shown beside the optimized metric when a job has them: the figures users compare first.
+HEADLINE_METRICS = (
+    "val/R@0.5", "val/mIoU", "test/R@0.5", "test/mIoU", "test/R@0.5_audio", "test/R@0.5_visual", "test/parse_rate",
+    "val/t2v_R@1", "val/v2t_R@1", "val/loss", "test/loss",
+)  # fmt: skip
+MAX_COLUMNS = 6
+SUMMARY_JSON = "sweep_summary.json"
+SUMMARY_MD = "sweep_summary.md"
+
+
+def metric_mode(name: str) -> str:
+    """'min' for losses and ranks, 'max' for everything else (recalls, IoU, mAP, parse rate)."""
+    lowered = name.lower()
+    return "min" if "loss" in lowered or "rank" in lowered or lowered.endswith("mdr") else "max"
+
+
+@dataclass
+class JobResult:
+    job: str  # the job's folder name under the sweep folder
+    overrides: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "finished"  # finished | no metrics.json | unreadable metrics.json
+
+
+def read_job(folder: Path) -> JobResult | None:
+    """The job in `folder`, or None when it is not a Hydra job folder."""
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return None
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)]
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        return JobResult(folder.name, overrides, status="no metrics.json")
+    try:
+        raw = json.loads(metrics_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        return JobResult(folder.name, overrides, status=f"unreadable metrics.json ({err})")
+    metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return JobResult(folder.name, overrides, metrics)
+
+
+def _job_sort_key(folder: Path) -> tuple[int, str]:
+    return (int(folder.name), "") if folder.name.isdigit() else (1 << 30, folder.name)
+
+
+def collect_jobs(sweep_dir: Path) -> list[JobResult]:
+    """Every job folder directly under `sweep_dir`, in job order."""
+    folders = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=_job_sort_key)
+    return [job for job in (read_job(p) for p in folders) if job is not None]
+
+
+def rank_jobs(jobs: list[JobResult], metric: str | None) -> list[JobResult]:
+    """Jobs with the metric first, best first; then the others in job order."""
+    if not metric:
+        return list(jobs)
+    sign = -1.0 if metric_mode(metric) == "max" else 1.0
+    scored = [j for j in jobs if metric in j.metrics and math.isfinite(j.metrics[metric])]
+    rest = [j for j in jobs if j not in scored]
+    return sorted(scored, key=lambda j: sign * j.metrics[metric]) + rest
+
+
+def summary_columns(jobs: list[JobResult], metric: str | None) -> list[str]:
+    present = {name for job in jobs for name in job.metrics}
+    columns = [metric] if metric else []
+    columns += [name for name in HEADLINE_METRICS if name in present and name != metric]
+    return columns[:MAX_COLUMNS]
+
+
+def varying_overrides(jobs: list[JobResult]) -> list[list[str]]:
+    """Each job's overrides without those every job shares: the swept values."""
+    if not jobs:
+        return []
+    shared = set(jobs[0].overrides).intersection(*(set(j.overrides) for j in jobs[1:]))
+    return [[o for o in j.overrides if o not in shared] or ["(as configured)"] for j in jobs]
+
+
+def summary_markdown(jobs: list[JobResult], metric: str | None) -> str:
+    columns = summary_columns(jobs, metric)
+    header = ["job", "overrides", *columns, "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for job, swept in zip(jobs, varying_overrides(jobs)):
+        figures = [f"{job.metrics[c]:.4f}" if c in job.metrics else "–" for c in columns]
+        lines.append("| " + " | ".join([job.job, " ".join(f"`{o}`" for o in swept), *figures, job.status]) + " |")
+    order = f"sorted by {metric} ({'higher' if metric_mode(metric) == 'max' else 'lower'} is better)" if metric else (
+        "in job order (set optimized_metric=... to rank them)")  # fmt: skip
+    return "\n".join([f"# Sweep: {len(jobs)} jobs, {order}", "", *lines, ""])
+
+
+def write_summary(sweep_dir: Path, metric: str | None) -> list[JobResult]:
+    """Collect, rank and write the sweep's summary files; the ranked jobs."""
+    jobs = rank_jobs(collect_jobs(sweep_dir), metric)
+    payload = {"optimized_metric": metric, "mode": metric_mode(metric) if metric else None,
+               "jobs": [asdict(j) for j in jobs]}  # fmt: skip
+    (sweep_dir / SUMMARY_JSON).write_text(json.dumps(payload, indent=2))
+    (sweep_dir / SUMMARY_MD).write_text(summary_markdown(jobs, metric))
+    return jobs
+
+
+class SweepSummary(Callback):
+    """conf/hydra/default.yaml registers it for every damo-train multirun."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        metric = config.get("optimized_metric") or None
+        jobs = write_summary(sweep_dir, metric)
+        missing = [j.job for j in jobs if j.status != "finished"]
+        log.info("sweep summary: %s (%d jobs)", sweep_dir / SUMMARY_MD, len(jobs))
+        if missing:
+            log.warning("sweep: job(s) %s left no usable metrics.json", ", ".join(missing))
+        if metric and jobs and metric in jobs[0].metrics:
+            log.info("best %s = %.4f: job %s (%s)", metric, jobs[0].metrics[metric], jobs[0].job,
+                     " ".join(jobs[0].overrides) or "as configured")  # fmt: skip
