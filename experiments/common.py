@@ -8,7 +8,7 @@ own overrides (they define the run, so they come last). A run whose OUT/NAME/sum
 complete (damo-demo writes seconds.total only when every stage finished) and was made with the
 same overrides (OUT/NAME/run.json) is reused, unless --force; so is the same run finished in
 another experiment's folder under outputs/experiments (the ablations' `full` is fusion_depth's
-`depth2` and data_efficiency's `videos800`): OUT/NAME then gets its summary.json and a run.json
+`depth1` (the default depth) and data_efficiency's `videos800`): OUT/NAME then gets its summary.json and a run.json
 whose `same_as` names it. Anything else is deleted and run again. A failed run is reported in the table and makes the runner exit 1; the others still run.
 
 The final figures of a run are the test metrics of its last grounding stage (stage4, else
