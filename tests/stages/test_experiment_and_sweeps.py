@@ -114,3 +114,13 @@ def test_summary_ranks_lists_failures_and_shows_only_what_varies(tmp_path: Path)
 def test_metric_modes() -> None:
     assert metric_mode("val/R@0.5") == "max" and metric_mode("test/mIoU") == "max"
     assert metric_mode("val/loss") == "min" and metric_mode("val/t2v_median_rank") == "min"
+
+
+def test_damo_train_help_says_how_to_call_it_and_lists_the_groups() -> None:
+    done = subprocess.run([sys.executable, "-m", "damo_lit.cli.train", "--help"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("damo-train: one DaMO training stage")
+    assert "experiment: paper_stage3_charades, tiny_smoke" in done.stdout
+    assert "stage: stage1_align, stage2_bridge, stage3_temporal, stage4_dialogue" in done.stdout
+    assert "== The composed config" in done.stdout and "optimized_metric: null" in done.stdout
