@@ -70,6 +70,15 @@ def test_handoff_loads_previous_stage_weights_by_value(tiny_overrides: list[str]
         changed += int(not torch.equal(fresh_state[key], saved[key]))
     assert changed > len(shared) // 2, "stage 2 trained: most loaded tensors differ from a fresh build"
     assert stage3.init_report is not None and len(stage3.init_report.loaded) == len(saved)
+    assert stage3.init_report.missing == {} and stage3.init_report.missing_warning() is None
+
+    # A deeper Fuseformer than stage 2's: the extra block cannot come from the file, and says so.
+    deeper = build_run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *frozen,
+                                             "model.fuseformer.depth=2", f"stage.init_from={prev_dir}"], next_dir))[0]
+    missing = deeper.init_report.missing
+    assert list(missing) == ["fuseformer"] and all(n.startswith("fuseformer.blocks.1.") for n in missing["fuseformer"])
+    assert "fuseformer: " in deeper.init_report.missing_warning() and "fresh initialisation" in (
+        deeper.init_report.missing_warning())
 
 
 def test_towers_trained_earlier_travel_on_when_a_later_stage_freezes_them(tiny_overrides: list[str],

@@ -214,6 +214,8 @@ class DaMOStage(L.LightningModule):
         self.init_report = load_stage_weights(self.model, init_from) if init_from else None
         if self.init_report is not None:
             log.info("%s: loaded %d tensors from %s", name, len(self.init_report.loaded), self.init_report.path)
+            if warning := self.init_report.missing_warning():
+                log.warning("%s: %s", name, warning)
         # Frozen pretrained parts are rebuilt from model_cfg: Lightning checkpoints skip them.
         self.strict_loading = False
 

@@ -75,6 +75,18 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    # Parameters of a module group the file holds, yet not in the file: they keep their fresh
+    # initialisation (another depth, more queries, other LoRA targets than the previous stage's).
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    def missing_warning(self) -> str | None:
+        """One line naming what the file did not cover, or None when it covered every group it holds."""
+        if not self.missing:
+            return None
+        parts = [f"{group}: {len(names)} (e.g. {names[0]})" for group, names in self.missing.items()]
+        return (f"stage.init_from={self.path} holds these groups only in part; their other parameters keep a fresh "
+                f"initialisation: {'; '.join(parts)}. Was the previous stage built with another model config "
+                "(model.fuseformer.depth, query counts, LoRA targets)?")  # fmt: skip
 
 
 def stage_state(model: nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
@@ -129,6 +141,9 @@ def load_stage_weights(model: nn.Module, path: str | Path) -> LoadReport:
 
     Keys the model lacks are reported, not fatal (a stage-1-only head, for instance); a shape
     mismatch is an error, since it means the two stages were built from different configs.
+    Parameters of a group the file holds but not in it (a deeper Fuseformer than the previous
+    stage's) are reported in `missing`, and the stage warns: a change between stages may be
+    deliberate, a silently random block is not.
     """
     weights = resolve_weights_path(path)
     state = load_file(str(weights))
@@ -149,4 +164,10 @@ def load_stage_weights(model: nn.Module, path: str | Path) -> LoadReport:
         )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
+    if hasattr(model, "module_groups"):
+        for group, names in group_parameter_names(model).items():
+            if names & state.keys():
+                absent = sorted(names - state.keys())
+                if absent:
+                    report.missing[group] = absent
     return report
