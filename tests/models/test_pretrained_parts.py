@@ -234,6 +234,37 @@ def test_meta_build_touches_no_weights() -> None:
     assert damo.tokenizer is None
 
 
+def test_random_build_creates_parameters_in_the_configured_dtype() -> None:
+    """A random (arch-only) part is built in its dtype, not in float32 and cast: half the memory
+    for a paper-size LM. Rotary inv_freq stays float32, as from_pretrained leaves it."""
+    from transformers import AutoModelForCausalLM
+
+    from damo_lit.models.config import PretrainedSpec
+    from damo_lit.models.pretrained import load_or_build
+
+    arch = {"model_type": "mistral", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}  # fmt: skip
+    seen: list[torch.dtype] = []
+
+    def build(config):
+        seen.append(torch.get_default_dtype())
+        return AutoModelForCausalLM.from_config(config)
+
+    spec = PretrainedSpec(arch=arch, dtype="bfloat16")
+    model = load_or_build(spec, "model.llm", meta=False, load=None, build=build)
+    assert seen == [torch.bfloat16], "parameters are created in bfloat16, not cast afterwards"
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.get_default_dtype() == torch.float32, "the default dtype is restored"
+
+    def broken(config):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        load_or_build(spec, "model.llm", meta=False, load=None, build=broken)
+    assert torch.get_default_dtype() == torch.float32, "restored after a failed build too"
+
+
 def test_config_errors_name_the_dotted_key() -> None:
     cfg = tiny_config(Path("/nonexistent"))
     bad = json.loads(json.dumps(cfg))

@@ -51,6 +51,18 @@ def build_device(meta: bool) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create floating-point parameters in `dtype`, as from_pretrained(dtype=...) does: a random
+    7B LM built in float32 and cast afterwards needs twice the memory and ~1.6x the time."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def load_or_build(
     spec: PretrainedSpec,
     where: str,
@@ -68,9 +80,14 @@ def load_or_build(
     dtype = torch_dtype(spec, where)
     if meta or not spec.name_or_path:
         config = arch_config(spec, where)
-        with build_device(meta):
+        with build_device(meta), default_dtype(dtype):
             model = build(config)
-        return model.to(dtype)
+        # Parameters in `dtype`; buffers a model computes in float32 on purpose (rotary inv_freq)
+        # stay so, as from_pretrained leaves them.
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+        return model
     if spec.trust_remote_code:
         load_kwargs["trust_remote_code"] = True
     try:
