@@ -366,6 +366,33 @@ class DaMOStage(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self._skip_optimizer_step = False
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """trainer.gradient_clip_val under every recipe the configs ship. Lightning refuses two of
+        them: FSDP ('norm' unsupported: a per-rank norm over shards is wrong) and a fused AdamW under
+        bf16-mixed (its guard is meant for fp16's grad scaler, which bf16 does not have). Under FSDP
+        the root module's clip_grad_norm_ takes the norm over all shards; under bf16 the gradients
+        are already unscaled and torch clips them directly; everything else is Lightning's own."""
+        if not gradient_clip_val:
+            return
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy) and by_norm:
+            strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        unscaled = getattr(self.trainer.precision_plugin, "scaler", None) is None
+        if unscaled and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if by_norm:
+                torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+            else:
+                torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)  # fmt: skip
+
     # -- lean, complete checkpoints --------------------------------------------------------------
     def checkpoint_keys(self, state_keys: Sequence[str]) -> set[str]:
         """The keys of a module state dict a checkpoint keeps: everything that cannot be rebuilt from

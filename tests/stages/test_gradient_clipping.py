@@ -1,0 +1,66 @@
+"""trainer.gradient_clip_val (1.0 in every trainer config) under the recipes the configs ship:
+bf16-mixed with the stages' fused AdamW (trainer=gpu, slurm) and FSDP (trainer=fsdp), both of
+which Lightning's own clipping refuses at the first step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
+import pytest
+import torch
+
+from damo_lit.cli.common import compose_run
+from damo_lit.cli.train import build_run
+
+
+def _stage(tiny_overrides: list[str], tmp_path: Path, precision: str):
+    cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, f"trainer.precision={precision}"], tmp_path)
+    stage, _, trainer = build_run(cfg)
+    assert trainer.gradient_clip_val == 1.0
+    stage.trainer = trainer
+    params = [p for p in stage.parameters() if p.requires_grad]
+    optimizer = stage.optimizer_factory(params)  # the stage config's AdamW
+    assert getattr(optimizer, "_step_supports_amp_scaling", False), "the stages' AdamW is fused"
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    return stage, trainer, optimizer, params
+
+
+def _norm(params) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+def test_bf16_mixed_with_fused_adamw_clips_by_norm(tiny_overrides: list[str], tmp_path: Path) -> None:
+    stage, trainer, optimizer, params = _stage(tiny_overrides, tmp_path, "bf16-mixed")
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        stage.clip_gradients(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")  # Lightning's own
+    assert _norm(params) > 100
+    stage.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert _norm(params) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_bf16_mixed_clips_by_value_too(tiny_overrides: list[str], tmp_path: Path) -> None:
+    stage, trainer, optimizer, params = _stage(tiny_overrides, tmp_path, "bf16-mixed")
+    stage.configure_gradient_clipping(optimizer, 0.5, "value")
+    assert max(float(p.grad.abs().max()) for p in params) == pytest.approx(0.5)
+
+
+def test_fsdp_clips_through_the_root_module(tiny_overrides: list[str], tmp_path: Path) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    stage, trainer, optimizer, params = _stage(tiny_overrides, tmp_path, "32-true")
+    strategy = MagicMock(spec=FSDPStrategy)
+    stage._trainer = SimpleNamespace(strategy=strategy, precision_plugin=trainer.precision_plugin)
+    stage.configure_gradient_clipping(optimizer, 1.0, "norm")
+    strategy.model.clip_grad_norm_.assert_called_once_with(1.0)
+    assert _norm(params) > 100, "the per-rank norm of torch.nn.utils would be wrong under FSDP: not used"
+
+
+def test_full_precision_keeps_lightnings_clipping(tiny_overrides: list[str], tmp_path: Path) -> None:
+    stage, trainer, optimizer, params = _stage(tiny_overrides, tmp_path, "32-true")
+    stage.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert _norm(params) == pytest.approx(1.0, rel=1e-3)
+    stage.configure_gradient_clipping(optimizer, None, None)  # clipping off: nothing happens
+    assert _norm(params) == pytest.approx(1.0, rel=1e-3)
