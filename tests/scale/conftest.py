@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +55,24 @@ def train_overrides(data_overrides: list[str]) -> list[str]:
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_gloo_ranks(script: Path, args: list[str], ranks: int = 2, timeout: float = 240) -> None:
+    """Run `script` as `ranks` processes of one gloo process group (env:// rendezvous); fail with
+    a rank's output when one exits non-zero."""
+    port = free_port()
+    procs = []
+    for rank in range(ranks):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    for rank, proc in enumerate(procs):
+        output, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"rank {rank}: " + output[-3000:]

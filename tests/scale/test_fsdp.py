@@ -5,7 +5,10 @@ fsdp_paper.py.)"""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
@@ -102,3 +105,34 @@ def test_the_paper_fsdp_script_composes_its_recipe_on_cpu(tmp_path) -> None:
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FSDPStrategy, precision bf16-mixed, model mistral x32 layers" in done.stdout
+
+
+def test_stage_weights_and_adapter_gathered_from_fsdp_shards_on_two_cpu_ranks(tmp_path) -> None:
+    """Under FULL_SHARD a plain state_dict gives the root unit's parameters as flat shards; the
+    stage's weights and LoRA adapter must be the full values, equal to the unwrapped model's
+    (two gloo ranks on the CPU, wrapped as Lightning's FSDPStrategy wraps with conf/trainer/fsdp.yaml)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from damo_lit.cli.model import ensure_model_parts
+    from tests.scale.conftest import run_gloo_ranks
+
+    ensure_model_parts(OmegaConf.to_container(compose("train", ["model=damo_tiny"]).model, resolve=True))
+    worker = Path(__file__).with_name("fsdp_state_worker.py")
+    run_gloo_ranks(worker, ["--out", str(tmp_path)], timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert rank["units"] > 1, "decoder layers and Fuseformer blocks are units of their own"
+        assert rank["names_equal"], "the names a stage saves do not change under FSDP wrappers"
+        assert rank["misshapen_plain"], "a plain state_dict is shards under FULL_SHARD: this test would catch it"
+        assert rank["equal"] == rank["reference"] == len(rank["gathered"]), rank
+    plain, fsdp = load_file(str(tmp_path / "plain" / "weights.safetensors")), load_file(
+        str(tmp_path / "fsdp" / "weights.safetensors"))  # fmt: skip
+    assert plain.keys() == fsdp.keys() and all(torch.equal(plain[k], fsdp[k]) for k in plain)
+    adapter_plain = load_file(str(tmp_path / "plain" / "adapter" / "adapter_model.safetensors"))
+    adapter_fsdp = load_file(str(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors"))
+    assert adapter_plain and adapter_plain.keys() == adapter_fsdp.keys()
+    assert all(torch.equal(adapter_plain[k], adapter_fsdp[k]) for k in adapter_plain)
+    configs = [json.loads((tmp_path / kind / "adapter" / "adapter_config.json").read_text()) for kind in ("plain", "fsdp")]
+    assert configs[0] == configs[1], "the same adapter_config.json as peft's own save_pretrained"

@@ -4,10 +4,6 @@ equal batch counts; a loader resumed from its state_dict continues where it stop
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from damo_lit.cli.model import read_tiny_vocab
 from damo_lit.data.decode import DecodeParams, decode_video
 from damo_lit.models.tokenizer import build_word_tokenizer
 
-from .conftest import FROZEN
+from .conftest import FROZEN, run_gloo_ranks
 
 litdata = pytest.importorskip("litdata", reason="litdata is not installed (pip install --no-deps litdata)")
 
@@ -85,25 +81,8 @@ def test_a_stream_asked_for_tasks_it_lacks_names_them(video_stream: Path) -> Non
         streamed.train_dataloader()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_gloo_ranks_disjoint_equal_and_resumable(video_stream: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}  # fmt: skip
-        procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), "--stream", str(video_stream), "--out", str(tmp_path), "--stop", "1"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
-    for proc in procs:
-        output, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, output[-3000:]
+    run_gloo_ranks(WORKER, ["--stream", str(video_stream), "--out", str(tmp_path), "--stop", "1"])
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     total = json.loads((video_stream / "damo_stream.json").read_text())["samples"]["train"]["grounding"]
 

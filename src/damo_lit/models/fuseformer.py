@@ -45,7 +45,7 @@ class _Queries(nn.Module):
         super().__init__()
         self.tokens = nn.Parameter(torch.randn(count, dim) * 0.02)
         self.anchored = anchored
-        self.time_gain = nn.Parameter(torch.tensor(TIME_GAIN_INIT)) if anchored else None
+        self.time_gain = nn.Parameter(torch.full((1,), TIME_GAIN_INIT)) if anchored else None  # 1-D: FSDP refuses 0-dim
         self.register_buffer("times", anchor_times(count), persistent=False)
 
     def forward(self, batch: int) -> tuple[Tensor, Tensor | None]:

@@ -8,13 +8,16 @@ generation); the attention mask and labels are expanded alike (labels -100 on me
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import (
     AutoConfig,
@@ -159,11 +162,29 @@ class CausalLM(nn.Module):
         return self.model.get_input_embeddings()(ids)
 
     # -- LoRA adapters ------------------------------------------------------------------------
-    def save_lora(self, path: str) -> None:
-        """Save the LoRA adapter alone (peft's save_pretrained: adapter_config + weights)."""
+    def save_lora(self, path: str, state_dict: dict[str, Tensor] | None = None) -> None:
+        """Save the LoRA adapter alone in peft's format (adapter_config.json + adapter_model.safetensors).
+
+        Without `state_dict`, peft's save_pretrained reads the model. With it (the LoRA tensors,
+        keyed as the peft model's state_dict names them), those values are written in the same
+        format: under FSDP they are gathered beforehand, collectively, and peft's own selection of
+        adapter keys, which walks the module tree, would not match the wrapped module names."""
         if not isinstance(self.model, PeftModel):
             raise ValueError("model.llm.lora.enabled is false: there is no LoRA adapter to save")
-        self.model.save_pretrained(path)
+        if state_dict is None:
+            self.model.save_pretrained(path)
+            return
+        adapter = self.model.active_adapter
+        tensors = {_without_adapter_name(k, adapter): v.contiguous() for k, v in state_dict.items() if "lora_" in k}
+        if not tensors:
+            raise ValueError(f"save_lora({path!r}): the state_dict holds no LoRA tensors")
+        config = copy.deepcopy(self.model.peft_config[adapter])
+        config.inference_mode = True  # as peft saves it
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = self.model.base_model.model.__dict__.get("name_or_path") or None
+        Path(path).mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(path)
+        save_file(tensors, str(Path(path) / "adapter_model.safetensors"), metadata={"format": "pt"})
 
     def load_lora(self, name_or_path: str) -> None:
         """Load adapter weights saved by `save_lora` (or any peft adapter of the same shape)."""
@@ -278,3 +299,11 @@ class CausalLM(nn.Module):
             max_new_tokens=max_new_tokens,
             **kwargs,
         )
+
+
+def _without_adapter_name(key: str, adapter: str) -> str:
+    """'x.q_proj.lora_A.default.weight' -> 'x.q_proj.lora_A.weight': the key peft writes to disk
+    (the adapter name only where it follows a lora_* component, never inside a module name)."""
+    parts = key.split(".")
+    kept = [part for i, part in enumerate(parts) if not (part == adapter and i > 0 and parts[i - 1].startswith("lora_"))]
+    return ".".join(kept)

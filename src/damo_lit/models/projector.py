@@ -68,7 +68,7 @@ class Projector(nn.Module):
             raise ValueError(f"model.projector.query_init must be learned or pooled, got {cfg.query_init!r}")
         self.cfg = cfg
         self.queries = nn.Parameter(torch.randn(cfg.queries, dim) * 0.02)
-        self.time_gain = nn.Parameter(torch.tensor(TIME_GAIN_INIT)) if cfg.time_anchors else None
+        self.time_gain = nn.Parameter(torch.full((1,), TIME_GAIN_INIT)) if cfg.time_anchors else None  # 1-D: FSDP refuses 0-dim
         self.register_buffer("query_times", anchor_times(cfg.queries), persistent=False)
         self.layers = nn.ModuleList(QFormerLayer(dim, cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(dim)

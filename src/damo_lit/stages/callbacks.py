@@ -14,7 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from damo_lit.stages.base import NonFiniteLossError
-from damo_lit.stages.weights import save_stage_weights, stage_state
+from damo_lit.stages.weights import clean_name, save_stage_weights, stage_state
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,26 @@ class StageArtifacts(L.Callback):
         self.dirpath = Path(dirpath)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state = stage_state(pl_module.model, pl_module.persistent_names())  # collective under FSDP
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = trainer.strategy.model if isinstance(trainer.strategy.model, FSDP) else None
+        state = stage_state(pl_module.model, pl_module.persistent_names(), root)  # collective under FSDP
         if not trainer.is_global_zero:
             return
         path = save_stage_weights(self.dirpath, state, pl_module.stage_meta())
         size_mb = path.stat().st_size / 2**20
         log.info("stage weights: %s (%.1f MB, %d tensors)", path, size_mb, len(state))
         if "lora" in pl_module.trainable_groups and pl_module.model.llm.lora_parameters():
-            pl_module.model.llm.save_lora(str(self.dirpath / "adapter"))
+            save_adapter(pl_module.model, state, str(self.dirpath / "adapter"))
+
+
+def save_adapter(model: Any, state: dict[str, Any], path: str) -> None:
+    """The LoRA adapter in peft's format, from the gathered stage state (the peft model's own
+    state_dict would be collective under FSDP, and this runs on rank 0 only)."""
+    peft_model = model.llm.model
+    prefix = next(clean_name(n) for n, m in model.named_modules() if m is peft_model) + "."
+    lora = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "lora_" in k}
+    model.llm.save_lora(path, state_dict=lora)
 
 
 class DecodeFailureReport(L.Callback):

@@ -30,11 +30,23 @@ LEARNED_GROUPS = ("residual", "fuseformer", "projector", "lora")
 CARRIED_GROUPS = ("vision", "audio", "llm")
 
 
+# Module-name segments that FSDP units and activation-checkpoint wrappers insert. State-dict keys
+# never hold them (FSDP strips them), so every name this module compares is taken without them.
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter or buffer name as an unwrapped model has it."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
 def group_parameter_names(model: nn.Module) -> dict[str, set[str]]:
     """Map each module group of a DaMO model to the state-dict names of its parameters."""
     names_by_id: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        names_by_id.setdefault(id(param), []).append(name)
+        names_by_id.setdefault(id(param), []).append(clean_name(name))
     groups: dict[str, set[str]] = {}
     for group, members in model.module_groups().items():
         params = members.parameters() if isinstance(members, nn.Module) else members
@@ -61,8 +73,9 @@ def persistent_names(model: nn.Module, extra_groups: Iterable[str] = ()) -> set[
     for group in wanted:
         names |= groups.get(group, set())
     # Buffers (e.g. BatchNorm statistics) of saved modules travel with them.
-    param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    param_names = {clean_name(n) for n, _ in model.named_parameters(remove_duplicate=False)}
     for name, _ in model.named_buffers():
+        name = clean_name(name)
         owner = name.rsplit(".", 1)[0]
         if any(p.startswith(owner + ".") for p in names) and name not in param_names:
             names.add(name)
@@ -89,12 +102,17 @@ class LoadReport:
                 "(model.fuseformer.depth, query counts, LoRA targets)?")  # fmt: skip
 
 
-def stage_state(model: nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
-    """The named tensors of the model's state dict, on CPU and ready for safetensors.
+def stage_state(model: nn.Module, names: set[str], fsdp_root: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The named tensors of `model` (its clean state-dict names), on CPU and ready for safetensors.
 
-    Under FSDP `model.state_dict()` is collective: call this on every rank.
+    Under FSDP pass the root FSDP module as `fsdp_root` and call this on every rank (it is
+    collective): `model.state_dict()` there gives the root unit's parameters as flat shards.
     """
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k in names}
+    if fsdp_root is not None:
+        state = _fsdp_state(model, names, fsdp_root)
+    else:
+        state = {clean_name(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+                 if clean_name(k) in names}  # fmt: skip
     # safetensors refuses tensors that share storage (tied weights): clone them apart.
     seen: set[int] = set()
     for key, tensor in list(state.items()):
@@ -102,6 +120,39 @@ def stage_state(model: nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
         if ptr in seen:
             state[key] = tensor.clone()
         seen.add(ptr)
+    return state
+
+
+def _fsdp_state(model: nn.Module, names: set[str], fsdp_root: nn.Module) -> dict[str, torch.Tensor]:
+    """Full values of the wanted parameters, gathered one FSDP unit at a time (the peak is the
+    largest unit, never the whole model), plus the wanted buffers, which FSDP does not shard.
+
+    Needs use_orig_params=True (conf/trainer/fsdp.yaml): the original parameters then hold the
+    unit's full values inside summon_full_params. Every rank walks the units in the same order
+    and makes the same choices, so the collectives match."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    wanted: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if clean_name(name) in names:
+            wanted.setdefault(id(param), []).append(clean_name(name))
+    state: dict[str, torch.Tensor] = {}
+    for unit in FSDP.fsdp_modules(fsdp_root):
+        # A unit's own parameters: one FSDP segment in their name below it (more: a nested unit's).
+        owned = [p for n, p in unit.named_parameters(remove_duplicate=False)
+                 if n.count(WRAPPER_SEGMENTS[0]) == 1 and id(p) in wanted]  # fmt: skip
+        if not owned and unit is not fsdp_root:  # the root always: it must initialise before its units
+            continue
+        with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+            for param in owned:
+                value = param.detach().to("cpu").clone()
+                for name in wanted[id(param)]:
+                    state[name] = value
+    for module_name, module in model.named_modules():
+        for local, buffer in module.named_buffers(recurse=False):
+            name = clean_name(f"{module_name}.{local}" if module_name else local)
+            if buffer is not None and name in names and local not in module._non_persistent_buffers_set:
+                state[name] = buffer.detach().to("cpu").clone()  # as state_dict: persistent buffers only
     return state
 
 
@@ -151,6 +202,8 @@ def load_stage_weights(model: nn.Module, path: str | Path) -> LoadReport:
     report = LoadReport(path=str(weights))
     to_load: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
+        if key in own and {tensor.dim(), own[key].dim()} == {0, 1} and tensor.numel() == own[key].numel() == 1:
+            tensor = tensor.reshape(own[key].shape)  # files from before the time gains became 1-D (FSDP)
         if key not in own:
             report.unexpected.append(key)
         elif own[key].shape != tensor.shape:
