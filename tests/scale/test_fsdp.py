@@ -136,3 +136,39 @@ def test_stage_weights_and_adapter_gathered_from_fsdp_shards_on_two_cpu_ranks(tm
     assert all(torch.equal(adapter_plain[k], adapter_fsdp[k]) for k in adapter_plain)
     configs = [json.loads((tmp_path / kind / "adapter" / "adapter_config.json").read_text()) for kind in ("plain", "fsdp")]
     assert configs[0] == configs[1], "the same adapter_config.json as peft's own save_pretrained"
+
+
+def test_stage3_under_lightning_fsdp_on_two_cpu_processes(train_overrides: list[str], tmp_path) -> None:
+    """conf/trainer/fsdp.yaml's strategy end to end through damo-train, on two gloo processes
+    (tests/scale/cpu_fsdp.py lets Lightning run it without a GPU): training with activation
+    checkpointing and clipping, validation, the stage weights and adapter, the test after fit,
+    then a resume from the sharded checkpoint."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    common = [sys.executable, "-m", "damo_lit.cli.train", "stage=stage3_temporal", "trainer=fsdp",
+              "trainer.strategy._target_=tests.scale.cpu_fsdp.cpu_fsdp_strategy", "trainer.accelerator=cpu",
+              "trainer.devices=2", "trainer.precision=32-true", *train_overrides, "data.max_samples_per_split=16",
+              "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.max_epochs=-1"]  # fmt: skip
+    first = subprocess.run([*common, "trainer.max_steps=2", f"hydra.run.dir={run1}"], capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
+    log = first.stdout + first.stderr
+    assert "FSDP: testing a fresh build from" in log
+    metrics = json.loads((run1 / "metrics.json").read_text())
+    assert "val/R@0.5" in metrics and "test/R@0.5" in metrics and metrics["test/count"] > 0
+    weights = load_file(str(run1 / "weights.safetensors"))
+    assert any(k.startswith("fuseformer.blocks.0.") for k in weights), "Fuseformer blocks are FSDP units"
+    assert all(v.dim() > 0 and "_fsdp_wrapped_module" not in k for k, v in weights.items())
+    assert (run1 / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run1 / "checkpoints" / "last.ckpt").is_dir(), "a sharded checkpoint (a folder)"
+
+    second = subprocess.run([*common, "trainer.max_steps=4", f"resume_from={run1 / 'checkpoints' / 'last.ckpt'}",
+                             "test_after_fit=false", f"hydra.run.dir={run2}"], capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
+    assert "Restored all states from the checkpoint" in second.stdout + second.stderr
+    assert json.loads((run2 / "metrics.json").read_text())["train/loss"] > 0

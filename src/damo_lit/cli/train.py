@@ -62,6 +62,18 @@ def quiet_console() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def build_stage(cfg: Any, **overrides: Any) -> Any:
+    """The stage module of a composed config; `overrides` replace keys of cfg.stage (init_from=...)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from damo_lit.data.timestamps import parse_spans
+
+    parser = functools.partial(parse_spans, fmt=cfg.timestamps)
+    return instantiate(cfg.stage, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
+                       timestamps=cfg.timestamps, span_parser=parser, _convert_="partial", **overrides)  # fmt: skip
+
+
 def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     """(stage module, datamodule, trainer) from a composed config; builds what is missing first."""
     import lightning as L
@@ -69,14 +81,11 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     from omegaconf import OmegaConf
 
     from damo_lit.cli.model import ensure_model_parts
-    from damo_lit.data.timestamps import parse_spans
 
     quiet_console()
     L.seed_everything(int(cfg.seed), workers=True)
     ensure_model_parts(cfg.model)
-    parser = functools.partial(parse_spans, fmt=cfg.timestamps)
-    stage = instantiate(cfg.stage, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
-                        timestamps=cfg.timestamps, span_parser=parser, _convert_="partial")
+    stage = build_stage(cfg)
     datamodule = instantiate(cfg.data, timestamps=cfg.timestamps, _convert_="partial")
     datamodule.set_tokenizer(stage.tokenizer)
     cache = datamodule.feature_cache_signature()
@@ -145,6 +154,32 @@ def retire_requeue_checkpoints(trainer: Any) -> list[Path]:
     return renamed
 
 
+def is_fsdp(trainer: Any) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
+def stage_for_test_after_fsdp(cfg: Any, trainer: Any, out_dir: Path) -> Any:
+    """A fresh stage from the weights fit just wrote, for trainer.test under FSDP.
+
+    After fit the module holds FSDP units of its own, so Lightning's next setup takes it for a
+    hand-wrapped model and leaves out the root unit, whose parameters stay flat shards (a test
+    step then fails in the first convolution). A fresh build is wrapped whole again, and it tests
+    exactly what the next stage and damo-eval will load."""
+    import gc
+
+    from damo_lit.stages.weights import WEIGHTS_FILE
+
+    trainer.strategy.barrier("stage weights written")  # rank 0 writes them in StageArtifacts.on_fit_end
+    if not (out_dir / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{out_dir / WEIGHTS_FILE}: testing after FSDP needs the stage weights "
+                                "(callbacks.stage_artifacts must stay on)")  # fmt: skip
+    gc.collect()
+    log.info("FSDP: testing a fresh build from %s", out_dir / WEIGHTS_FILE)
+    return build_stage(cfg, init_from=str(out_dir))
+
+
 def run(cfg: Any) -> dict[str, float]:
     """Fit, then test, one stage; write metrics.json into the run folder and return the metrics."""
     from hydra.core.hydra_config import HydraConfig
@@ -159,6 +194,8 @@ def run(cfg: Any) -> dict[str, float]:
     retire_requeue_checkpoints(trainer)
     metrics = _plain_metrics(dict(trainer.callback_metrics))
     if cfg.get("test_after_fit", True):
+        if is_fsdp(trainer):
+            stage = stage_for_test_after_fsdp(cfg, trainer, out_dir)
         if hasattr(stage, "span_prior"):
             prior = datamodule.train_span_prior()
             stage.span_prior = (prior.start, prior.end) if prior is not None else None

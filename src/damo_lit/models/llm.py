@@ -250,7 +250,8 @@ class CausalLM(nn.Module):
             attention_mask=spliced.attention_mask,
             position_ids=spliced.position_ids,
             labels=spliced.labels,
-        )
+            use_cache=False,  # a teacher-forced pass needs no KV cache; under activation checkpointing a
+        )  # cache filled by the forward would be filled again by the recompute (keys twice as long)
 
     def _bucketed_loss(self, spliced: SplicedInputs) -> Tensor:
         """The mean next-token loss over every labelled token, as one pass gives it, from
@@ -272,6 +273,7 @@ class CausalLM(nn.Module):
                 inputs_embeds=spliced.inputs_embeds[rows, :width],
                 attention_mask=mask[rows, :width],
                 position_ids=spliced.position_ids[rows, :width],
+                use_cache=False,
             ).logits
             targets = labels[:, 1:]
             total = total + F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),

@@ -414,9 +414,16 @@ class DaMOStage(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the weights that cannot be rebuilt from model_cfg (frozen pretrained parts go),
-        and add the stage meta, the non-finite step counts and the RNG states (all plain values)."""
+        and add the stage meta, the non-finite step counts and the RNG states (all plain values).
+
+        Under FSDP the state stays whole: Lightning resumes a sharded checkpoint by loading every
+        key of the module's state dict (torch.distributed.checkpoint refuses a partial one). The
+        stage's own weights.safetensors stays lean either way."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
         state = checkpoint.get("state_dict")
-        if isinstance(state, dict):
+        fsdp = self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
+        if isinstance(state, dict) and not fsdp:
             keep = self.checkpoint_keys(list(state))
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         checkpoint["damo"] = self.stage_meta()
