@@ -172,3 +172,21 @@ def test_stage3_under_lightning_fsdp_on_two_cpu_processes(train_overrides: list[
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
     assert "Restored all states from the checkpoint" in second.stdout + second.stderr
     assert json.loads((run2 / "metrics.json").read_text())["train/loss"] > 0
+
+
+@pytest.mark.parametrize(("precision", "stored"), [("bf16-mixed", {torch.float32}),
+                                                   ("32-true", {torch.float32, torch.bfloat16})])
+def test_mixed_precision_stores_every_parameter_in_float32(precision: str, stored: set) -> None:
+    """FSDP flattens a unit's parameters into one tensor of one dtype ('Must flatten tensors with
+    uniform dtype' otherwise): a decoder layer holds bf16 base weights and float32 LoRA weights."""
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+
+    from damo_lit.stages.fsdp import DaMOFSDPStrategy
+
+    cfg = compose("train", ["model=damo_tiny", "trainer=fsdp", "model.llm.dtype=bfloat16", "logger=csv"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, DaMOFSDPStrategy)
+    strategy.precision_plugin = FSDPPrecision(precision)
+    model = nn.ModuleDict({"base": nn.Linear(4, 4).to(torch.bfloat16), "lora": nn.Linear(4, 2)})
+    strategy.uniform_storage_dtype(model)
+    assert {p.dtype for p in model.parameters()} == stored

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Iterable
 
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 
@@ -30,17 +32,40 @@ def resolve_classes(paths: Iterable[str]) -> set[type[nn.Module]]:
     return classes
 
 
+class DaMOFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, with one step before wrapping: FSDP flattens each unit's
+    parameters into one tensor of one dtype, while DaMO keeps its frozen pretrained parts in bf16
+    (model.*.dtype) and what it trains in float32, side by side in the same units (LoRA inside each
+    decoder layer). Under a mixed precision every floating parameter is therefore stored in
+    float32, sharded, and FSDP computes in bf16 (its MixedPrecision config). A `-true` precision
+    has already cast the whole module to one dtype."""
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            self.uniform_storage_dtype(model)
+        return super()._setup_model(model)
+
+    def uniform_storage_dtype(self, model: nn.Module) -> None:
+        """Under a mixed precision, every floating parameter in float32 (before wrapping)."""
+        if "mixed" not in str(self.precision_plugin.precision):
+            return
+        for param in model.parameters():
+            if param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
+
+
 def fsdp_strategy(wrap_classes: Iterable[str], activation_checkpointing: bool = True,
                   sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "sharded",
                   cpu_offload: bool = False, **kwargs):
-    """Build Lightning's FSDPStrategy with block-level wrapping and activation checkpointing."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
+    """Build Lightning's FSDPStrategy (DaMOFSDPStrategy: uniform float32 storage under mixed
+    precision) with block-level wrapping and activation checkpointing."""
     classes = resolve_classes(wrap_classes)
     if not classes:
         raise ValueError("trainer.strategy.wrap_classes is empty: name the LLM decoder layer and "
                          "Fuseformer block classes (the model config's fsdp_wrap_classes)")
-    return FSDPStrategy(
+    return DaMOFSDPStrategy(
         auto_wrap_policy=classes,
         activation_checkpointing_policy=classes if activation_checkpointing else None,
         sharding_strategy=sharding_strategy,
