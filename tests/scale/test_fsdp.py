@@ -190,3 +190,31 @@ def test_mixed_precision_stores_every_parameter_in_float32(precision: str, store
     model = nn.ModuleDict({"base": nn.Linear(4, 4).to(torch.bfloat16), "lora": nn.Linear(4, 2)})
     strategy.uniform_storage_dtype(model)
     assert {p.dtype for p in model.parameters()} == stored
+
+
+@pytest.mark.slow
+def test_paper_widths_under_fsdp_on_two_cpu_processes(train_overrides: list[str], tmp_path) -> None:
+    """damo_paper at the paper's widths and input shapes (one layer per tower and LM, as in
+    test_paper_shapes.py) through damo-train under the FSDP recipe on two gloo CPU processes:
+    Mistral decoder layers and Fuseformer blocks as units, CLIP and Whisper in the root unit.
+    About 3 minutes on 2 cores."""
+    import subprocess
+    import sys
+
+    from experiments.throughput.fsdp_paper import RANDOM_WEIGHTS, word_tokenizer
+    from tests.scale.test_paper_shapes import SHALLOW
+
+    tokenizer = word_tokenizer(tmp_path / "tokenizer", 32064)
+    run = tmp_path / "run"
+    done = subprocess.run([
+        sys.executable, "-m", "damo_lit.cli.train", "model=damo_paper", "stage=stage3_temporal", "trainer=fsdp",
+        "trainer.strategy._target_=tests.scale.cpu_fsdp.cpu_fsdp_strategy", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.precision=32-true", *RANDOM_WEIGHTS, *SHALLOW, f"model.llm.tokenizer={tokenizer}",
+        "model.llm.offline=true", "model.llm.gradient_checkpointing=false", *train_overrides, "data.batch_size=1",
+        "data.max_samples_per_split=4", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "stage.generation.max_new_tokens=4", f"hydra.run.dir={run}",
+    ], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/count"] > 0 and "val/R@0.5" in metrics
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
