@@ -218,3 +218,12 @@ def test_paper_widths_under_fsdp_on_two_cpu_processes(train_overrides: list[str]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/count"] > 0 and "val/R@0.5" in metrics
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_device_check_script_says_how_to_use_it() -> None:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "throughput" / "device_check.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "wheels" in done.stderr and "run" in done.stderr
