@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from damo_lit.cli.common import CONF_DIR, PROJECT_ROOT, override_key
+from damo_lit.cli.common import CONF_DIR, PROJECT_ROOT, markdown_table, override_key
 
 OUT_ROOT = PROJECT_ROOT / "outputs" / "experiments"
 # --quick: a few steps per stage and one batch of val / test each, for smoke tests. The CSV logger
@@ -496,12 +496,6 @@ def standard_columns(outcomes: Sequence[Outcome], extra: Sequence[Column] = ()) 
     """Label columns, the stage the figures come from, METRICS, `extra`, minutes."""
     return [*label_columns(outcomes), ("stage", lambda o: o.final_stage or o.status), *metric_columns(), *extra,
             ("minutes", lambda o: fmt(o.minutes, 1))]  # fmt: skip
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_results(outcomes: Sequence[Outcome], opts: Options, title: str, columns: Sequence[Column],

@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -91,3 +91,10 @@ def override_key(word: str) -> str:
 def overrides_under(words: Sequence[str], groups: Sequence[str]) -> list[str]:
     """The override words whose top-level key is one of `groups` (what another config understands)."""
     return [w for w in words if override_key(w).split(".", 1)[0] in groups]
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub markdown table; `|` inside a cell is escaped."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)

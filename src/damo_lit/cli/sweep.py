@@ -21,6 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from damo_lit.cli.common import markdown_table
+
 log = logging.getLogger(__name__)
 
 # Shown beside the optimized metric when a job has them: the figures users compare first.
@@ -101,14 +103,13 @@ def varying_overrides(jobs: list[JobResult]) -> list[list[str]]:
 
 def summary_markdown(jobs: list[JobResult], metric: str | None) -> str:
     columns = summary_columns(jobs, metric)
-    header = ["job", "overrides", *columns, "status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for job, swept in zip(jobs, varying_overrides(jobs)):
-        figures = [f"{job.metrics[c]:.4f}" if c in job.metrics else "–" for c in columns]
-        lines.append("| " + " | ".join([job.job, " ".join(f"`{o}`" for o in swept), *figures, job.status]) + " |")
+    rows = ([job.job, " ".join(f"`{o}`" for o in swept),
+             *(f"{job.metrics[c]:.4f}" if c in job.metrics else "–" for c in columns), job.status]
+            for job, swept in zip(jobs, varying_overrides(jobs)))  # fmt: skip
+    table = markdown_table(["job", "overrides", *columns, "status"], rows)
     order = f"sorted by {metric} ({'higher' if metric_mode(metric) == 'max' else 'lower'} is better)" if metric else (
         "in job order (set optimized_metric=... to rank them)")  # fmt: skip
-    return "\n".join([f"# Sweep: {len(jobs)} jobs, {order}", "", *lines, ""])
+    return "\n".join([f"# Sweep: {len(jobs)} jobs, {order}", "", table, ""])
 
 
 def write_summary(sweep_dir: Path, metric: str | None) -> list[JobResult]:

@@ -154,12 +154,6 @@ def retire_requeue_checkpoints(trainer: Any) -> list[Path]:
     return renamed
 
 
-def is_fsdp(trainer: Any) -> bool:
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(trainer.strategy, FSDPStrategy)
-
-
 def stage_for_test_after_fsdp(cfg: Any, trainer: Any, out_dir: Path) -> Any:
     """A fresh stage from the weights fit just wrote, for trainer.test under FSDP.
 
@@ -184,6 +178,8 @@ def run(cfg: Any) -> dict[str, float]:
     """Fit, then test, one stage; write metrics.json into the run folder and return the metrics."""
     from hydra.core.hydra_config import HydraConfig
 
+    from damo_lit.stages.fsdp import uses_fsdp
+
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     stage, datamodule, trainer = build_run(cfg)
     if getattr(stage, "init_report", None) is not None:
@@ -194,7 +190,7 @@ def run(cfg: Any) -> dict[str, float]:
     retire_requeue_checkpoints(trainer)
     metrics = _plain_metrics(dict(trainer.callback_metrics))
     if cfg.get("test_after_fit", True):
-        if is_fsdp(trainer):
+        if uses_fsdp(trainer):
             stage = stage_for_test_after_fsdp(cfg, trainer, out_dir)
         if hasattr(stage, "span_prior"):
             prior = datamodule.train_span_prior()

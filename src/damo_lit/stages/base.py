@@ -34,6 +34,7 @@ from torch import Tensor
 
 from damo_lit.models.damo import STAGE_TRAINABLE, DaMO, build_damo
 from damo_lit.models.media import MediaTokens
+from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.schedule import warmup_cosine
 from damo_lit.stages.weights import inherited_groups, load_stage_weights, persistent_names
 
@@ -375,12 +376,9 @@ class DaMOStage(L.LightningModule):
         are already unscaled and torch clips them directly; everything else is Lightning's own."""
         if not gradient_clip_val:
             return
-        from lightning.pytorch.strategies import FSDPStrategy
-
         by_norm = gradient_clip_algorithm in (None, "norm")
-        strategy = self.trainer.strategy
-        if isinstance(strategy, FSDPStrategy) and by_norm:
-            strategy.model.clip_grad_norm_(float(gradient_clip_val))
+        if uses_fsdp(self.trainer) and by_norm:
+            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
             return
         unscaled = getattr(self.trainer.precision_plugin, "scaler", None) is None
         if unscaled and getattr(optimizer, "_step_supports_amp_scaling", False):
@@ -419,11 +417,8 @@ class DaMOStage(L.LightningModule):
         Under FSDP the state stays whole: Lightning resumes a sharded checkpoint by loading every
         key of the module's state dict (torch.distributed.checkpoint refuses a partial one). The
         stage's own weights.safetensors stays lean either way."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
         state = checkpoint.get("state_dict")
-        fsdp = self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
-        if isinstance(state, dict) and not fsdp:
+        if isinstance(state, dict) and not uses_fsdp(self._trainer):
             keep = self.checkpoint_keys(list(state))
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         checkpoint["damo"] = self.stage_meta()

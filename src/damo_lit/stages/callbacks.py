@@ -14,6 +14,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from damo_lit.stages.base import NonFiniteLossError
+from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.weights import clean_name, save_stage_weights, stage_state
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,7 @@ class StageArtifacts(L.Callback):
         self.dirpath = Path(dirpath)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        root = trainer.strategy.model if isinstance(trainer.strategy.model, FSDP) else None
+        root = trainer.strategy.model if uses_fsdp(trainer) else None
         state = stage_state(pl_module.model, pl_module.persistent_names(), root)  # collective under FSDP
         if not trainer.is_global_zero:
             return

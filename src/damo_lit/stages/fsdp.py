@@ -8,7 +8,7 @@ named by dotted path in the config so that the same recipe serves Mistral, Llama
 from __future__ import annotations
 
 import importlib
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
@@ -30,6 +30,11 @@ def resolve_classes(paths: Iterable[str]) -> set[type[nn.Module]]:
             raise ValueError(f"trainer.strategy.wrap_classes: '{path}' is not an nn.Module class")
         classes.add(cls)
     return classes
+
+
+def uses_fsdp(trainer: Any) -> bool:
+    """Whether `trainer` (or None) trains under FSDP; its strategy's `model` is then the root unit."""
+    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
 
 
 class DaMOFSDPStrategy(FSDPStrategy):

@@ -111,8 +111,7 @@ def stage_state(model: nn.Module, names: set[str], fsdp_root: nn.Module | None =
     if fsdp_root is not None:
         state = _fsdp_state(model, names, fsdp_root)
     else:
-        state = {clean_name(k): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-                 if clean_name(k) in names}  # fmt: skip
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k in names}
     # safetensors refuses tensors that share storage (tied weights): clone them apart.
     seen: set[int] = set()
     for key, tensor in list(state.items()):
