@@ -14,13 +14,16 @@ embedding and LM head are paper-sized. Batches are random and shaped as the batc
 (24 frames of 224x224, 8 Whisper segments of 3000 mel frames, `text_tokens` text tokens).
 
 Each batch size runs in its own process (a fresh CUDA context), smallest first, until one runs
-out of memory. Written to OUT/fsdp_paper.json: the card's name and count, per batch size the
-median step time after warm-up, LLM tokens/s (text + media tokens), videos/s and peak memory
-(max over ranks of torch.cuda.max_memory_allocated), and the largest batch that fitted.
+out of memory. OUT/fsdp_paper.json is rewritten after each one, so that a run cut short by a time
+limit keeps what it measured: the card's name and count, per batch size the median step time
+after warm-up, LLM tokens/s (text + media tokens), videos/s, peak memory (max over ranks of
+torch.cuda.max_memory_allocated, and reserved), the seconds spent building and fitting, and the
+largest batch that fitted. Each child's output goes to OUT/fsdp_paper_b{B}.log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -43,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "out": str(PROJECT_ROOT / "outputs" / "bench"),
     "devices": 1, "batch_sizes": [1, 2, 4, 8, 16], "steps": 6, "warmup": 2, "text_tokens": 128,
     "check": False, "one": None,  # one=B: run a single batch size (the driver's child processes)
+    "build_on": "cuda",  # random init on the GPU (a 7B LM takes ~1 min single-threaded on a CPU); cpu falls back
 }  # fmt: skip
 RANDOM_WEIGHTS = ["model.vision.name_or_path=null", "model.audio.name_or_path=null",
                   "model.text_encoder.name_or_path=null", "model.llm.name_or_path=null"]  # fmt: skip
@@ -69,7 +73,8 @@ def overrides(cfg: Any, tokenizer: Path, run_dir: Path) -> list[str]:
         f"++model.fsdp_wrap_classes=[{','.join(TRANSFORMER_CLASSES)}]",
         f"trainer.devices={int(cfg.devices)}", f"trainer.max_steps={int(cfg.steps) + int(cfg.warmup)}",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "logger=csv",
-        "callbacks.progress_bar=null", "callbacks.model_checkpoint=null", "test_after_fit=false",
+        "callbacks.progress_bar=null", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",
+        "test_after_fit=false",
         f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
 
@@ -112,7 +117,20 @@ def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
     from damo_lit.cli.train import build_run
 
     run_cfg = compose_run("train", overrides(cfg, tokenizer, out / f"fsdp_b{batch}"), out / f"fsdp_b{batch}")
-    stage, _, trainer = build_run(run_cfg)
+    began = time.perf_counter()
+    built_on = str(cfg.build_on)
+    try:
+        with torch.device(built_on) if built_on != "cpu" else contextlib.nullcontext():
+            stage, _, trainer = build_run(run_cfg)
+    except Exception as err:  # noqa: BLE001 - a build that needs the CPU still gets measured
+        if built_on == "cpu":
+            raise
+        print(f"building on {built_on} failed ({err!r}); building on the CPU instead", file=sys.stderr, flush=True)
+        built_on = "cpu"
+        torch.cuda.empty_cache()
+        stage, _, trainer = build_run(run_cfg)
+    built = time.perf_counter()
+    print(f"built on {built_on} in {built - began:.1f} s", flush=True)
     starts: list[float] = []
 
     class Timer(L.Callback):
@@ -138,7 +156,9 @@ def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
     world = trainer.world_size
     tokens = batch * (int(cfg.text_tokens) + stage.model.llm_tokens_per_video - 1) * world
     return {"batch_per_device": batch, "devices": world, "step_s": step, "llm_tokens_per_s": tokens / step,
-            "videos_per_s": batch * world / step, "peak_memory_gib": float(peak) / 2**30}  # fmt: skip
+            "videos_per_s": batch * world / step, "peak_memory_gib": float(peak) / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "built_on": built_on,
+            "build_s": built - began, "fit_s": time.perf_counter() - built}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,17 +191,23 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": OmegaConf.to_container(cfg), "runs": [], "largest_batch_that_fits": None}
     for batch in cfg.batch_sizes:
         args = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), f"one={int(batch)}"]
-        done = subprocess.run(args, capture_output=True, text=True)
+        log = out / f"fsdp_paper_b{int(batch)}.log"
         result_file = out / f"fsdp_paper_b{int(batch)}.json"
+        result_file.unlink(missing_ok=True)
+        print(f"batch {int(batch)}: running (log {log})", flush=True)
+        with log.open("w") as sink:
+            done = subprocess.run(args, stdout=sink, stderr=subprocess.STDOUT, text=True)
         if done.returncode != 0 or not result_file.is_file():
-            oom = "out of memory" in (done.stdout + done.stderr).lower()
-            report["runs"].append({"batch_per_device": int(batch), "failed": "out of memory" if oom else
-                                   (done.stdout + done.stderr)[-2000:]})  # fmt: skip
+            text = log.read_text(errors="replace")
+            oom = "out of memory" in text.lower()
+            report["runs"].append({"batch_per_device": int(batch), "failed": "out of memory" if oom else text[-2000:]})
+            (out / "fsdp_paper.json").write_text(json.dumps(report, indent=2))
+            print(f"batch {int(batch)}: {'out of memory' if oom else 'failed, see ' + str(log)}", flush=True)
             break
         report["runs"].append(json.loads(result_file.read_text()))
         report["largest_batch_that_fits"] = int(batch)
+        (out / "fsdp_paper.json").write_text(json.dumps(report, indent=2))
         print(json.dumps(report["runs"][-1]), flush=True)
-    (out / "fsdp_paper.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out / 'fsdp_paper.json'}: {report['gpu']} x{report['gpus']}, "
           f"largest batch per device {report['largest_batch_that_fits']}")
     return 0

@@ -2,8 +2,9 @@
 
 Builds damo_tiny with fixed values in every tensor a stage saves, keeps the unwrapped stage state
 as the reference, then wraps the model as Lightning's FSDPStrategy does with conf/trainer/fsdp.yaml
-(FULL_SHARD, use_orig_params, the model's wrap classes as units, activation checkpointing on the
-same classes) and gathers the state again. Writes what it found as JSON; rank 0 also saves the
+(FULL_SHARD, use_orig_params, its wrap policy: the model's wrap classes as units and, with the base
+LM frozen as in the paper, each LoRA A and B as a unit of its own; activation checkpointing on the
+wrap classes) and gathers the state again. Writes what it found as JSON; rank 0 also saves the
 stage weights and the LoRA adapter from the gathered state beside the reference ones.
 """
 
@@ -30,12 +31,11 @@ def main() -> int:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp import ShardingStrategy
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from damo_lit.cli.common import compose
     from damo_lit.models.damo import build_damo
     from damo_lit.stages.callbacks import save_adapter
-    from damo_lit.stages.fsdp import resolve_classes
+    from damo_lit.stages.fsdp import DaMOWrapPolicy, resolve_classes
     from damo_lit.stages.weights import persistent_names, save_stage_weights, stage_state
 
     dist.init_process_group("gloo")
@@ -44,6 +44,7 @@ def main() -> int:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     wrap = model_cfg.pop("fsdp_wrap_classes")
     model = build_damo(model_cfg)
+    model.set_trainable(["residual", "fuseformer", "projector", "lora"])  # the paper's stage 3: base LM frozen
     groups = ["residual", "fuseformer", "projector", "lora", "llm"]
     names = persistent_names(model, groups)
     gen = torch.Generator().manual_seed(0)  # the same values on both ranks, none of them zero
@@ -62,7 +63,7 @@ def main() -> int:
             self.model = inner
 
     classes = resolve_classes(wrap)
-    root = FSDP(Holder(model), auto_wrap_policy=ModuleWrapPolicy(classes), use_orig_params=True,
+    root = FSDP(Holder(model), auto_wrap_policy=DaMOWrapPolicy(classes), use_orig_params=True,
                 sharding_strategy=ShardingStrategy.FULL_SHARD, device_id=torch.device("cpu"))  # fmt: skip
     apply_activation_checkpointing(root, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper),
                                    check_fn=lambda m: isinstance(m, tuple(classes)))  # fmt: skip
@@ -72,7 +73,9 @@ def main() -> int:
     plain = wrapped.state_dict()  # what a plain state_dict gives under FSDP: flat shards for the root unit
     misshapen = sorted(k for k, v in plain.items() if k in reference and tuple(v.shape) != tuple(reference[k].shape))
     equal = sorted(k for k in reference if k in gathered and torch.equal(gathered[k], reference[k]))
-    result = {"rank": rank, "units": len(FSDP.fsdp_modules(root)), "names_equal": wrapped_names == names,
+    units = FSDP.fsdp_modules(root)
+    lora_units = [u for u in units if isinstance(u.module, nn.Linear) and u.module.weight.requires_grad]
+    result = {"rank": rank, "units": len(units), "lora_units": len(lora_units), "names_equal": wrapped_names == names,
               "reference": len(reference), "gathered": sorted(gathered), "equal": len(equal),
               "misshapen_plain": misshapen}  # fmt: skip
     if rank == 0:

@@ -18,6 +18,7 @@ from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
 from damo_lit.cli.common import compose
 from damo_lit.models.damo import build_damo
 from damo_lit.models.fuseformer import FuseformerBlock
+from damo_lit.stages.fsdp import fsdp_units
 
 FUSE = "damo_lit.models.fuseformer.FuseformerBlock"
 WRAP = {
@@ -27,11 +28,11 @@ WRAP = {
 LAYER = {"damo_tiny": LlamaDecoderLayer, "damo_paper": MistralDecoderLayer}
 
 
-def _fsdp_config(model: str):
+def _fsdp_config(model: str, extra: list[str] | None = None):
     """`train` with trainer=fsdp. `++` sets model.fsdp_wrap_classes whether or not the model config
     declares it yet (models/config.py must accept the key before the model configs can carry it)."""
     cfg = compose("train", [f"model={model}", "trainer=fsdp", "logger=csv",
-                            f"++model.fsdp_wrap_classes=[{','.join(WRAP[model])}]"])  # fmt: skip
+                            f"++model.fsdp_wrap_classes=[{','.join(WRAP[model])}]", *(extra or [])])  # fmt: skip
     return cfg
 
 
@@ -43,22 +44,31 @@ def _model_cfg(cfg) -> dict:
 
 
 def _wrapped(policy, model: nn.Module) -> list[nn.Module]:
-    """The modules the policy function selects, applied to every module of the model."""
+    """The modules an FSDP auto-wrap policy makes units of (the root aside)."""
+    return [m for m in policy._run_policy(model, set(), {}) if m is not model]
+
+
+def _checkpointed(policy, model: nn.Module) -> list[nn.Module]:
+    """The modules Lightning's activation-checkpointing policy (a ModuleWrapPolicy) selects."""
     return [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
 
 
 @pytest.mark.parametrize("model", ["damo_tiny", "damo_paper"])
-def test_the_strategy_wraps_exactly_the_decoder_layers_and_fuseformer_blocks(model: str) -> None:
+def test_the_strategy_wraps_the_decoder_layers_fuseformer_blocks_and_lora_weights(model: str) -> None:
+    """Units: every decoder layer and Fuseformer block, each encoder tower, and each LoRA A and B
+    inside a decoder layer (stage 3: the base LM frozen), so that no unit mixes frozen and trainable
+    parameters except the root; activation checkpointing on the layers and blocks only."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     from damo_lit.cli.model import ensure_model_parts
 
-    cfg = _fsdp_config(model)
+    frozen = ["model.llm.trainable=false", "model.vision.trainable=false", "model.audio.trainable=false"]
+    cfg = _fsdp_config(model, frozen)  # as the paper: damo_tiny trains its small towers and LM whole
     assert cfg.trainer.precision == "bf16-mixed"
     assert list(cfg.trainer.strategy.wrap_classes) == WRAP[model]
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy)
-    assert strategy.kwargs["use_orig_params"] is True, "frozen and LoRA parameters share FSDP units"
+    assert strategy.kwargs["use_orig_params"] is True, "frozen and trainable parameters share the root unit"
 
     model_cfg = _model_cfg(cfg)
     if model == "damo_tiny":
@@ -66,18 +76,31 @@ def test_the_strategy_wraps_exactly_the_decoder_layers_and_fuseformer_blocks(mod
         damo = build_damo(model_cfg)  # the real tiny model, with LoRA
     else:
         damo = build_damo(model_cfg, meta=True)  # 7B on the meta device: no weights
+    damo.set_trainable(damo.trainable_groups("stage3"))
     layers = [m for m in damo.modules() if isinstance(m, LAYER[model])]
     blocks = [m for m in damo.modules() if isinstance(m, FuseformerBlock)]
     assert len(layers) == cfg.model.llm.arch.num_hidden_layers
     assert len(blocks) == cfg.model.fuseformer.depth
+    lora = [m for layer in layers for name, m in layer.named_modules() if ".lora_A." in f".{name}." or
+            ".lora_B." in f".{name}."]  # fmt: skip
+    lora = [m for m in lora if not list(m.children())]
+    targets = len(cfg.model.llm.lora.target_modules)
+    assert len(lora) == 2 * targets * len(layers)
+
+    towers = [m for m in (damo.vision, damo.audio, damo.text_encoder) if m is not None]
+    assert len(towers) == 3 and all(not p.requires_grad for t in towers for p in t.parameters())
 
     wrap_policy = strategy.kwargs["auto_wrap_policy"]
     wrapped = _wrapped(wrap_policy, damo)
-    assert {id(m) for m in wrapped} == {id(m) for m in layers + blocks}
-    assert len(wrapped) == len(layers) + len(blocks)
+    assert {id(m) for m in wrapped} == {id(m) for m in layers + blocks + lora + towers}
+    assert len(wrapped) == len(layers) + len(blocks) + len(lora) + len(towers)
+    units = fsdp_units(damo, wrap_policy.wraps)
+    mixed = [unit for unit, params in units.items() if len({p.requires_grad for p in params}) > 1]
+    assert mixed == [damo], "only the root unit mixes frozen and trainable parameters"
+    assert all(not p.requires_grad for layer in layers for p in units[layer]), "a layer's own weights are frozen"
 
-    checkpointed = _wrapped(strategy._activation_checkpointing_kwargs["auto_wrap_policy"], damo)
-    assert {id(m) for m in checkpointed} == {id(m) for m in wrapped}
+    checkpointed = _checkpointed(strategy._activation_checkpointing_kwargs["auto_wrap_policy"], damo)
+    assert {id(m) for m in checkpointed} == {id(m) for m in layers + blocks}
 
 
 def test_a_model_config_without_wrap_classes_is_a_clear_error() -> None:
@@ -109,7 +132,8 @@ def test_the_paper_fsdp_script_composes_its_recipe_on_cpu(tmp_path) -> None:
 
 def test_stage_weights_and_adapter_gathered_from_fsdp_shards_on_two_cpu_ranks(tmp_path) -> None:
     """Under FULL_SHARD a plain state_dict gives the root unit's parameters as flat shards; the
-    stage's weights and LoRA adapter must be the full values, equal to the unwrapped model's
+    stage's weights and LoRA adapter (its A and B split into units of their own) must be the full
+    values, equal to the unwrapped model's
     (two gloo ranks on the CPU, wrapped as Lightning's FSDPStrategy wraps with conf/trainer/fsdp.yaml)."""
     from pathlib import Path
 
@@ -124,6 +148,7 @@ def test_stage_weights_and_adapter_gathered_from_fsdp_shards_on_two_cpu_ranks(tm
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank in ranks:
         assert rank["units"] > 1, "decoder layers and Fuseformer blocks are units of their own"
+        assert rank["lora_units"] == 2 * 2 * 3, "LoRA A and B of q_proj and v_proj in 3 layers: units of their own"
         assert rank["names_equal"], "the names a stage saves do not change under FSDP wrappers"
         assert rank["misshapen_plain"], "a plain state_dict is shards under FULL_SHARD: this test would catch it"
         assert rank["equal"] == rank["reference"] == len(rank["gathered"]), rank
@@ -142,7 +167,8 @@ def test_stage3_under_lightning_fsdp_on_two_cpu_processes(train_overrides: list[
     """conf/trainer/fsdp.yaml's strategy end to end through damo-train, on two gloo processes
     (tests/scale/cpu_fsdp.py lets Lightning run it without a GPU): training with activation
     checkpointing and clipping, validation, the stage weights and adapter, the test after fit,
-    then a resume from the sharded checkpoint."""
+    then a resume from the sharded checkpoint. The base LM is frozen, so that LoRA's A and B train
+    as units of their own inside the checkpointed decoder layers."""
     import subprocess
     import sys
 
@@ -152,12 +178,14 @@ def test_stage3_under_lightning_fsdp_on_two_cpu_processes(train_overrides: list[
     common = [sys.executable, "-m", "damo_lit.cli.train", "stage=stage3_temporal", "trainer=fsdp",
               "trainer.strategy._target_=tests.scale.cpu_fsdp.cpu_fsdp_strategy", "trainer.accelerator=cpu",
               "trainer.devices=2", "trainer.precision=32-true", *train_overrides, "data.max_samples_per_split=16",
+              "model.llm.trainable=false",  # the paper's stage 3: LoRA's A and B become units of their own
               "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.max_epochs=-1"]  # fmt: skip
     first = subprocess.run([*common, "trainer.max_steps=2", f"hydra.run.dir={run1}"], capture_output=True, text=True,
                            timeout=600)  # fmt: skip
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
     log = first.stdout + first.stderr
     assert "FSDP: testing a fresh build from" in log
+    assert "layers.0 has both parameters with requires_grad=True and False" not in log, "LoRA split off"
     metrics = json.loads((run1 / "metrics.json").read_text())
     assert "val/R@0.5" in metrics and "test/R@0.5" in metrics and metrics["test/count"] > 0
     weights = load_file(str(run1 / "weights.safetensors"))
@@ -174,22 +202,37 @@ def test_stage3_under_lightning_fsdp_on_two_cpu_processes(train_overrides: list[
     assert json.loads((run2 / "metrics.json").read_text())["train/loss"] > 0
 
 
-@pytest.mark.parametrize(("precision", "stored"), [("bf16-mixed", {torch.float32}),
-                                                   ("32-true", {torch.float32, torch.bfloat16})])
-def test_mixed_precision_stores_every_parameter_in_float32(precision: str, stored: set) -> None:
+class _Layer(nn.Module):
+    """A decoder layer in miniature: a frozen bf16 base weight and a trainable float32 LoRA pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4).to(torch.bfloat16).requires_grad_(False)
+        self.lora_A, self.lora_B = nn.Linear(4, 2, bias=False), nn.Linear(2, 4, bias=False)
+
+
+@pytest.mark.parametrize(("precision", "tower"), [("bf16-mixed", torch.float32), ("32-true", torch.bfloat16)])
+def test_a_unit_that_mixes_dtypes_is_stored_in_float32(precision: str, tower: torch.dtype) -> None:
     """FSDP flattens a unit's parameters into one tensor of one dtype ('Must flatten tensors with
-    uniform dtype' otherwise): a decoder layer holds bf16 base weights and float32 LoRA weights."""
+    uniform dtype' otherwise). The root unit holds a bf16 tower beside float32 trainable weights and
+    is stored in float32 under a mixed precision; a layer, once its LoRA pair is split off into
+    units of their own, keeps its frozen weights in bf16 (half the memory)."""
     from lightning.pytorch.plugins.precision import FSDPPrecision
 
     from damo_lit.stages.fsdp import DaMOFSDPStrategy
 
-    cfg = compose("train", ["model=damo_tiny", "trainer=fsdp", "model.llm.dtype=bfloat16", "logger=csv"])
+    cfg = compose("train", ["model=damo_tiny", "trainer=fsdp", "logger=csv",
+                            f"trainer.strategy.wrap_classes=[{__name__}._Layer]"])  # fmt: skip
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, DaMOFSDPStrategy)
     strategy.precision_plugin = FSDPPrecision(precision)
-    model = nn.ModuleDict({"base": nn.Linear(4, 4).to(torch.bfloat16), "lora": nn.Linear(4, 2)})
+    model = nn.ModuleDict({"tower": nn.Linear(4, 4).to(torch.bfloat16).requires_grad_(False),
+                           "projector": nn.Linear(4, 4), "layer": _Layer()})  # fmt: skip
     strategy.uniform_storage_dtype(model)
-    assert {p.dtype for p in model.parameters()} == stored
+    assert model["tower"].weight.dtype == tower, "the root unit mixes dtypes"
+    assert model["projector"].weight.dtype == torch.float32
+    assert model["layer"].base.weight.dtype == torch.bfloat16, "the layer's own unit holds bf16 alone"
+    assert model["layer"].lora_A.weight.dtype == model["layer"].lora_B.weight.dtype == torch.float32
 
 
 @pytest.mark.slow

@@ -3,16 +3,31 @@
 Wrap targets are the LLM's decoder layers and the Fuseformer blocks (the repeated, heavy
 blocks); everything else (towers, projector, small heads) stays in the root unit. Classes are
 named by dotted path in the config so that the same recipe serves Mistral, Llama and Qwen.
+
+A decoder layer holds frozen base weights and trainable LoRA weights side by side. FSDP allocates
+a gradient for a unit's whole flat parameter as soon as one of its parameters trains, and flattens
+one dtype per unit, so a plain class-based wrap of a LoRA'd 7B LM stores and differentiates all 7B
+weights in float32 (measured on one H100 80GB: 74 GiB at batch 1, docs/scale.md). The policy here
+therefore makes each trainable leaf inside such a unit (LoRA's A and B) a unit of its own: the
+layer's remaining weights are frozen, keep their bf16 storage and get no gradient. The encoder
+towers are units of their own too: left in the root unit beside trainable weights, a frozen
+tower's parameters are views of a flat parameter that requires grad, so autograd keeps the
+tower's activations (about 5 GiB per video for CLIP ViT-L/14 over 24 frames).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
+from torch.distributed.fsdp.wrap import CustomPolicy
+
+from damo_lit.models.encoders import AudioTower, TextEncoder, VisionTower
+
+TOWER_CLASSES: tuple[type[nn.Module], ...] = (VisionTower, AudioTower, TextEncoder)
 
 
 def resolve_classes(paths: Iterable[str]) -> set[type[nn.Module]]:
@@ -32,6 +47,71 @@ def resolve_classes(paths: Iterable[str]) -> set[type[nn.Module]]:
     return classes
 
 
+def fsdp_units(root: nn.Module, wraps: Callable[[nn.Module], bool]) -> dict[nn.Module, list[nn.Parameter]]:
+    """The units FSDP would build (the root, then each module `wraps` selects) with the parameters
+    each one flattens: its own, not those of units nested inside it. A shared parameter counts once."""
+    units: dict[nn.Module, list[nn.Parameter]] = {root: []}
+    seen: set[int] = set()
+
+    def visit(module: nn.Module, unit: nn.Module) -> None:
+        for param in module.parameters(recurse=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                units[unit].append(param)
+        for child in module.children():
+            child_unit = unit
+            if wraps(child):
+                child_unit = child
+                units.setdefault(child, [])
+            visit(child, child_unit)
+
+    visit(root, root)
+    return units
+
+
+def trainable_leaves_to_split(root: nn.Module, classes: tuple[type[nn.Module], ...]) -> list[nn.Module]:
+    """Leaf modules whose parameters all train, inside a unit of one of `classes` that also holds
+    frozen ones (LoRA's A and B in a decoder layer). The root unit is left whole: its leaves include
+    modules whose weights are read without calling them (nn.MultiheadAttention's out_proj), which
+    FSDP cannot serve."""
+    units = fsdp_units(root, lambda m: isinstance(m, classes))
+    leaves: list[nn.Module] = []
+    for unit, params in units.items():
+        if unit is root or len({p.requires_grad for p in params}) < 2:
+            continue
+        nested = [m for m in unit.modules() if m is not unit and isinstance(m, classes)]
+        inside_nested = {id(m) for n in nested for m in n.modules()}
+        for module in unit.modules():
+            own = list(module.parameters(recurse=False))
+            if (id(module) not in inside_nested and not list(module.children()) and own
+                    and all(p.requires_grad for p in own)):  # fmt: skip
+                leaves.append(module)
+    return leaves
+
+
+class DaMOWrapPolicy(CustomPolicy):
+    """The wrap classes and the encoder towers as units, plus the trainable leaves of units that
+    would mix frozen and trainable parameters (`trainable_leaves_to_split`), found when FSDP applies
+    the policy to the model. Activation checkpointing is a separate policy (the wrap classes)."""
+
+    def __init__(self, classes: Iterable[type[nn.Module]]) -> None:
+        self.classes = tuple(classes) + TOWER_CLASSES
+        self._split: set[int] = set()
+        super().__init__(self.wraps)
+
+    def prepare(self, root: nn.Module) -> None:
+        """Find the leaves to split in `root` (FSDP calls this through _run_policy)."""
+        self._split = {id(m) for m in trainable_leaves_to_split(root, self.classes)}
+
+    def wraps(self, module: nn.Module) -> bool:
+        return isinstance(module, self.classes) or id(module) in self._split
+
+    def _run_policy(self, root_module: nn.Module, ignored_modules: set[nn.Module],
+                    root_kwargs: dict[str, Any]) -> dict[nn.Module, dict[str, Any]]:  # fmt: skip
+        self.prepare(root_module)
+        return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+
 def uses_fsdp(trainer: Any) -> bool:
     """Whether `trainer` (or None) trains under FSDP; its strategy's `model` is then the root unit."""
     return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
@@ -40,10 +120,11 @@ def uses_fsdp(trainer: Any) -> bool:
 class DaMOFSDPStrategy(FSDPStrategy):
     """Lightning's FSDPStrategy, with one step before wrapping: FSDP flattens each unit's
     parameters into one tensor of one dtype, while DaMO keeps its frozen pretrained parts in bf16
-    (model.*.dtype) and what it trains in float32, side by side in the same units (LoRA inside each
-    decoder layer). Under a mixed precision every floating parameter is therefore stored in
-    float32, sharded, and FSDP computes in bf16 (its MixedPrecision config). A `-true` precision
-    has already cast the whole module to one dtype."""
+    (model.*.dtype) and what it trains in float32. Under a mixed precision, a unit that would hold
+    both (the root: towers beside the projector's queries) is therefore stored in float32, sharded,
+    and FSDP computes in bf16 (its MixedPrecision config); units of one dtype keep it (a decoder
+    layer's frozen bf16 weights once DaMOWrapPolicy has split LoRA off). A `-true` precision has
+    already cast the whole module to one dtype."""
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -53,12 +134,21 @@ class DaMOFSDPStrategy(FSDPStrategy):
         return super()._setup_model(model)
 
     def uniform_storage_dtype(self, model: nn.Module) -> None:
-        """Under a mixed precision, every floating parameter in float32 (before wrapping)."""
+        """Under a mixed precision, every floating parameter of a unit that mixes dtypes in float32
+        (before wrapping; units as this strategy's auto_wrap_policy will build them)."""
         if "mixed" not in str(self.precision_plugin.precision):
             return
-        for param in model.parameters():
-            if param.is_floating_point() and param.dtype != torch.float32:
-                param.data = param.data.float()
+        policy = self.kwargs.get("auto_wrap_policy")
+        if isinstance(policy, DaMOWrapPolicy):
+            policy.prepare(model)
+            wraps = policy.wraps
+        else:
+            wraps = lambda module: False  # noqa: E731 - one unit: the whole model
+        for params in fsdp_units(model, wraps).values():
+            floating = [p for p in params if p.is_floating_point()]
+            if len({p.dtype for p in floating}) > 1:
+                for param in floating:
+                    param.data = param.data.float()
 
 
 def fsdp_strategy(wrap_classes: Iterable[str], activation_checkpointing: bool = True,
@@ -71,7 +161,7 @@ def fsdp_strategy(wrap_classes: Iterable[str], activation_checkpointing: bool = 
         raise ValueError("trainer.strategy.wrap_classes is empty: name the LLM decoder layer and "
                          "Fuseformer block classes (the model config's fsdp_wrap_classes)")
     return DaMOFSDPStrategy(
-        auto_wrap_policy=classes,
+        auto_wrap_policy=DaMOWrapPolicy(classes),
         activation_checkpointing_policy=classes if activation_checkpointing else None,
         sharding_strategy=sharding_strategy,
         state_dict_type=state_dict_type,
