@@ -9,7 +9,7 @@
 #       versions .venv tests here), and adds .whl/ to .git/info/exclude; torch stays the image's;
 #   there (the device tool's run, carry [".whl"]):   experiments/throughput/device_check.sh run
 #       installs them into /tmp/site, records the card and versions, runs fsdp_paper.py over
-#       BATCHES (default [1,4,16]; STEPS timed after WARMUP, 4 and 2) within FSDP_TIMEOUT seconds
+#       BATCHES (default [1,8,32,64,128]; STEPS timed after WARMUP, 3 and 1) within FSDP_TIMEOUT seconds
 #       (default 420) and copies the
 #       figures and logs into $OUT (env.txt, fsdp_paper.json, fsdp_paper.log, children.log).
 set -uo pipefail
@@ -41,7 +41,7 @@ case "${1:-}" in
     cat "$OUT/env.txt"
     work=$(mktemp -d)
     timeout "${FSDP_TIMEOUT:-420}" "$PYTHON" experiments/throughput/fsdp_paper.py devices=1 \
-      "batch_sizes=${BATCHES:-[1,4,16]}" "steps=${STEPS:-4}" "warmup=${WARMUP:-2}" "out=$work" > "$OUT/fsdp_paper.log" 2>&1
+      "batch_sizes=${BATCHES:-[1,8,32,64,128]}" "steps=${STEPS:-3}" "warmup=${WARMUP:-1}" "out=$work" > "$OUT/fsdp_paper.log" 2>&1
     rc=$?
     cp "$work/fsdp_paper.json" "$OUT/" 2>/dev/null
     for log in "$work"/fsdp_paper_b*.log; do [ -f "$log" ] && { echo "=== $log"; cat "$log"; }; done > "$OUT/children.log"

@@ -2,7 +2,7 @@
 
 NEEDS GPUs (Lightning's FSDP is CUDA-only); on a machine without one it says so and exits 2.
 
-    python experiments/throughput/fsdp_paper.py [devices=1] [batch_sizes=[1,2,4,8,16]] [steps=6]
+    python experiments/throughput/fsdp_paper.py [devices=1] [batch_sizes=[1,8,32,64,128]] [steps=6]
     python experiments/throughput/fsdp_paper.py check=true      # CPU: compose + build the strategy only
 
 damo_paper (CLIP ViT-L/14, Whisper-small encoder, 768-wide T-Fuseformer, Mistral-7B + LoRA r=32)
@@ -44,7 +44,7 @@ from damo_lit.cli.common import PROJECT_ROOT, compose_run  # noqa: E402
 
 DEFAULTS: dict[str, Any] = {
     "out": str(PROJECT_ROOT / "outputs" / "bench"),
-    "devices": 1, "batch_sizes": [1, 2, 4, 8, 16], "steps": 6, "warmup": 2, "text_tokens": 128,
+    "devices": 1, "batch_sizes": [1, 8, 32, 64, 128], "steps": 6, "warmup": 2, "text_tokens": 128,
     "check": False, "one": None,  # one=B: run a single batch size (the driver's child processes)
     "build_on": "cuda",  # random init on the GPU (a 7B LM takes ~1 min single-threaded on a CPU); cpu falls back
 }  # fmt: skip
