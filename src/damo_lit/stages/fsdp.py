@@ -154,8 +154,8 @@ class DaMOFSDPStrategy(FSDPStrategy):
 def fsdp_strategy(wrap_classes: Iterable[str], activation_checkpointing: bool = True,
                   sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "sharded",
                   cpu_offload: bool = False, **kwargs):
-    """Build Lightning's FSDPStrategy (DaMOFSDPStrategy: uniform float32 storage under mixed
-    precision) with block-level wrapping and activation checkpointing."""
+    """Build Lightning's FSDPStrategy (DaMOFSDPStrategy: float32 storage for units that mix dtypes
+    under a mixed precision) with DaMOWrapPolicy's units and activation checkpointing on the blocks."""
     classes = resolve_classes(wrap_classes)
     if not classes:
         raise ValueError("trainer.strategy.wrap_classes is empty: name the LLM decoder layer and "
@@ -166,6 +166,6 @@ def fsdp_strategy(wrap_classes: Iterable[str], activation_checkpointing: bool = 
         sharding_strategy=sharding_strategy,
         state_dict_type=state_dict_type,
         cpu_offload=cpu_offload,
-        use_orig_params=True,  # frozen and trainable parameters share FSDP units (LoRA)
+        use_orig_params=True,  # frozen and trainable parameters share the root unit
         **kwargs,
     )
