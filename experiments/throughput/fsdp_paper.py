@@ -17,8 +17,8 @@ Each batch size runs in its own process (a fresh CUDA context), smallest first, 
 out of memory. OUT/fsdp_paper.json is rewritten after each one, so that a run cut short by a time
 limit keeps what it measured: the card's name and count, per batch size the median step time
 after warm-up, LLM tokens/s (text + media tokens), videos/s, peak memory (max over ranks of
-torch.cuda.max_memory_allocated, and reserved), the seconds spent building and fitting, and the
-largest batch that fitted. Each child's output goes to OUT/fsdp_paper_b{B}.log.
+torch.cuda.max_memory_allocated, and reserved), the seconds spent building and fitting, the last
+training loss, and the largest batch that fitted. Each child's output goes to OUT/fsdp_paper_b{B}.log.
 """
 
 from __future__ import annotations
@@ -154,11 +154,13 @@ def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
     world = trainer.world_size
+    loss = trainer.callback_metrics.get("train/loss")  # finite: the bf16 steps computed something sane
     tokens = batch * (int(cfg.text_tokens) + stage.model.llm_tokens_per_video - 1) * world
     return {"batch_per_device": batch, "devices": world, "step_s": step, "llm_tokens_per_s": tokens / step,
             "videos_per_s": batch * world / step, "peak_memory_gib": float(peak) / 2**30,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "built_on": built_on,
-            "build_s": built - began, "fit_s": time.perf_counter() - built}  # fmt: skip
+            "build_s": built - began, "fit_s": time.perf_counter() - built,
+            "last_loss": float(loss) if loss is not None else None}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
