@@ -1,8 +1,9 @@
 """The FSDP recipe: which modules become FSDP units, with activation checkpointing, for bf16 runs.
 
 Wrap targets are the LLM's decoder layers and the Fuseformer blocks (the repeated, heavy
-blocks); everything else (towers, projector, small heads) stays in the root unit. Classes are
-named by dotted path in the config so that the same recipe serves Mistral, Llama and Qwen.
+blocks, also activation-checkpointed) and the encoder towers; the rest (projector, residual, the
+LM's embeddings and head) stays in the root unit. The classes are named by dotted path in the
+config so that the same recipe serves Mistral, Llama and Qwen.
 
 A decoder layer holds frozen base weights and trainable LoRA weights side by side. FSDP allocates
 a gradient for a unit's whole flat parameter as soon as one of its parameters trains, and flattens
@@ -121,7 +122,7 @@ class DaMOFSDPStrategy(FSDPStrategy):
     """Lightning's FSDPStrategy, with one step before wrapping: FSDP flattens each unit's
     parameters into one tensor of one dtype, while DaMO keeps its frozen pretrained parts in bf16
     (model.*.dtype) and what it trains in float32. Under a mixed precision, a unit that would hold
-    both (the root: towers beside the projector's queries) is therefore stored in float32, sharded,
+    both (the root: the LM's embeddings beside the projector) is therefore stored in float32, sharded,
     and FSDP computes in bf16 (its MixedPrecision config); units of one dtype keep it (a decoder
     layer's frozen bf16 weights once DaMOWrapPolicy has split LoRA off). A `-true` precision has
     already cast the whole module to one dtype."""
