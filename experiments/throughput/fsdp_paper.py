@@ -23,7 +23,6 @@ training loss, and the largest batch that fitted. Each child's output goes to OU
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -120,7 +119,7 @@ def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
     began = time.perf_counter()
     built_on = str(cfg.build_on)
     try:
-        with torch.device(built_on) if built_on != "cpu" else contextlib.nullcontext():
+        with torch.device(built_on):
             stage, _, trainer = build_run(run_cfg)
     except Exception as err:  # noqa: BLE001 - a build that needs the CPU still gets measured
         if built_on == "cpu":

@@ -48,26 +48,36 @@ def resolve_classes(paths: Iterable[str]) -> set[type[nn.Module]]:
     return classes
 
 
-def fsdp_units(root: nn.Module, wraps: Callable[[nn.Module], bool]) -> dict[nn.Module, list[nn.Parameter]]:
-    """The units FSDP would build (the root, then each module `wraps` selects) with the parameters
-    each one flattens: its own, not those of units nested inside it. A shared parameter counts once."""
-    units: dict[nn.Module, list[nn.Parameter]] = {root: []}
-    seen: set[int] = set()
+def module_units(root: nn.Module, wraps: Callable[[nn.Module], bool]) -> dict[nn.Module, nn.Module]:
+    """Each module's FSDP unit: the nearest of itself and its ancestors that `wraps` selects, else the root."""
+    owner: dict[nn.Module, nn.Module] = {}
 
     def visit(module: nn.Module, unit: nn.Module) -> None:
+        owner[module] = unit
+        for child in module.children():
+            visit(child, child if wraps(child) else unit)
+
+    visit(root, root)
+    return owner
+
+
+def unit_parameters(owner: dict[nn.Module, nn.Module]) -> dict[nn.Module, list[nn.Parameter]]:
+    """The parameters each unit of `module_units` flattens: its own modules', not those of units
+    nested inside it. A shared parameter counts once."""
+    units: dict[nn.Module, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module, unit in owner.items():
+        params = units.setdefault(unit, [])
         for param in module.parameters(recurse=False):
             if id(param) not in seen:
                 seen.add(id(param))
-                units[unit].append(param)
-        for child in module.children():
-            child_unit = unit
-            if wraps(child):
-                child_unit = child
-                units.setdefault(child, [])
-            visit(child, child_unit)
-
-    visit(root, root)
+                params.append(param)
     return units
+
+
+def fsdp_units(root: nn.Module, wraps: Callable[[nn.Module], bool]) -> dict[nn.Module, list[nn.Parameter]]:
+    """The units FSDP would build (the root, then each module `wraps` selects) with their parameters."""
+    return unit_parameters(module_units(root, wraps))
 
 
 def trainable_leaves_to_split(root: nn.Module, classes: tuple[type[nn.Module], ...]) -> list[nn.Module]:
@@ -75,18 +85,14 @@ def trainable_leaves_to_split(root: nn.Module, classes: tuple[type[nn.Module], .
     frozen ones (LoRA's A and B in a decoder layer). The root unit is left whole: its leaves include
     modules whose weights are read without calling them (nn.MultiheadAttention's out_proj), which
     FSDP cannot serve."""
-    units = fsdp_units(root, lambda m: isinstance(m, classes))
+    owner = module_units(root, lambda m: isinstance(m, classes))
+    mixed = {unit for unit, params in unit_parameters(owner).items()
+             if unit is not root and len({p.requires_grad for p in params}) > 1}  # fmt: skip
     leaves: list[nn.Module] = []
-    for unit, params in units.items():
-        if unit is root or len({p.requires_grad for p in params}) < 2:
-            continue
-        nested = [m for m in unit.modules() if m is not unit and isinstance(m, classes)]
-        inside_nested = {id(m) for n in nested for m in n.modules()}
-        for module in unit.modules():
-            own = list(module.parameters(recurse=False))
-            if (id(module) not in inside_nested and not list(module.children()) and own
-                    and all(p.requires_grad for p in own)):  # fmt: skip
-                leaves.append(module)
+    for module, unit in owner.items():
+        own = list(module.parameters(recurse=False))
+        if unit in mixed and own and not list(module.children()) and all(p.requires_grad for p in own):
+            leaves.append(module)
     return leaves
 
 
