@@ -1,7 +1,8 @@
 """make bench: the throughput study. Every figure is measured side by side in one run, on this
 machine, and written to OUT/throughput.json with a printed table (docs/scale.md).
 
-    python experiments/throughput/run.py [out=outputs/bench] [quick=true] [sections=[sparse,loader,cache,cache_real,fuse]]
+    python experiments/throughput/run.py [out=outputs/bench] [quick=true]
+                                      [sections=[sparse,loader,cache,cache_real,fuse,tower_chunks]]
                                       [real_videos=DIR]
     make bench [quick=true]
 
@@ -16,7 +17,10 @@ machine, and written to OUT/throughput.json with a printed table (docs/scale.md)
   the two clips of ../shared/data/videos): the synthetic 64x64 clips cost far less to decode
   than any real video, so they understate what the cache saves;
 - fuse_time_192_over_24: residual + T-Fuseformer + projector forward time at 192 vs 24 frames
-  (target <= 10) and llm_tokens at 24, 48, 96, 192 frames (constant).
+  (target <= 10) and llm_tokens at 24, 48, 96, 192 frames (constant);
+- tower_chunk_memory_ratio: the peak memory a frozen CLIP-style tower's forward adds over
+  `chunk_frames` frames at once vs `model.vision.chunk_size` frames at a time (each in a fresh
+  process: RSS high-water mark on the CPU, max_memory_allocated on a GPU), beside the time of each.
 The machine's load is recorded beside the figures: other jobs on the same cores slow them all.
 """
 
@@ -49,7 +53,7 @@ from damo_lit.cli.common import PROJECT_ROOT, compose, compose_run  # noqa: E402
 DEFAULTS: dict[str, Any] = {
     "out": str(PROJECT_ROOT / "outputs" / "bench"),
     "quick": False,  # tiny sizes: the smoke test
-    "sections": ["sparse", "loader", "cache", "cache_real", "fuse"],
+    "sections": ["sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks"],
     "seed": 0,
     # torch intra-op threads. 1 by default: on a shared 2-core machine two spinning OpenMP threads per
     # process slowed the tiny model 5-10x while other jobs ran; null = torch's default (one per core)
@@ -64,11 +68,18 @@ DEFAULTS: dict[str, Any] = {
     "real_videos": str(PROJECT_ROOT.parent / "shared" / "data" / "videos"), "real_records": 16,
     # fuse_time_192_over_24
     "fuse_frames": [24, 48, 96, 192], "fuse_batch": 4, "fuse_repeats": 5,
+    # tower_chunk_memory_ratio: a CLIP ViT-B/16-wide tower (2 of its 12 layers) at 224 px, random weights
+    "chunk_frames": 256, "chunk_size": 32, "chunk_image": 224,
+    "chunk_arch": {"model_type": "clip_vision_model", "hidden_size": 768, "intermediate_size": 3072,
+                   "num_hidden_layers": 2, "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
 }  # fmt: skip
 QUICK: dict[str, Any] = {
     "clips": 1, "clip_size": 64, "clip_fps": 8, "clip_min_seconds": 8.0, "clip_max_seconds": 8.0, "num_frames": 8,
     "repeats": 1, "videos": 10, "batch_size": 2, "loader_batches": 2, "workers": [0], "decode_videos": 2,
     "cache_steps": 2, "real_records": 2, "fuse_frames": [8, 16], "fuse_batch": 1, "fuse_repeats": 1,
+    "chunk_frames": 64, "chunk_size": 8, "chunk_image": 112,
+    "chunk_arch": {"model_type": "clip_vision_model", "hidden_size": 128, "intermediate_size": 512,
+                   "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 112, "patch_size": 8},
 }  # fmt: skip
 TARGETS = {"sparse_vs_full": (">=", 3.0), "cache_speedup": (">=", 5.0), "cache_speedup_real_clips": (">=", 5.0),
            "fuse_time_192_over_24": ("<=", 10.0)}
@@ -388,9 +399,79 @@ def bench_fuse(cfg: Any, out: Path) -> dict[str, Any]:
     }
 
 
+# -- tower_chunk_memory_ratio ---------------------------------------------------------------------
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _tower_forward_peak(settings: dict[str, Any], chunk_size: int, queue: Any) -> None:
+    """In a fresh process: the memory one frozen tower forward adds at its peak, and its time."""
+    import resource
+
+    from damo_lit.models.config import VisionConfig
+    from damo_lit.models.encoders import VisionTower
+
+    if settings["threads"]:
+        torch.set_num_threads(int(settings["threads"]))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(int(settings["seed"]))
+    spec = VisionConfig(arch=dict(settings["chunk_arch"]), image_size=int(settings["chunk_image"]), chunk_size=chunk_size)
+    tower = VisionTower(spec).eval().to(device)
+    size = int(settings["chunk_image"])
+    frames = torch.randint(0, 256, (1, int(settings["chunk_frames"]), 3, size, size), dtype=torch.uint8, device=device)
+    with torch.no_grad():
+        tower(frames[:, :2])  # allocator and kernels warmed up on two frames
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            before = _rss_bytes()
+        start = time.perf_counter()
+        out = tower(frames)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        seconds = time.perf_counter() - start
+    queue.put({"added_mib": (peak - before) / 2**20, "output_mib": out.local.nbytes / 2**20, "seconds": seconds,
+               "device": str(device)})  # fmt: skip
+
+
+def bench_tower_chunks(cfg: Any, out: Path) -> dict[str, Any]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh high-water mark per measurement
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    runs = {}
+    for name, chunk in (("all_at_once", 0), (f"chunks_of_{int(cfg.chunk_size)}", int(cfg.chunk_size))):
+        queue = context.Queue()
+        child = context.Process(target=_tower_forward_peak, args=(settings, chunk, queue))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"bench tower_chunks: the {name} child exited with status {child.exitcode}")
+        runs[name] = queue.get()
+    whole, chunked = runs.values()
+    arch = cfg.chunk_arch
+    return {
+        "tower_chunk_memory_ratio": whole["added_mib"] / max(chunked["added_mib"], 1e-6),
+        "tower_chunk_time_ratio": chunked["seconds"] / whole["seconds"],
+        "tower_forward_added_mib": {k: v["added_mib"] for k, v in runs.items()},
+        "tower_forward_s": {k: v["seconds"] for k, v in runs.items()},
+        "tower_chunks_setup": f"frozen CLIP-style tower (hidden {arch.hidden_size}, {arch.num_hidden_layers} layers, "
+        f"{arch.num_attention_heads} heads, patch {arch.patch_size}, {cfg.chunk_image} px, random weights) over "
+        f"{cfg.chunk_frames} frames on {whole['device']}, each forward in a fresh process; its output (local tokens) "
+        f"alone is {whole['output_mib']:.0f} MiB and is counted in both",
+    }
+
+
 # -- the run --------------------------------------------------------------------------------------
 SECTIONS = {"sparse": bench_sparse, "loader": bench_loader, "cache": bench_cache, "cache_real": bench_cache_real,
-            "fuse": bench_fuse}
+            "fuse": bench_fuse, "tower_chunks": bench_tower_chunks}
 
 
 def environment() -> dict[str, Any]:
@@ -423,7 +504,8 @@ def table(results: dict[str, Any]) -> None:
     for name, value in results.items():
         if isinstance(value, float):
             out.add_row(name, f"{value:.2f}", verdict(name, value))
-    for name in ("loader_samples_per_s", "step_s", "step_s_real_clips", "fuse_forward_s", "llm_tokens"):
+    for name in ("loader_samples_per_s", "step_s", "step_s_real_clips", "fuse_forward_s", "llm_tokens",
+                 "tower_forward_added_mib", "tower_forward_s"):
         for key, value in (results.get(name) or {}).items():
             label = escape(f"{name}[{key}]")  # not rich markup
             out.add_row(label, f"{value:.3f}" if isinstance(value, float) else str(value), "")

@@ -59,6 +59,43 @@ def test_encode_features_equals_encode(make_damo, feature_norm: str) -> None:
         torch.testing.assert_close(getattr(cached, name), getattr(direct, name), rtol=0, atol=0)
 
 
+def test_towers_in_chunks_give_the_outputs_and_gradients_of_one_pass(make_damo) -> None:
+    """model.{vision,audio}.chunk_size bounds how many items one tower forward sees; the result,
+    padding and gradients included, is that of one pass over the whole batch."""
+    whole, chunked = make_damo(), make_damo("vision.chunk_size=5", "audio.chunk_size=3")
+    assert (chunked.vision.chunk_size, chunked.audio.chunk_size) == (5, 3)
+    b = make_batch(whole, batch=2, seed=2)
+    b.frame_mask[1, -4:] = False  # 2*N - 4 valid frames: not a multiple of 5
+    b.audio_mask[0, 1:4] = False
+    calls = []
+    hook = chunked.vision.model.register_forward_hook(lambda module, args, output: calls.append(1))
+    results = []
+    for damo in (whole, chunked):
+        damo.zero_grad()
+        vision = damo.vision(b.frames, b.frame_mask)
+        audio = damo.audio(b.audio_mel, b.audio_mask)
+        (vision.local.square().mean() + vision.global_.sum() + audio.local.mean() + audio.global_.square().sum()).backward()
+        grads = [p.grad.clone() for p in [*damo.vision.parameters(), *damo.audio.parameters()] if p.grad is not None]
+        results.append((vision, audio, grads))
+    hook.remove()
+    valid_frames = int(b.frame_mask.sum())
+    assert len(calls) == -(-valid_frames // 5) > 1
+    (v1, a1, g1), (v2, a2, g2) = results
+    for x, y in ((v1.global_, v2.global_), (v1.local, v2.local), (a1.global_, a2.global_), (a1.local, a2.local)):
+        torch.testing.assert_close(y, x)
+    assert torch.count_nonzero(v2.global_[1, -4:]) == 0
+    assert len(g1) == len(g2) > 0
+    for x, y in zip(g1, g2):  # sums over the chunks add in another order
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_negative_chunk_size_names_the_key(make_damo) -> None:
+    from damo_lit.models.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.audio.chunk_size: must be >= 0"):
+        make_damo("audio.chunk_size=-1")
+
+
 def test_missing_audio_gives_no_nan(damo: DaMO) -> None:
     b = make_batch(damo, batch=3, seed=2)
     b.audio_mask[:] = False  # the whole batch without audio

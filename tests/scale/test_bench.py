@@ -30,6 +30,17 @@ def test_bench_decoding_and_fusion_figures(tmp_path: Path) -> None:
     assert "cache_speedup" not in result and "loader_samples_per_s" not in result
 
 
+def test_bench_tower_chunks_bound_the_towers_memory(tmp_path: Path) -> None:
+    """model.vision.chunk_size: the frozen tower's forward adds far less memory in chunks of 8 frames
+    than over 64 at once (each measured in a fresh process)."""
+    result = _bench(tmp_path, "sections=[tower_chunks]")
+    added = result["tower_forward_added_mib"]
+    assert set(added) == {"all_at_once", "chunks_of_8"}
+    assert added["all_at_once"] > 1.5 * added["chunks_of_8"] > 0, added
+    assert result["tower_chunk_memory_ratio"] == pytest.approx(added["all_at_once"] / added["chunks_of_8"])
+    assert "over 64 frames" in result["tower_chunks_setup"]
+
+
 def test_bench_unknown_key_is_an_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), f"out={tmp_path}", "bogus=1"], capture_output=True,
                           text=True, timeout=120)  # fmt: skip
@@ -62,4 +73,4 @@ def test_bench_every_section(tmp_path: Path) -> None:
     assert result["cache_speedup"] > 0 and set(result["step_s"]) == {"decode", "decoded_npz_cache", "feature_cache",
                                                                  "decode_frozen_lm", "feature_cache_frozen_lm"}
     assert result["feature_cache_build"]["videos"] == 10
-    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse"}
+    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks"}

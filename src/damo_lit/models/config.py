@@ -47,6 +47,10 @@ class VisionConfig(PretrainedSpec):
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
     trainable: bool = False
+    # Frames per forward pass of the tower (0: every valid frame of the batch at once). A frozen
+    # tower keeps no activations, so chunks bound its transient memory: one layer's attention and
+    # MLP over thousands of frames is what runs out first at large batches (docs/scale.md).
+    chunk_size: int = 0
 
 
 @dataclass
@@ -56,6 +60,7 @@ class AudioConfig(PretrainedSpec):
     n_mels: int = 80
     segment_frames: int = 3000  # mel frames per segment: 2 * the encoder's max_source_positions
     trainable: bool = False
+    chunk_size: int = 0  # audio segments per forward pass of the tower (0: all at once), as vision's
 
 
 @dataclass
@@ -229,6 +234,12 @@ class DaMOConfig:
             )
         if self.fuseformer.depth < 1 and self.fuseformer.kind == "tfuseformer":
             raise ConfigError(f"{where}.fuseformer.depth: must be >= 1, got {self.fuseformer.depth}")
+        for tower in ("vision", "audio"):
+            if getattr(self, tower).chunk_size < 0:
+                raise ConfigError(
+                    f"{where}.{tower}.chunk_size: must be >= 0 (0 runs every item at once), "
+                    f"got {getattr(self, tower).chunk_size}"
+                )
         if len(self.vision.mean) != 3 or len(self.vision.std) != 3:
             raise ConfigError(f"{where}.vision.mean/std: expected 3 values (RGB) each")
 

@@ -39,18 +39,43 @@ class TowerOutput:
     local: Tensor  # (B, N, P, D)
 
 
-def _run_on_valid(fn, items: Tensor, mask: Tensor | None, dim: int, tokens: int) -> TowerOutput:
-    """Apply `fn` to the valid items of (B, N, ...) and scatter the results back (zeros elsewhere)."""
+def _in_chunks(fn, items: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """`fn` over `items` in slices of at most `chunk_size` along dim 0 (0: one call). Each slice's
+    result is written into one preallocated output, so that the peak holds the output and one
+    slice's work, not every slice's result as well (slice assignment keeps autograd's graph)."""
+    if chunk_size <= 0 or items.shape[0] <= chunk_size:
+        return fn(items)
+    pieces = items.split(chunk_size)
+    first_global, first_local = fn(pieces[0])
+    glob = first_global.new_empty((items.shape[0], *first_global.shape[1:]))
+    local = first_local.new_empty((items.shape[0], *first_local.shape[1:]))
+    glob[: len(pieces[0])], local[: len(pieces[0])] = first_global, first_local
+    del first_global, first_local
+    start = len(pieces[0])
+    for piece in pieces[1:]:
+        glob[start : start + len(piece)], local[start : start + len(piece)] = fn(piece)
+        start += len(piece)
+    return glob, local
+
+
+def _run_on_valid(
+    fn, items: Tensor, mask: Tensor | None, dim: int, tokens: int, chunk_size: int = 0
+) -> TowerOutput:
+    """Apply `fn` to the valid items of (B, N, ...), `chunk_size` at a time, and scatter the
+    results back (zeros elsewhere). With every item valid the tower's output is returned as it
+    is: no second copy of the (large) local tokens."""
     b, n = items.shape[:2]
     flat = items.flatten(0, 1)
-    valid = torch.ones(b * n, dtype=torch.bool, device=items.device) if mask is None else mask.flatten().bool()
-    glob = flat.new_zeros((b * n, dim), dtype=torch.float32)
-    local = flat.new_zeros((b * n, tokens, dim), dtype=torch.float32)
-    if valid.any():
-        g, loc = fn(flat[valid])
-        rows = (valid.nonzero().squeeze(1),)
-        glob = glob.to(g.dtype).index_put(rows, g)
-        local = local.to(loc.dtype).index_put(rows, loc)
+    if mask is None or bool(mask.all()):
+        glob, local = _in_chunks(fn, flat, chunk_size)
+        return TowerOutput(glob.view(b, n, dim), local.view(b, n, tokens, dim))
+    valid = mask.flatten().bool()
+    if not valid.any():
+        return TowerOutput(flat.new_zeros((b, n, dim), dtype=torch.float32),
+                           flat.new_zeros((b, n, tokens, dim), dtype=torch.float32))  # fmt: skip
+    g, loc = _in_chunks(fn, flat[valid], chunk_size)
+    glob, local = g.new_zeros((b * n, dim)), loc.new_zeros((b * n, tokens, dim))
+    glob[valid], local[valid] = g, loc
     return TowerOutput(glob.view(b, n, dim), local.view(b, n, tokens, dim))
 
 
@@ -61,6 +86,7 @@ class VisionTower(nn.Module):
         super().__init__()
         self.kind = cfg.kind
         self.trainable = cfg.trainable
+        self.chunk_size = cfg.chunk_size
         if cfg.kind == "clip":
             load, build = CLIPVisionModel.from_pretrained, CLIPVisionModel
         elif cfg.kind == "siglip":
@@ -118,7 +144,7 @@ class VisionTower(nn.Module):
         """frames uint8 (B, N, 3, H, W) -> global (B, N, Dv), local (B, N, P, Dv)."""
         if frames.dim() != 5:
             raise ValueError(f"frames: expected uint8 (B, N, 3, H, W), got shape {tuple(frames.shape)}")
-        return _run_on_valid(self._encode, frames, frame_mask, self.dim, self.num_tokens)
+        return _run_on_valid(self._encode, frames, frame_mask, self.dim, self.num_tokens, self.chunk_size)
 
 
 class AudioTower(nn.Module):
@@ -127,6 +153,7 @@ class AudioTower(nn.Module):
     def __init__(self, cfg: AudioConfig, meta: bool = False, where: str = "model.audio") -> None:
         super().__init__()
         self.trainable = cfg.trainable
+        self.chunk_size = cfg.chunk_size
         self.model: WhisperEncoder = load_or_build(
             cfg,
             where,
@@ -163,7 +190,7 @@ class AudioTower(nn.Module):
                 f"audio_mel: expected (B, M, {self.n_mels}, {self.segment_frames}) (model.audio.n_mels, "
                 f"model.audio.segment_frames), got {tuple(audio_mel.shape)}"
             )
-        return _run_on_valid(self._encode, audio_mel, audio_mask, self.dim, self.num_tokens)
+        return _run_on_valid(self._encode, audio_mel, audio_mask, self.dim, self.num_tokens, self.chunk_size)
 
 
 class TextEncoder(nn.Module):
