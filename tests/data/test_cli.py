@@ -21,12 +21,13 @@ def test_validate_names_every_bad_line(tmp_path, synth_dir, capsys):
     broken["spans"] = [[5.0, 2.0]]
     lines[1] = json.dumps(broken)
     lines[3] = "{not json"
-    bad.write_text("\n".join(lines) + "\n")
+    bad.write_bytes(("\n".join(lines[:5]) + "\n").encode() + b'{"id": "caf\xe9"}\n' + ("\n".join(lines[5:]) + "\n").encode())
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:2: spans[0] is reversed" in err
     assert f"{bad}:4: not valid JSON" in err
-    assert "2 bad record(s)" in err
+    assert f"{bad}:6: not UTF-8 text (byte 0xe9 at byte 12)" in err  # a Latin-1 line: named, not a crash
+    assert "3 bad record(s)" in err
 
 
 def test_stats_charades_sta(shared_data, capsys):

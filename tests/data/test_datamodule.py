@@ -236,8 +236,15 @@ def test_config_builds_the_module_and_generates_when_absent(tmp_path, synth_dir,
     assert len(names) == 10 and sum(n.startswith("val_") for n in names) == sum(n.startswith("test_") for n in names) == 1
     assert len(next(iter(module.train_dataloader()))["sample_id"]) == 2
     cfg = compose("data_stats", [f"data.root={fresh}", "data.generate.videos=12"])
-    with pytest.raises(ValueError, match="generated with other parameters \\(videos: 10 there, 12 asked\\)"):
+    with pytest.raises(ValueError, match="generated with other parameters \\(videos: 10 there, 12 asked\\); to train "
+                       "on it as it is, add data.generate=null \\(or data.generate.videos=10\\)"):
         instantiate(cfg.data).prepare_data()
+    # the advice works: with data.generate=null the folder is read as it is (damo-data synth by hand)
+    cfg = compose("data_stats", [f"data.root={fresh}", "data.generate=null", "data.decoded_cache_dir=null",
+                                 "data.max_samples_per_split=2"])  # fmt: skip
+    module = instantiate(cfg.data, tokenizer=tokenizer)
+    module.prepare_data()
+    assert len(next(iter(module.train_dataloader()))["sample_id"]) == 2
     # a set made by an older generator (no layout in its manifest) is not reused either
     manifest = fresh / "synth.json"
     manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "layout"}))

@@ -55,7 +55,9 @@ def test_relative_scale():
         ("from 3. 2 to 5 .0 seconds.", "seconds", [(3.2, 5.0)]),
         ("it is heard from 5.0 to 3.2 seconds", "seconds", [(3.2, 5.0)]),  # reversed
         ("between 1 and 2.5 s, and again 7 - 9 seconds", "seconds", [(1.0, 2.5), (7.0, 9.0)]),
-        ("from 30 to 45 seconds", "seconds", [(20.0, 20.0)]),  # clipped to the 20 s video
+        ("from 10 to 45 seconds", "seconds", [(10.0, 20.0)]),  # clipped to the 20 s video
+        ("from 30 to 45 seconds", "seconds", []),  # wholly after it: no span, not (20, 20)
+        ("from 20 to 25 , or from 2 to 4 seconds", "seconds", [(2.0, 4.0)]),
         ("they occur from 0 to 99 .", "relative", [(0.0, 20.0)]),
         ("um , from 50 to 25 i think", "relative", [(20.0 * 25 / 99, 20.0 * 50 / 99)]),
         ("no numbers here", "seconds", []),

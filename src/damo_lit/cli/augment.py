@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue
 
 USAGE = """\
 usage: damo-augment input=FILE out=FILE.jsonl [format=activitynet|charades_sta|damo]
@@ -129,7 +129,7 @@ def run(cfg: DictConfig, on_video_done: Any = None) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script entry point: `damo-augment key=value ...` (see --help)."""
-    from damo_lit.cli.common import compose
+    from damo_lit.cli.common import compose, user_errors
 
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in args):
@@ -138,14 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     bad = [a for a in args if "=" not in a and not a.startswith(("~", "+"))]
     if bad:
         raise _fail(f"arguments are key=value Hydra overrides, got {bad}. Run damo-augment --help for usage.")
-    try:
+    with user_errors("damo-augment"):
         cfg = compose("augment", args)
-    except OmegaConfBaseException as err:
-        raise _fail(f"config error: {err}")
-    except Exception as err:  # hydra's override/composition errors have no common base worth importing
-        if type(err).__module__.startswith("hydra"):
-            raise _fail(f"{err}. Run damo-augment --help for usage.")
-        raise
     run(cfg)
 
 

@@ -28,7 +28,7 @@ import warnings
 from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
-from damo_lit.cli.common import compose
+from damo_lit.cli.common import compose, user_errors
 
 log = logging.getLogger("damo_lit.cache")
 
@@ -215,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     from damo_lit.data.features import FeatureCacheError
 
-    cfg = compose("cache", args)
+    with user_errors("damo-cache"):
+        cfg = compose("cache", args)
     if cfg.kind not in ("features", "stream"):
         raise SystemExit(f"damo-cache: kind must be features or stream, got {cfg.kind!r}")
     try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -81,6 +82,36 @@ def compose_run(config_name: str, overrides: Sequence[str], output_dir: str | os
         cfg.hydra.run.dir = str(Path(output_dir).resolve())
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+# OmegaConf appends where in the tree an error happened; the message's first line already names the key.
+_OMEGACONF_DETAIL = ("full_key:", "object_type=", "reference_type=")
+
+
+def user_error_message(err: BaseException) -> str:
+    """The text of a mistake the user can fix, without OmegaConf's internal detail lines and
+    Hydra's config search path."""
+    text = str(err).split("\nConfig search path:")[0]
+    lines = [line for line in text.splitlines() if not line.strip().startswith(_OMEGACONF_DETAIL)]
+    return "\n".join(lines).strip() or type(err).__name__
+
+
+@contextlib.contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """Turn what a user can fix (a bad or missing override, a config value the model rejects, a
+    path that does not exist) into `prog: message` on stderr and exit status 1, not a traceback.
+    DAMO_TRACEBACK=1 shows the traceback instead."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from damo_lit.models.config import ConfigError
+
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError) as err:
+        if os.environ.get("DAMO_TRACEBACK"):
+            raise
+        raise SystemExit(f"{prog}: {user_error_message(err)}\n(DAMO_TRACEBACK=1 shows where)") from None
 
 
 def override_key(word: str) -> str:

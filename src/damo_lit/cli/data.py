@@ -182,10 +182,11 @@ def collect_stats(data_cfg: Any) -> dict[str, Any]:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from damo_lit.cli.common import compose
+    from damo_lit.cli.common import compose, user_errors
     from damo_lit.data.schema import RecordError
 
-    cfg = compose("data_stats", args.overrides)
+    with user_errors("damo-data stats"):
+        cfg = compose("data_stats", args.overrides)
     try:
         stats = collect_stats(cfg.data)
     except (RecordError, FileNotFoundError, ValueError) as err:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose
+from damo_lit.cli.common import compose, user_errors
 
 STAGE_TASKS = {"stage1": ["caption"], "stage2": ["caption", "qa"], "stage3": ["grounding"], "stage4": ["dialogue"]}
 
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    run_eval(compose("eval", argv))
+    with user_errors("damo-eval"):
+        run_eval(compose("eval", argv))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import PACKAGE_DIR, compose
+from damo_lit.cli.common import PACKAGE_DIR, compose, user_errors
 
 TINY_VOCAB = PACKAGE_DIR / "assets" / "tiny_vocab.txt"
 MANIFEST = "manifest.json"
@@ -178,11 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiny.add_argument("overrides", nargs="*", help="Hydra overrides of the tiny model config")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command == "summary":
-        summary_command(args.overrides)
-        return 0
-    model_cfg = compose("model_summary", ["model=damo_tiny", *args.overrides]).model
-    out = ensure_tiny_pretrained(args.out, model_cfg, args.seed, args.force)
+    with user_errors(f"damo-model {args.command}"):
+        if args.command == "summary":
+            summary_command(args.overrides)
+            return 0
+        model_cfg = compose("model_summary", ["model=damo_tiny", *args.overrides]).model
+        out = ensure_tiny_pretrained(args.out, model_cfg, args.seed, args.force)
     print(f"tiny model parts in {out}: {', '.join(sorted(p.name for p in out.iterdir() if p.is_dir()))}")
     return 0
 

@@ -3,7 +3,9 @@
     damo-predict ckpt=outputs/demo/stage4 video=clip.mp4 question="when does the dog bark?"
 
 Works on any MP4, including one without an audio track (the audio is masked, not an error).
-Spans are in seconds, parsed from the answer in the checkpoint's timestamp format.
+Spans are in seconds, parsed from the answer in the checkpoint's timestamp format. Other keys:
+accelerator=auto|cpu|gpu (auto: a GPU when there is one), max_new_tokens=24,
+prompt_style=plain|chat (chat: the tokenizer's chat template, for real LLMs).
 """
 
 from __future__ import annotations
@@ -13,11 +15,27 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose
+from damo_lit.cli.common import compose, user_errors
+
+
+def inference_device(accelerator: str) -> "torch.device":
+    """`accelerator` (cpu, gpu, cuda, auto) as the device to answer on: auto takes a GPU when there
+    is one; asking for a GPU where there is none is an error, not a silent CPU run."""
+    import torch
+
+    choice = str(accelerator).lower()
+    if choice not in ("cpu", "gpu", "cuda", "auto"):
+        raise ValueError(f"accelerator={accelerator}: expected cpu, gpu, cuda or auto")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"accelerator={accelerator}: this machine has no CUDA GPU (use accelerator=cpu or auto)")
+    return torch.device("cuda" if choice in ("gpu", "cuda") else "cpu")
 
 
 def predict(cfg: Any) -> dict[str, Any]:
     import torch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
 
     from damo_lit.cli.checkpoint import load_stage
     from damo_lit.data.decode import DecodeParams
@@ -25,14 +43,16 @@ def predict(cfg: Any) -> dict[str, Any]:
 
     video = Path(cfg.video)
     if not video.is_file():
-        raise SystemExit(f"video={video}: no such file")
-    stage = load_stage(cfg.ckpt)
+        raise FileNotFoundError(f"video={video}: no such file")
+    device = inference_device(cfg.accelerator)
+    stage = load_stage(cfg.ckpt).to(device)
     model_cfg = stage.model_cfg
     params = DecodeParams(num_frames=model_cfg["num_frames"], frame_size=model_cfg["vision"]["image_size"],
                           num_audio_segments=model_cfg["num_audio_segments"],
                           audio_segment_frames=model_cfg["audio"]["segment_frames"],
                           n_mels=model_cfg["audio"]["n_mels"])
     batch = question_batch(video, str(cfg.question), stage.tokenizer, params, prompt_style=cfg.get("prompt_style", "plain"))
+    batch = move_data_to_device(batch, device)
     with torch.no_grad():
         embeds = stage.soft_prompt(batch)
         answer = stage.generate_text(batch, embeds, int(cfg.max_new_tokens))[0]
@@ -44,11 +64,18 @@ def predict(cfg: Any) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from damo_lit.data.decode import DecodeError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    print(json.dumps(predict(compose("predict", argv))))
+    with user_errors("damo-predict"):
+        try:
+            result = predict(compose("predict", argv))
+        except (ValueError, DecodeError) as err:  # an empty question, a GPU this machine lacks, a broken video
+            raise SystemExit(f"damo-predict: {err}") from None
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -170,11 +170,17 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, str, Any | RecordError]]
     """(line number, 'file:line', parsed value or RecordError) for each non-blank line of a JSON
     lines file: the one reader behind every JSONL format, so that all name their bad lines alike."""
     path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # bytes: one line that is not UTF-8 is one bad record, not a crash
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad = raw[err.start : err.start + 1].hex()
+                yield lineno, where, RecordError(where, f"not UTF-8 text (byte 0x{bad} at byte {err.start + 1})")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield lineno, where, json.loads(line)
             except json.JSONDecodeError as err:

@@ -699,9 +699,11 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
     differ = sorted(k for k in wanted if k != "workers" and existing[k] != wanted[k])
     if differ:
         details = ", ".join(f"{k}: {existing.get(k)} there, {wanted[k]} asked" for k in differ)
+        matching = " ".join(f"data.generate.{k}={existing[k]}" for k in differ)
         raise ValueError(
             f"the synthetic set in {out} was generated with other parameters ({details}); "
-            "delete it, or set data.root to another folder"
+            f"to train on it as it is, add data.generate=null (or {matching}); else delete it, or set "
+            "data.root to another folder"
         )
     return None
 

@@ -92,7 +92,8 @@ def parse_spans(text: object, duration: float | None, fmt: str) -> list[tuple[fl
 
     Tolerates tokenizer spacing around decimal points, reversed pairs (swapped) and any words
     around the numbers. Relative values need the duration and are clipped to 0-99; seconds are
-    clipped to [0, duration] when a duration is given. Never raises.
+    clipped to [0, duration] when a duration is given, and a pair that starts at or after the
+    end of the video is no span at all. Never raises.
     """
     try:
         if not isinstance(text, str) or fmt not in FORMATS:
@@ -114,7 +115,9 @@ def parse_spans(text: object, duration: float | None, fmt: str) -> list[tuple[fl
                 a = from_relative(min(a, RELATIVE_MAX), duration)
                 b = from_relative(min(b, RELATIVE_MAX), duration)
             elif duration is not None:
-                a, b = min(a, duration), min(b, duration)
+                if a >= duration:  # wholly after the video: no span in it, not a zero-length one at its end
+                    continue
+                b = min(b, duration)
             spans.append((a, b))
         return spans
     except Exception:  # a parser of model output must never take a run down
