@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from damo_lit.data.cache import prepare, warn_bad
 from damo_lit.data.collection import Sample, SplitRecords, check_tasks, load_split, source_specs
-from damo_lit.data.dataset import BATCH_KEYS, Collator, EpochSampler, RecordDataset, VideoLoader
+from damo_lit.data.dataset import BATCH_KEYS, Collator, EpochSampler, EvalSampler, RecordDataset, VideoLoader
 from damo_lit.data.decode import DecodeParams, worker_context
 from damo_lit.data.features import (
     FORMAT as FEATURES_FORMAT, MANIFEST as FEATURES_MANIFEST, FeatureCacheError, FeatureLoader, FeatureStore,
@@ -300,7 +300,7 @@ class DaMODataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=self._train_sampler(len(dataset), self._video_keys(dataset) if self.group_by_video else None)
-            if shuffle else None,
+            if shuffle else self._eval_sampler(len(dataset)),
             num_workers=workers,
             collate_fn=Collator(self.tokenizer.pad_token_id),
             multiprocessing_context=worker_context() if workers > 0 else None,
@@ -318,6 +318,10 @@ class DaMODataModule(L.LightningDataModule):
     def _video_keys(dataset: Any) -> list[str] | None:
         samples = getattr(dataset, "samples", None)
         return [s.video_path for s in samples] if samples is not None else None
+
+    def _eval_sampler(self, size: int) -> EvalSampler:
+        world, rank = self._ranks()
+        return EvalSampler(size, num_replicas=world, rank=rank)
 
     def _train_sampler(self, size: int, groups: Sequence[str] | None = None) -> EpochSampler:
         world, rank = self._ranks()

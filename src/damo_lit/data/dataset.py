@@ -21,7 +21,7 @@ from damo_lit.data.timestamps import check_format
 
 BATCH_KEYS = (
     "sample_id", "video", "task", "modality", "duration", "spans", "frames", "frame_times", "frame_mask", "audio_mel",
-    "audio_times", "audio_mask", "has_audio", "input_ids", "attention_mask", "labels", "prompt_ids",
+    "audio_times", "audio_mask", "has_audio", "padding", "input_ids", "attention_mask", "labels", "prompt_ids",
     "prompt_attention_mask", "answer_text", "question", "caption",
 )  # fmt: skip
 
@@ -110,6 +110,25 @@ class EpochSampler(DistributedSampler):
         return iter(indices)
 
 
+class EvalSampler(DistributedSampler):
+    """The evaluation order: every index once, in order, this rank's share, with the padding marked.
+
+    Under DDP and FSDP every rank must run as many evaluation batches (FSDP gathers parameters in
+    each forward), so DistributedSampler pads the last round by repeating the first indices: with
+    2 ranks and an odd set one query would be scored twice. Here a repeat is yielded as
+    `index + size`, which RecordDataset serves as the same sample marked `padding`, and the stages
+    leave padding out of their metrics: the figures are those of one process.
+    """
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.size = size
+
+    def __iter__(self) -> Iterator[int]:
+        positions = range(self.rank, self.total_size, self.num_replicas)
+        return iter(p if p < self.size else p % self.size + self.size for p in positions)
+
+
 class RecordDataset(Dataset):
     """Samples as dicts of numpy arrays and token ids; None for a sample whose video failed."""
 
@@ -131,12 +150,15 @@ class RecordDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        sample = self.samples[index]
+        padding = index >= len(self.samples)  # EvalSampler's repeat of a sample another rank scores
+        sample = self.samples[index - len(self.samples) if padding else index]
         video = self.loader(sample.video_path)
         if video is None:
             return None
-        return sample_item(sample.record, video, self.tokenizer, self.timestamps, self.prompt_style,
+        item = sample_item(sample.record, video, self.tokenizer, self.timestamps, self.prompt_style,
                            video_key=sample.video_path)
+        item["padding"] = padding
+        return item
 
 
 def sample_item(record: Record, video: Any, tokenizer: Any, timestamps: str, prompt_style: str,
@@ -221,6 +243,7 @@ class Collator:
             "spans": [list(item["spans"]) for item in items],
             **media,
             "has_audio": torch.tensor([v.has_audio for v in videos], dtype=torch.bool),
+            "padding": torch.tensor([bool(item.get("padding", False)) for item in items], dtype=torch.bool),
             "input_ids": _pad(ids, self.pad_token_id),
             "attention_mask": _mask(ids),
             "labels": _pad([item["labels"] for item in items], IGNORE_INDEX),

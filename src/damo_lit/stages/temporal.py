@@ -51,6 +51,7 @@ class TemporalStage(DaMOStage):
         rows = []
         durations = batch["duration"].tolist()
         questions = batch.get("question") or [""] * len(texts)
+        padding = batch["padding"].tolist() if "padding" in batch else [False] * len(texts)
         for i, text in enumerate(texts):
             spans = self.span_parser(text, durations[i])
             gt = [tuple(map(float, s)) for s in batch["spans"][i]]
@@ -59,7 +60,7 @@ class TemporalStage(DaMOStage):
                 "id": batch["sample_id"][i], "task": batch["task"][i], "modality": batch["modality"][i],
                 "question": questions[i], "answer": text, "reference": batch["answer_text"][i],
                 "pred_spans": [list(s) for s in spans], "gt_spans": [list(s) for s in gt],
-                "duration": durations[i], "iou": span_iou(top, gt),
+                "duration": durations[i], "iou": span_iou(top, gt), "padding": bool(padding[i]),
             })
         return loss, rows
 
@@ -67,6 +68,8 @@ class TemporalStage(DaMOStage):
         loss, rows = self.answer(batch)
         size = self.batch_size_of(batch)
         self.log(f"{split}/loss", loss, batch_size=size, sync_dist=True)
+        # Padding (EvalSampler) trails a rank's last batch: the real rows are a prefix, in batch order.
+        rows = [r for r in rows if not r["padding"]]
         preds = [tuple(r["pred_spans"][0]) if r["pred_spans"] else None for r in rows]
         self.metrics[split].update(preds, [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
         for task in TASKS:
@@ -89,7 +92,7 @@ class TemporalStage(DaMOStage):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
         _, rows = self.answer(batch)
-        return rows
+        return [r for r in rows if not r.pop("padding")]
 
     def _log_split(self, split: str) -> None:
         values = self.metrics[split].compute()
