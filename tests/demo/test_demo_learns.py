@@ -35,3 +35,7 @@ def test_demo_meets_the_grounding_targets(tmp_path: Path) -> None:
     assert got["test/R@0.5"] >= 0.6, got
     assert got["test/R@0.5_audio"] >= 0.5, got
     assert got["test/R@0.5_visual"] >= 0.5, got
+    # Issue 4: stages 3 and 4 both beat the constant-span baseline computed in the same run.
+    for stage in ("stage3", "stage4"):
+        figures = summary["stages"][stage]
+        assert figures["test/R@0.5"] > figures["test/baseline_R@0.5"], (stage, figures)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
@@ -33,16 +34,18 @@ def test_stage_and_trainer_configs_instantiate(stage: str, trainer: str, tmp_pat
         plugin = instantiate(cfg.trainer.plugins[0])
         assert plugin.auto_requeue and plugin.requeue_signal.name == "SIGUSR1"
     if trainer in ("gpu", "fsdp", "slurm"):
-        # No GPU here: the strategy object is built and checked, the Trainer refuses the accelerator.
         if trainer == "fsdp":
             strategy = instantiate(cfg.trainer.strategy)
             assert isinstance(strategy, FSDPStrategy)
         assert cfg.trainer.precision == "bf16-mixed"
-        with pytest.raises(Exception, match="(?i)gpu|cuda"):
-            instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
-        return
+        if not torch.cuda.is_available():  # the strategy object is built and checked; the Trainer refuses the accelerator
+            with pytest.raises(Exception, match="(?i)gpu|cuda"):
+                instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+            return
     built = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
     assert isinstance(built, L.Trainer)
+    if trainer == "fsdp":  # on a GPU node
+        assert isinstance(built.strategy, FSDPStrategy)
     if trainer == "ddp":
         assert isinstance(built.strategy, DDPStrategy) and built.num_devices == 2
 
