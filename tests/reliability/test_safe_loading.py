@@ -5,6 +5,7 @@ is never unpickled: here unpickling it would create a marker file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,29 @@ def test_damo_eval_and_load_stage_refuse_a_checkpoint_holding_a_pickled_object(p
     refused = rf"ckpt={path}: refused to load it: it holds a pickled Python object \(io\.open\)"
     with pytest.raises(UnsafeCheckpointError, match=refused):
         load_stage(path)
-    with pytest.raises(UnsafeCheckpointError, match=refused):
+    with pytest.raises(SystemExit, match=f"damo-eval: {refused}"):  # one line, no traceback
         damo_eval([f"ckpt={path}", "accelerator=cpu"])
     assert not marker.exists()
+
+
+def test_a_checkpoint_whose_config_runs_remote_code_is_refused_unless_trusted(tmp_path: Path) -> None:
+    """The model is rebuilt from the config a checkpoint stores; trust_remote_code there would run
+    code named by a downloaded file, so damo-eval and damo-predict ask the user to say so."""
+    run = tmp_path / "downloaded_run"
+    run.mkdir()
+    model_cfg = {"vision": {"kind": "eva_clip", "name_or_path": "someone/eva-clip", "trust_remote_code": True},
+                 "llm": {"trust_remote_code": False}}
+    (run / "stage.json").write_text(json.dumps({"stage": "stage3", "model_cfg": model_cfg}))
+    (run / "weights.safetensors").write_bytes(b"")
+    refused = rf"ckpt={run}: refused to build its model: its stored config sets trust_remote_code=true for model\.vision"
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        load_stage(run)
+    with pytest.raises(SystemExit, match=rf"damo-eval: {refused}.*add trust_remote_code=true"):
+        damo_eval([f"ckpt={run}", "accelerator=cpu"])
+    # Trusted, the build goes ahead (and here fails later for want of those weights, offline).
+    with pytest.raises(Exception) as built:
+        load_stage(run, trust_remote_code=True)
+    assert not isinstance(built.value, UnsafeCheckpointError)
 
 
 def test_resume_refuses_a_checkpoint_holding_a_pickled_object(

@@ -7,7 +7,7 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -22,10 +22,18 @@ STAGE_CLASSES = {
 
 
 class UnsafeCheckpointError(ValueError):
-    """A checkpoint that torch.load(weights_only=True) refuses: it holds pickled Python objects
-    besides tensors and plain containers, and unpickling those could run any code."""
+    """A checkpoint that would run code if loaded as it asks: it holds pickled Python objects
+    besides tensors and plain containers (torch.load(weights_only=True) refuses them), or its
+    stored model config asks transformers to run code shipped with the weights."""
 
-    def __init__(self, where: str, err: BaseException) -> None:
+    def __init__(self, where: str, err: BaseException | None = None, remote_code: Sequence[str] = ()) -> None:
+        if remote_code:
+            super().__init__(
+                f"{where}: refused to build its model: its stored config sets trust_remote_code=true for "
+                f"{', '.join(remote_code)}, which runs Python code fetched with those weights. If you trust "
+                "where the checkpoint and those weights come from, add trust_remote_code=true"
+            )
+            return
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"a pickled Python object ({found.group(1)})" if found else "something torch.load(weights_only=True) refuses"
         super().__init__(
@@ -60,14 +68,30 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     raise FileNotFoundError(f"ckpt={path}: not a run folder or a .ckpt file")
 
 
-def load_stage(path: str | Path, span_parser: Any = None) -> Any:
-    """The stage module with the checkpoint's weights, in eval mode."""
+REMOTE_CODE_PARTS = ("vision", "audio", "text_encoder", "llm")
+
+
+def remote_code_parts(model_cfg: Mapping[str, Any]) -> list[str]:
+    """The model parts whose config asks transformers to run code shipped with the weights."""
+    return [f"model.{part}" for part in REMOTE_CODE_PARTS
+            if isinstance(model_cfg.get(part), Mapping) and model_cfg[part].get("trust_remote_code")]
+
+
+def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: bool = False) -> Any:
+    """The stage module with the checkpoint's weights, in eval mode.
+
+    The model is rebuilt from the config stored in the checkpoint. Where that config sets
+    `trust_remote_code`, building it would run code named by a file the user may have downloaded:
+    refused unless the caller says `trust_remote_code=True`."""
     import importlib
 
     from damo_lit.cli.model import ensure_model_parts
     from damo_lit.data.timestamps import parse_spans
 
     meta, state = read_checkpoint(path)
+    remote = remote_code_parts(meta["model_cfg"])
+    if remote and not trust_remote_code:
+        raise UnsafeCheckpointError(f"ckpt={path}", remote_code=remote)
     name = meta["stage"]
     module_name, _, class_name = STAGE_CLASSES[name].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)

@@ -99,16 +99,17 @@ def user_error_message(err: BaseException) -> str:
 @contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Turn what a user can fix (a bad or missing override, a config value the model rejects, a
-    path that does not exist) into `prog: message` on stderr and exit status 1, not a traceback.
+    path that does not exist, a checkpoint refused as unsafe) into `prog: message` on stderr and exit status 1, not a traceback.
     DAMO_TRACEBACK=1 shows the traceback instead."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from damo_lit.cli.checkpoint import UnsafeCheckpointError
     from damo_lit.models.config import ConfigError
 
     try:
         yield
-    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError) as err:
+    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError, UnsafeCheckpointError) as err:
         if os.environ.get("DAMO_TRACEBACK"):
             raise
         raise SystemExit(f"{prog}: {user_error_message(err)}\n(DAMO_TRACEBACK=1 shows where)") from None

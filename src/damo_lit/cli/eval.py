@@ -31,7 +31,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
 
     if cfg.split not in ("val", "test"):
         raise SystemExit(f"split must be val or test, got {cfg.split!r}")
-    stage = load_stage(cfg.ckpt)
+    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code))
     ckpt = Path(cfg.ckpt)
     tasks = list(cfg.tasks) if cfg.tasks else STAGE_TASKS[stage.stage_name]
     with open_dict(cfg):

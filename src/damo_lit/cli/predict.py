@@ -5,7 +5,8 @@
 Works on any MP4, including one without an audio track (the audio is masked, not an error).
 Spans are in seconds, parsed from the answer in the checkpoint's timestamp format. Other keys:
 accelerator=auto|cpu|gpu (auto: a GPU when there is one), max_new_tokens=24,
-prompt_style=plain|chat (chat: the tokenizer's chat template, for real LLMs).
+prompt_style=plain|chat (chat: the tokenizer's chat template, for real LLMs), trust_remote_code=true
+(build a checkpoint whose stored model config runs code shipped with its weights, e.g. EVA-CLIP).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def predict(cfg: Any) -> dict[str, Any]:
     if not video.is_file():
         raise FileNotFoundError(f"video={video}: no such file")
     device = inference_device(cfg.accelerator)
-    stage = load_stage(cfg.ckpt).to(device)
+    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code)).to(device)
     model_cfg = stage.model_cfg
     params = DecodeParams(num_frames=model_cfg["num_frames"], frame_size=model_cfg["vision"]["image_size"],
                           num_audio_segments=model_cfg["num_audio_segments"],
