@@ -1,14 +1,22 @@
 """litdata streaming: MP4 bytes decode as the files do; two gloo ranks see disjoint samples in
-equal batch counts; a loader resumed from its state_dict continues where it stopped."""
+equal batch counts; a loader resumed from its state_dict continues where it stopped; a features
+stream gives the feature cache's batches; a stream whose index.json names a pickling serializer
+is refused unopened; a sub-stream whose write did not finish is written again, never kept."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import pickle
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from damo_lit.cli.common import compose
@@ -21,15 +29,23 @@ from .conftest import FROZEN, run_gloo_ranks
 litdata = pytest.importorskip("litdata", reason="litdata is not installed (pip install --no-deps litdata)")
 
 WORKER = Path(__file__).with_name("stream_ddp_worker.py")
+VIDEO_STREAM = ["tasks=[grounding]", "splits=[train]", "num_workers=1", "data.max_samples_per_split=20"]
+
+
+def _write(overrides: list[str]) -> dict:
+    """Run `damo-cache kind=stream` with `overrides`; its report (the last line it prints)."""
+    from damo_lit.cli.cache import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["kind=stream", *overrides]) == 0
+    return json.loads(printed.getvalue().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def video_stream(data_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from damo_lit.cli.cache import main
-
     out = tmp_path_factory.mktemp("stream") / "video"
-    assert main(["kind=stream", *data_overrides, f"out={out}", "tasks=[grounding]", "splits=[train]",
-                 "num_workers=1", "data.max_samples_per_split=20"]) == 0
+    _write([*data_overrides, f"out={out}", *VIDEO_STREAM])
     return out
 
 
@@ -95,3 +111,124 @@ def test_two_gloo_ranks_disjoint_equal_and_resumable(video_stream: Path, tmp_pat
         assert all(len(batch) == 4 for batch in r["full"])
         assert r["first"] == r["full"][:1], "a fresh loader repeats the epoch exactly (same seed)"
         assert r["rest"] == r["full"][1:], "the resumed loader continues where the state_dict stopped"
+
+
+def test_a_features_stream_gives_the_feature_cache_batches(
+    feature_cache: Path, data_overrides: list[str], tmp_path: Path
+) -> None:
+    from damo_lit.data.dataset import Collator
+    from damo_lit.data.features import FEATURE_KEYS
+
+    cached = [*data_overrides, *FROZEN, f"data.features={feature_cache}"]
+    report = _write([*cached, f"out={tmp_path}", "tasks=[grounding]", "splits=[train]", "num_workers=1",
+                     "data.max_samples_per_split=8"])  # fmt: skip
+    assert report["kind"] == "features" and report["samples"] == {"train": {"grounding": 8}}
+    streamed = _datamodule([f"data.streaming_dir={tmp_path}", *FROZEN])
+    batches = list(streamed.train_dataloader())
+    assert [len(batch["sample_id"]) for batch in batches] == [4, 4]
+
+    # Each batch is the one the feature cache's datamodule collates from the same samples.
+    cfg = compose("train", cached)
+    files = instantiate(cfg.data, timestamps=cfg.timestamps, _convert_="partial")
+    files.set_tokenizer(streamed.tokenizer)
+    files.setup("fit")
+    rows = {s.record.id: i for i, s in enumerate(files.datasets["train"].samples)}
+    collate = Collator(streamed.tokenizer.pad_token_id)
+    for batch in batches:
+        reference = collate([files.datasets["train"][rows[i]] for i in batch["sample_id"]])
+        assert set(batch) == set(reference) and set(FEATURE_KEYS) <= set(batch), set(batch) ^ set(reference)
+        assert not {"frames", "audio_mel"} & set(batch)
+        for key, value in reference.items():
+            if key == "video":  # the stream names a video by its cache key (no file paths on the nodes)
+                assert len(batch[key]) == len(value)
+            elif isinstance(value, torch.Tensor):
+                assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+            else:
+                assert batch[key] == value, key
+
+
+class _Planted:
+    """Unpickling this calls open(marker, 'w') (as in tests/reliability/test_safe_loading.py)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_an_index_naming_pickle_is_refused_unopened(video_stream: Path, tmp_path: Path) -> None:
+    from litdata.streaming.writer import BinaryWriter
+
+    from damo_lit.data.streaming import UnsafeStreamError
+
+    # A copy of a real stream whose items carry a planted pickle as `mp4`, its index.json saying "pickle".
+    stream, marker = tmp_path / "stream", tmp_path / "unpickled"
+    shutil.copytree(video_stream, stream)
+    folder = stream / "train" / "grounding"
+    opened_before = _datamodule([f"data.streaming_dir={stream}"])
+    items = list(litdata.StreamingDataset(str(folder)))
+    for path in folder.iterdir():
+        path.unlink()
+    writer = BinaryWriter(str(folder), chunk_bytes="64MB")
+    for i, item in enumerate(items):
+        writer[i] = {**item, "mp4": pickle.dumps(_Planted(marker))}
+    writer.done()
+    writer.merge()
+    index = json.loads((folder / "index.json").read_text())
+    assert index["config"]["data_format"] == ["str", "str", "bytes"]  # what the writer makes of a video item
+    index["config"]["data_format"][2] = "pickle"
+    (folder / "index.json").write_text(json.dumps(index))
+
+    refused = re.escape(f"{folder}/index.json: refused to open it: field 'mp4' has data_format 'pickle'")
+    with pytest.raises(InstantiationException, match=refused):  # refused when the datamodule is made
+        _datamodule([f"data.streaming_dir={stream}"])
+    with pytest.raises(UnsafeStreamError, match=refused):  # ... and right before litdata opens it
+        opened_before.train_dataloader()
+    assert not marker.exists()
+    litdata.StreamingDataset(str(folder))[0]  # unchecked, litdata would have run the planted code
+    assert marker.exists()
+
+
+def _fake_empty_index(folder: Path) -> None:
+    """What a crashed litdata write can leave: an index.json that lists no chunks."""
+    index = json.loads((folder / "index.json").read_text())
+    (folder / "index.json").write_text(json.dumps({**index, "chunks": []}))
+
+
+def test_a_sub_stream_that_fails_its_check_is_written_again_not_kept(
+    video_stream: Path, data_overrides: list[str], tmp_path: Path
+) -> None:
+    from damo_lit.data.streaming import _incomplete
+
+    stream = tmp_path / "stream"
+    shutil.copytree(video_stream, stream)
+    folder = stream / "train" / "grounding"
+    assert (folder / "damo_written.json").is_file()
+    _fake_empty_index(folder)
+    refused = re.escape(f"{folder}/index.json: 0 samples in 0 chunks, expected 20; write it again with `damo-cache")
+    with pytest.raises(InstantiationException, match=refused):
+        _datamodule([f"data.streaming_dir={stream}"])
+
+    rewriting = re.escape(f"{folder}: not kept as complete (") + ".*0 samples in 0 chunks"
+    with pytest.warns(RuntimeWarning, match=rewriting):
+        report = _write([*data_overrides, f"out={stream}", *VIDEO_STREAM])
+    assert report["reused"] == [] and list(report["rewritten"]) == ["train/grounding"]
+    assert len(list(_datamodule([f"data.streaming_dir={stream}"]).train_dataloader())) == 5
+    assert _write([*data_overrides, f"out={stream}", *VIDEO_STREAM])["reused"] == ["train/grounding"]
+    (folder / "damo_written.json").unlink()  # a write that stopped before its check is not complete either
+    assert _incomplete(folder, 20) == "no damo_written.json: its write did not finish (or predates damo_written.json)"
+
+
+def test_a_write_that_leaves_no_samples_fails_loudly(
+    data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def optimize(output_dir: str, **kwargs) -> None:  # reports success, writes an index of nothing
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "index.json").write_text(json.dumps({"chunks": [], "config": {"data_format": []}}))
+
+    monkeypatch.setattr(litdata, "optimize", optimize)
+    with pytest.raises(SystemExit, match=r"sub-stream train/grounding: litdata's optimize reported success, but "
+                                         r".*index\.json: 0 samples in 0 chunks, expected 20"):  # fmt: skip
+        _write([*data_overrides, f"out={tmp_path}", *VIDEO_STREAM])
+    assert not (tmp_path / "train" / "grounding" / "damo_written.json").exists()

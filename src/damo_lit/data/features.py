@@ -213,14 +213,16 @@ class CacheReport:
     videos: int = 0
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A cache's JSON file; FeatureCacheError naming it when it cannot be read."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise FeatureCacheError(f"{path}: cannot read it ({err})") from None
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write atomically (a temporary file renamed over it): a crash never leaves half a file."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
     os.replace(tmp, path)
@@ -236,7 +238,7 @@ def read_manifest(path: Path, fmt: str, key: str, command: str) -> dict[str, Any
     """A folder's manifest of format `fmt`; errors name the config `key` and the `command` that makes it."""
     if not path.is_file():
         raise FeatureCacheError(f"{key}={path.parent}: no {path.name} there; make it with `{command}`")
-    manifest = _read_json(path)
+    manifest = read_json(path)
     if manifest.get("format") != fmt:
         raise FeatureCacheError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
     return manifest
@@ -279,7 +281,7 @@ class FeatureCacheWriter:
         (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         manifest_path = self.root / MANIFEST
         if manifest_path.is_file():
-            old = _read_json(manifest_path)
+            old = read_json(manifest_path)
             problems = signature_diff(old.get("signature", {}), self.signature)
             if old.get("decode") != _plain(asdict(params)):
                 problems.append(f"decode parameters: cache {old.get('decode')}, this run {asdict(params)}")
@@ -298,7 +300,7 @@ class FeatureCacheWriter:
         self._write_manifest("partial", {})
 
     def _write_manifest(self, status: str, splits: Mapping[str, int]) -> None:
-        _write_json(self.root / MANIFEST, {
+        write_json(self.root / MANIFEST, {
             "format": FORMAT, "status": status, "signature": self.signature, "decode": _plain(asdict(self.params)),
             "shard_size": self.shard_size, "splits": dict(splits), "info": self.info,
             "videos": sum(len(k) for k in self.shards.values()), "bad": len(self.bad),
@@ -343,9 +345,9 @@ class FeatureCacheWriter:
                 raise FeatureCacheError(f"{self.root}: {len(missing)} video(s) of split {split} were not encoded, "
                                         f"e.g. {sorted(missing)[:3]}")
             counts[split] = len(keys)
-        _write_json(self.root / INDEX, {"shards": self.shards, "bad": self.bad})
+        write_json(self.root / INDEX, {"shards": self.shards, "bad": self.bad})
         self._write_manifest("complete", counts)
-        return _read_json(self.root / MANIFEST)
+        return read_json(self.root / MANIFEST)
 
 
 class FeatureStore:
@@ -384,7 +386,7 @@ class FeatureStore:
                 f"data.features={self.root} was decoded with {self.manifest.get('decode')}, this run decodes with "
                 f"{asdict(params)}; rebuild the cache"
             )
-        index = _read_json(self.root / INDEX)
+        index = read_json(self.root / INDEX)
         self.bad: dict[str, str] = dict(index.get("bad", {}))
         self.rows: dict[str, tuple[str, int]] = {}
         for shard, keys in index["shards"].items():

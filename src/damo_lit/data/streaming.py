@@ -8,9 +8,14 @@ one per (split, task), under one folder:
     DIR/{split}/{task}/         litdata chunks + index.json; each item is one sample: the
                                 record (JSON text) and either the MP4 file's bytes (kind video)
                                 or its cached tower outputs (kind features, from data.features)
+    DIR/{split}/{task}/damo_written.json
+                                the samples that dataset holds, written only once its write
+                                finished and was checked: a rerun keeps it only then
 
-Nothing is pickled: items hold strings, bytes and tensors only. Training samples of a mixture
-are weighted when written (the split as the datamodule would load it).
+Nothing is pickled: items hold strings, bytes, numbers and tensors only, and a stream whose
+index.json names any other litdata serializer (pickle among them) is refused before litdata
+opens it. Training samples of a mixture are weighted when written (the split as the datamodule
+would load it).
 
 `StreamingDataModule` (conf/data/streaming.yaml, `data.streaming_dir=DIR`) reads them with
 litdata's StreamingDataset: MP4 bytes are decoded through the data layer's own decode path
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -42,15 +48,88 @@ from damo_lit.data.datamodule import DaMODataModule, SpanPrior  # noqa: E402
 from damo_lit.data.dataset import Collator, sample_item  # noqa: E402
 from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, decode_video, worker_context  # noqa: E402
 from damo_lit.data.features import (  # noqa: E402
-    FEATURE_KEYS, CachedFeatures, FeatureCacheError, FeatureStore, config_signature, encoder_signature, read_manifest,
-    signature_diff, trainable_towers, video_key,
+    FEATURE_KEYS, CachedFeatures, FeatureCacheError, FeatureStore, read_json, write_json, config_signature,
+    encoder_signature, read_manifest, signature_diff, trainable_towers, video_key,
 )  # fmt: skip
 from damo_lit.data.schema import TASKS, Record  # noqa: E402
 from damo_lit.data.sources.base import SPLITS  # noqa: E402
 
 FORMAT = "damo-stream-v1"
 META = "damo_stream.json"
+WRITTEN = "damo_written.json"  # per (split, task): written only after its optimize finished and was checked
 TIME_KEYS = ("frame_times", "frame_mask", "audio_times", "audio_mask")
+# The litdata serializers StreamItem's values get (str, bytes, int, float, tensors of rank != 1;
+# rank-1 tensors are "no_header_tensor:<dtype index>"). litdata picks each field's deserializer
+# from index.json's data_format, "pickle" and "graph" (which unpickles) included, so a stream
+# naming anything else is refused before litdata reads it.
+SAFE_FORMATS = ("str", "bytes", "int", "float", "tensor", "no_header_tensor:<dtype index>")
+_SAFE_FORMAT = re.compile(r"(str|bytes|int|float|tensor|no_header_tensor:\d+)")
+
+
+class UnsafeStreamError(ValueError):
+    """A stream whose index.json asks litdata for a deserializer this project's writer never uses
+    (pickle among them): opening it could unpickle anything, so it is refused unopened."""
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    """`folder/index.json` once every field's data_format is one write_stream produces.
+
+    Raises UnsafeStreamError naming the file, the field and its format otherwise (or when the
+    file is not the chunk index write_stream writes: litdata reads other layouts' formats too).
+    """
+    path = folder / "index.json"
+    if not path.is_file():
+        raise FeatureCacheError(f"{path}: not there; the stream is incomplete: write it with `damo-cache kind=stream`")
+    index = read_json(path)
+    index = index if isinstance(index, dict) else {}
+    config = index.get("config") if isinstance(index.get("config"), dict) else {}
+    formats = config.get("data_format")
+    if not isinstance(index.get("chunks"), list) or not isinstance(formats, list):
+        raise UnsafeStreamError(
+            f"{path}: refused to open it: not the litdata chunk index `damo-cache kind=stream` writes "
+            f"(expected the lists 'chunks' and 'config.data_format')"
+        )
+    for name, fmt in zip(_field_names(config, len(formats)), formats):
+        if not isinstance(fmt, str) or not _SAFE_FORMAT.fullmatch(fmt):
+            raise UnsafeStreamError(
+                f"{path}: refused to open it: field {name!r} has data_format {fmt!r}; `damo-cache kind=stream` "
+                f"writes only {', '.join(SAFE_FORMATS)} (litdata takes each field's deserializer from it, and some "
+                f"unpickle)"
+            )
+    return index
+
+
+def _field_names(config: Mapping[str, Any], count: int) -> list[str]:
+    """The item keys of index.json's data_spec (a flat dict for StreamItem's items), else #i."""
+    try:
+        spec = json.loads(config["data_spec"])[1]
+        names = json.loads(spec["context"])
+        if isinstance(names, list) and len(names) == count:
+            return [str(name) for name in names]
+    except (KeyError, IndexError, TypeError, ValueError):
+        pass
+    return [f"#{i}" for i in range(count)]
+
+
+def check_index(folder: Path, samples: int) -> dict[str, Any]:
+    """`read_index(folder)` once its chunk files exist at their indexed sizes and hold `samples`
+    samples in all; FeatureCacheError naming the folder and what differs otherwise (a write that
+    crashed can leave an index with no chunks, and litdata then fails with "No chunks found")."""
+    index = read_index(folder)
+    total = 0
+    for chunk in index["chunks"]:
+        chunk = chunk if isinstance(chunk, dict) else {}
+        chunk_file = folder / str(chunk.get("filename"))
+        if not chunk_file.is_file():
+            raise FeatureCacheError(f"{folder}/index.json: lists chunk {chunk_file.name}, which is not there")
+        if chunk_file.stat().st_size != chunk.get("chunk_bytes"):
+            raise FeatureCacheError(f"{chunk_file}: {chunk_file.stat().st_size} bytes, index.json says "
+                                    f"{chunk.get('chunk_bytes')}")  # fmt: skip
+        total += int(chunk.get("chunk_size") or 0)
+    if total != samples:
+        raise FeatureCacheError(f"{folder}/index.json: {total} samples in {len(index['chunks'])} chunks, "
+                                f"expected {samples}")  # fmt: skip
+    return index
 
 
 def decode_bytes(data: bytes | memoryview, params: DecodeParams, name: str = "video.mp4") -> DecodedVideo:
@@ -108,6 +187,7 @@ class StreamReport:
     samples: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # video path -> reason
     reused: list[str] = field(default_factory=list)  # split/task datasets found complete
+    rewritten: dict[str, str] = field(default_factory=dict)  # split/task -> why what was there was not kept
 
 
 def write_stream(
@@ -121,8 +201,9 @@ def write_stream(
     """Write litdata datasets of the data config's samples, one per (split, task), into `out`.
 
     With `datamodule.features` set, items carry the cached tower outputs instead of MP4 bytes.
-    A (split, task) dataset already complete (its index.json exists) is kept: a rerun after an
-    interruption writes only the rest.
+    A (split, task) dataset already complete is kept: a rerun after an interruption writes only
+    the rest. Complete means checked: its damo_written.json and its index.json both count the
+    samples this run would write, and the indexed chunks are there; anything else is written again.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,15 +230,13 @@ def write_stream(
         "features_manifest": store.manifest if store is not None else None,
         "span_prior": _span_prior(datamodule),
     }  # fmt: skip
-    tmp = meta_path.with_name(f"{META}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, meta_path)
+    write_json(meta_path, meta)
     return report
 
 
 def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str], tasks: Sequence[str],
                     store: FeatureStore | None, report: StreamReport, chunk_bytes: str, num_workers: int) -> None:
-    """One litdata dataset per (split, task) with samples; complete ones are kept."""
+    """One litdata dataset per (split, task) with samples; complete ones are kept, others rewritten."""
     from litdata import optimize
 
     for split in splits:
@@ -173,15 +252,41 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
             if not entries:
                 continue
             report.samples.setdefault(split, {})[task] = len(entries)
-            target = out / split / task
-            if (target / "index.json").is_file():
-                report.reused.append(f"{split}/{task}")
+            target, name = out / split / task, f"{split}/{task}"
+            reason = _incomplete(target, len(entries))
+            if reason is None:
+                report.reused.append(name)
                 continue
+            if target.is_dir() and any(target.iterdir()):
+                report.rewritten[name] = reason
+                warnings.warn(f"{target}: not kept as complete ({reason}); writing it again", RuntimeWarning,
+                              stacklevel=3)  # fmt: skip
+            (target / WRITTEN).unlink(missing_ok=True)
             optimize(
                 fn=StreamItem(datamodule.features), inputs=entries, output_dir=str(target), chunk_bytes=chunk_bytes,
                 num_workers=max(1, int(num_workers)), reorder_files=False, verbose=False,
                 start_method="forkserver", mode="overwrite",
             )  # fmt: skip
+            try:
+                check_index(target, len(entries))
+            except (FeatureCacheError, UnsafeStreamError) as err:
+                raise FeatureCacheError(f"sub-stream {name}: litdata's optimize reported success, but {err}") from None
+            write_json(target / WRITTEN, {"format": FORMAT, "samples": len(entries)})
+
+
+def _incomplete(target: Path, samples: int) -> str | None:
+    """Why the dataset in `target` is not a finished write of `samples` samples; None when it is."""
+    if not (target / WRITTEN).is_file():
+        return f"no {WRITTEN}: its write did not finish (or predates {WRITTEN})"
+    try:
+        marker = read_json(target / WRITTEN)
+        check_index(target, samples)
+    except (FeatureCacheError, UnsafeStreamError) as err:
+        return str(err)
+    written = marker.get("samples") if isinstance(marker, dict) else None
+    if written != samples:
+        return f"{WRITTEN} counts {written} samples, this run writes {samples}"
+    return None
 
 
 def _entries(samples: Sequence[Sample], store: FeatureStore | None, report: StreamReport) -> list[tuple[str, str, str]]:
@@ -231,7 +336,9 @@ class StreamingRecords:
                 **{name: item.get(name) for name in (*FEATURE_KEYS, *TIME_KEYS)},
                 has_audio=bool(item["has_audio"]), duration=float(item["video_duration"]),
             )  # fmt: skip
-        return sample_item(record, video, self.tokenizer, self.timestamps, self.prompt_style)
+        # The cache key (source label / video) names the video uniquely across a mixture's sources.
+        return sample_item(record, video, self.tokenizer, self.timestamps, self.prompt_style,
+                           video_key=item.get("key"))
 
 
 class StreamingDataModule(DaMODataModule):
@@ -250,6 +357,13 @@ class StreamingDataModule(DaMODataModule):
                                   f"damo-cache kind=stream data=... out={self.streaming_dir}")  # fmt: skip
         if self.meta["kind"] == "features":
             self._check_features()
+        for split, tasks in self.meta["samples"].items():  # refused here, before any rank starts training
+            for task, samples in tasks.items():
+                try:
+                    check_index(self.streaming_dir / split / task, samples)
+                except FeatureCacheError as err:
+                    raise FeatureCacheError(f"data.streaming_dir={self.streaming_dir}: {err}; write it again with "
+                                            f"`damo-cache kind=stream ... out={self.streaming_dir}`") from None
 
     def feature_cache_signature(self) -> tuple[str, dict[str, Any]] | None:
         if self.meta["kind"] != "features":
@@ -295,11 +409,11 @@ class StreamingDataModule(DaMODataModule):
             warnings.warn(f"{self.streaming_dir}: no {split} samples of task(s) {missing}", UserWarning, stacklevel=3)
         transform = StreamingRecords(self.params, self.tokenizer, self.timestamps, self.prompt_style,
                                      self.loader.failures)  # fmt: skip
-        datasets = [
-            StreamingDataset(str(self.streaming_dir / split / task), shuffle=shuffle, seed=self.seed,
-                             transform=transform)
-            for task in tasks
-        ]  # fmt: skip
+        datasets = []
+        for task in tasks:
+            folder = self.streaming_dir / split / task
+            read_index(folder)  # litdata takes each field's deserializer from it: checked right before opening
+            datasets.append(StreamingDataset(str(folder), shuffle=shuffle, seed=self.seed, transform=transform))
         if len(datasets) == 1:
             return datasets[0]
         return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
