@@ -30,6 +30,16 @@ def test_bench_decoding_and_fusion_figures(tmp_path: Path) -> None:
     assert "cache_speedup" not in result and "loader_samples_per_s" not in result
 
 
+def test_bench_cache_on_sized_and_demo_clips(tmp_path: Path) -> None:
+    """cache_speedup is measured on clips of cache_clip_size px (quick: 96), the demo's 64 px beside it."""
+    result = _bench(tmp_path, "sections=[cache]")
+    steps = result["step_s"]
+    assert result["cache_speedup"] == pytest.approx(steps["decode_96px"] / steps["feature_cache_96px"])
+    assert result["cache_speedup_demo_clips"] == pytest.approx(steps["decode"] / steps["feature_cache"])
+    assert result["feature_cache_build_sized"]["videos"] == result["feature_cache_build"]["videos"] == 10
+    assert (tmp_path / "synth_96px_12fps" / "videos").is_dir() and (tmp_path / "synth" / "videos").is_dir()
+
+
 def test_bench_tower_chunks_bound_the_towers_memory(tmp_path: Path) -> None:
     """model.vision.chunk_size: the frozen tower's forward adds far less memory in chunks of 8 frames
     than over 64 at once (each measured in a fresh process)."""
@@ -70,7 +80,9 @@ def test_bench_real_clips_skipped_without_videos(tmp_path: Path) -> None:
 def test_bench_every_section(tmp_path: Path) -> None:
     result = _bench(tmp_path)
     assert result["loader_samples_per_s"]["0"] > 0 and result["raw_decode_videos_per_s"] > 0
-    assert result["cache_speedup"] > 0 and set(result["step_s"]) == {"decode", "decoded_npz_cache", "feature_cache",
-                                                                 "decode_frozen_lm", "feature_cache_frozen_lm"}
-    assert result["feature_cache_build"]["videos"] == 10
+    assert result["cache_speedup"] > 0 and result["cache_speedup_demo_clips"] > 0
+    assert set(result["step_s"]) == {"decode_96px", "feature_cache_96px", "decode", "decoded_npz_cache",
+                                     "feature_cache", "decode_frozen_lm", "feature_cache_frozen_lm"}
+    assert result["feature_cache_build"]["videos"] == result["feature_cache_build_sized"]["videos"] == 10
+    assert "clips of 96x96 px at 12 fps" in result["cache_setup"]
     assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks"}
