@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from damo_lit.cli.common import compose_run
 from damo_lit.cli.train import build_run, run
+from damo_lit.stages.schedule import warmup_cosine
 
 STAGES = ["stage1_align", "stage2_bridge", "stage3_temporal", "stage4_dialogue"]
 
@@ -107,7 +109,7 @@ def test_towers_trained_earlier_travel_on_when_a_later_stage_freezes_them(tiny_o
 
 def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str], tmp_path: Path) -> None:
     cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "data.max_samples_per_split=8",
-                                "trainer.limit_val_batches=1"], tmp_path)
+                                "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1"], tmp_path)
     metrics = run(cfg)
     for key in ("test/R@0.3", "test/R@0.5", "test/R@0.7", "test/mIoU", "test/parse_rate",
                 "test/baseline_R@0.5", "val/R@0.5"):
@@ -115,6 +117,22 @@ def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str]
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert (tmp_path / "adapter" / "adapter_config.json").is_file(), "LoRA adapter saved in peft format"
+
+    # Every metric of the run is {split}/{name} (Lightning's own epoch and step columns aside), the
+    # learning rate included: train/lr, following the configured schedule step by step.
+    with open(tmp_path / "csv" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = set(rows[0])
+    assert {k for k in keys if k.split("/")[0] not in ("train", "val", "test")} == {"epoch", "step"}, sorted(keys)
+    logged_lr = [float(r["train/lr"]) for r in rows if r["train/lr"]]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(cfg.stage.optimizer.lr))
+    schedule = warmup_cosine(optimizer, total_steps=len(logged_lr), **cfg.stage.scheduler)
+    expected = []
+    for _ in logged_lr:
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert len(logged_lr) == 2 and logged_lr == pytest.approx(expected, rel=1e-6), (logged_lr, expected)
 
 
 def test_stage4_reports_grounding_and_dialogue_queries_apart(tiny_overrides: list[str], tmp_path: Path) -> None:

@@ -218,8 +218,8 @@ class RetrievalMetrics(CatStateMetric):
     saw nothing still takes part), and compute() scores the full (N, N) cosine (or, with
     normalize=False, dot-product) similarity with `paired_retrieval_metrics`: keys 't2v_R@1',
     ..., 't2v_MdR', 't2v_MnR', 't2v_count' and the same for 'v2t_'. A pair that
-    DistributedSampler repeats to even out the last batch becomes a second candidate; use a
-    sampler that does not pad when the figures must be exact.
+    DistributedSampler repeats to even out the last batch becomes a second candidate: leave it
+    out (the stages do, by the batch's `padding` from EvalSampler) when the figures must be exact.
     """
 
     def __init__(self, ks: Sequence[int] = DEFAULT_KS, normalize: bool = True, **kwargs: Any) -> None:

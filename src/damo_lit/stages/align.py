@@ -43,6 +43,33 @@ class MatchingHead(nn.Module):
         return self.classify((fused * weights).sum(1) / weights.sum(1).clamp(min=1))
 
 
+def hard_negatives(sim: Tensor, captions: Sequence[str], generator: torch.Generator | None = None,
+                   sharpness: float = 20.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One hard negative per video and per text for VTM, BLIP-2 style: drawn (not the arg max, so
+    that one near-duplicate does not become every epoch's negative) with probability
+    softmax(sharpness * sim) over the batch's other items. An item whose caption equals the
+    anchor's (the anchor's own pair included) is never drawn: it is no negative.
+
+    sim: (B, B) video x text similarities (row i, column i: one pair). Returns (videos, their
+    negative texts, texts, their negative videos) as row indices; an anchor whose batch-mates all
+    share its caption gets none.
+    """
+    same = torch.tensor([[a == b for b in captions] for a in captions], device=sim.device)
+    with torch.no_grad():
+        weights_v2t = F.softmax(sim.float() * sharpness, dim=1).masked_fill(same, 0)
+        weights_t2v = F.softmax(sim.float().T * sharpness, dim=1).masked_fill(same, 0)
+
+    def draw(weights: Tensor) -> tuple[Tensor, Tensor]:
+        anchors = (weights.sum(1) > 0).nonzero().squeeze(1)
+        if len(anchors) == 0:
+            return anchors, anchors.clone()
+        return anchors, torch.multinomial(weights[anchors], 1, generator=generator).squeeze(1)
+
+    videos, neg_text = draw(weights_v2t)
+    texts, neg_video = draw(weights_t2v)
+    return videos, neg_text, texts, neg_video
+
+
 class AlignStage(DaMOStage):
     def __init__(self, *args: Any, loss_weights: Mapping[str, float] | None = None,
                  temperature: float = 0.07, max_caption_tokens: int = 64, **kwargs: Any) -> None:
@@ -106,29 +133,15 @@ class AlignStage(DaMOStage):
                       sim: Tensor) -> Tensor:
         """VTM with one hard negative text per video and one hard negative video per text."""
         size = sim.shape[0]
-        same = torch.tensor([[a == b for b in captions] for a in captions], device=sim.device)
-        with torch.no_grad():
-            weights_v2t = F.softmax(sim.float() * 20, dim=1).masked_fill(same, 0)
-            weights_t2v = F.softmax(sim.float().T * 20, dim=1).masked_fill(same, 0)
+        videos, neg_text, texts, neg_video = hard_negatives(sim, captions)
         states = self.text_states(ids, mask)
-        pairs_text, pairs_mask, pairs_media = [states], [mask], [fusion]
-        labels = [torch.ones(size, dtype=torch.long, device=sim.device)]
-        has_v2t = weights_v2t.sum(1) > 0
-        if has_v2t.any():
-            neg_text = torch.multinomial(weights_v2t[has_v2t], 1).squeeze(1)
-            pairs_text.append(states[neg_text])
-            pairs_mask.append(mask[neg_text])
-            pairs_media.append(fusion[has_v2t])
-            labels.append(torch.zeros(int(has_v2t.sum()), dtype=torch.long, device=sim.device))
-        has_t2v = weights_t2v.sum(1) > 0
-        if has_t2v.any():
-            neg_video = torch.multinomial(weights_t2v[has_t2v], 1).squeeze(1)
-            pairs_text.append(states[has_t2v])
-            pairs_mask.append(mask[has_t2v])
-            pairs_media.append(fusion[neg_video])
-            labels.append(torch.zeros(int(has_t2v.sum()), dtype=torch.long, device=sim.device))
+        pairs_text = [states, states[neg_text], states[texts]]
+        pairs_mask = [mask, mask[neg_text], mask[texts]]
+        pairs_media = [fusion, fusion[videos], fusion[neg_video]]
+        labels = torch.cat([torch.ones(size, dtype=torch.long, device=sim.device),
+                            torch.zeros(len(videos) + len(texts), dtype=torch.long, device=sim.device)])
         logits = self.vtm_head(torch.cat(pairs_text), torch.cat(pairs_mask), torch.cat(pairs_media))
-        return F.cross_entropy(logits, torch.cat(labels))
+        return F.cross_entropy(logits, labels)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
@@ -144,7 +157,8 @@ class AlignStage(DaMOStage):
         ids, mask = self.tokenize_captions(batch["caption"])
         video = self.model.pooled_video(media)
         text = self.model.encode_text(ids, mask)
-        self.retrieval.update(text.float(), video.float())
+        real = ~batch["padding"] if "padding" in batch else slice(None)  # EvalSampler's repeats: not scored twice
+        self.retrieval.update(text.float()[real], video.float()[real])
         loss, _ = self.lm_loss(batch, self.soft_prompt(batch, media))
         self.log(f"{split}/loss_vtg", loss, batch_size=self.batch_size_of(batch), sync_dist=True)
 

@@ -145,6 +145,16 @@ def select_rows(batch: Mapping[str, Any], rows: Tensor) -> dict[str, Any]:
     return {k: batch[k].index_select(0, rows) for k in MEDIA_KEYS if batch.get(k) is not None}
 
 
+def learning_rates(optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, float]:
+    """{"lr": rate} when every parameter group steps at one rate (the stages' decay / no-decay
+    groups differ in weight decay only), else {"lr_<group name>": rate} per group."""
+    groups = [group for optimizer in optimizers for group in optimizer.param_groups]
+    rates = {str(group.get("name") or f"pg{i}"): float(group["lr"]) for i, group in enumerate(groups, start=1)}
+    if len(set(rates.values())) == 1:
+        return {"lr": next(iter(rates.values()))}
+    return {f"lr_{name}": rate for name, rate in rates.items()}
+
+
 def plain(value: Any) -> Any:
     """A DictConfig/ListConfig as plain Python containers (checkpoints hold no OmegaConf objects)."""
     if isinstance(value, (DictConfig,)) or OmegaConf.is_config(value):
@@ -302,7 +312,8 @@ class DaMOStage(L.LightningModule):
                 (decay if param.ndim >= 2 else no_decay).append(param)
         if not decay and not no_decay:
             raise ValueError(f"stage {self.stage_name}: nothing to train (trainable groups: {self.trainable_groups})")
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        optimizer = self.optimizer_factory([{"params": decay, "name": "decay"},
+                                            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}])
         total = int(self.trainer.estimated_stepping_batches)
         if not math.isfinite(total) or total <= 0:
             raise ValueError("the LR schedule needs a finite number of steps: set trainer.max_steps or max_epochs")
@@ -314,6 +325,12 @@ class DaMOStage(L.LightningModule):
             warmup_steps=self.scheduler_cfg.get("warmup_steps"),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def log_learning_rates(self) -> None:
+        """Log the rates of this step as train/lr (see `learning_rates`): Lightning's
+        LearningRateMonitor would name them `lr-AdamW/pg1`, outside the {split}/{metric} scheme."""
+        self.log_metrics("train", learning_rates(self.trainer.optimizers), on_step=True, on_epoch=False,
+                         batch_size=1)
 
     # -- non-finite losses -----------------------------------------------------------------------
     def guard_loss(self, output: Any, restore: Callable[[], None] | None = None) -> Any:
@@ -435,6 +452,7 @@ class DaMOStage(L.LightningModule):
         self._rng_to_restore = resume.get("rng")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.log_learning_rates()
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
