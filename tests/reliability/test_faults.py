@@ -131,3 +131,27 @@ def test_stage3_trains_to_the_end_on_a_faulty_set(faulty_root: Path, tmp_path: P
     assert "file not found" in report
     assert str(faulty_root / no_audio_video) not in report
     assert (tmp_path / "weights.safetensors").is_file()
+
+
+def test_the_report_names_every_bad_file_once_however_many(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """120 bad files: all named in the first report (no cut at some count), none named again."""
+    from types import SimpleNamespace
+
+    from damo_lit.stages.callbacks import DecodeFailureReport
+
+    failures = {f"/videos/bad_{i:03d}.mp4": ["zero bytes"] for i in range(120)}
+    datamodule = SimpleNamespace(decode_failures=lambda: dict(failures), fixes=lambda: {})
+    trainer = SimpleNamespace(datamodule=datamodule, is_global_zero=True, current_epoch=0, default_root_dir=str(tmp_path))
+    module = SimpleNamespace(log=lambda *args, **kwargs: None)
+    report = DecodeFailureReport()
+    with caplog.at_level(logging.WARNING, logger="damo_lit"):
+        report.on_train_epoch_end(trainer, module)
+        failures["/videos/late.mp4"] = ["truncated"]
+        trainer.current_epoch = 1
+        report.on_train_epoch_end(trainer, module)
+    first, second = (r.getMessage() for r in caplog.records if r.name == "damo_lit.stages.callbacks")
+    assert all(f"/videos/bad_{i:03d}.mp4: zero bytes" in first for i in range(120))
+    assert "120 video file(s) failed to decode, 120 new" in first
+    assert "121 video file(s) failed to decode, 1 new" in second and "/videos/late.mp4: truncated" in second
+    assert "bad_000" not in second
+    assert len(json.loads((tmp_path / "decode_failures.json").read_text())) == 121

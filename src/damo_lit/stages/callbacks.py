@@ -19,7 +19,6 @@ from damo_lit.stages.weights import clean_name, save_stage_weights, stage_state
 
 log = logging.getLogger(__name__)
 
-MAX_NAMED = 50  # bad files named in one log line (all of them go to the JSON report)
 
 
 class StageArtifacts(L.Callback):
@@ -55,14 +54,16 @@ class DecodeFailureReport(L.Callback):
     and which, and how many annotation records the sources dropped or fixed.
 
     Logs `train/decode_failures` (distinct files, all splits loaded so far), `train/skipped_samples`
-    (samples left out because of them, cumulative) and `train/records_dropped`; names the files in
-    a warning (the first MAX_NAMED) and writes all of them, with their reasons, to
+    (samples left out because of them, cumulative) and `train/records_dropped`; names in the log,
+    with its reason, every file that failed since the last report (so each bad file is named once
+    however many there are, and later epochs only count them), and writes all of them to
     `DIR/decode_failures.json` (DIR: `dirpath`, else the trainer's default_root_dir). Record
     fix-ups are named once, when fit starts.
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = Path(dirpath) if dirpath else None
+        self.named: set[str] = set()  # files already named in the log
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         fixes = getattr(trainer.datamodule, "fixes", None)
@@ -89,14 +90,16 @@ class DecodeFailureReport(L.Callback):
         if not failures or not trainer.is_global_zero:
             return
         named = sorted(failures.items())
-        lines = [f"{path}: {reasons[0]}" + (f" ({len(reasons)} samples)" if len(reasons) > 1 else "")
-                 for path, reasons in named[:MAX_NAMED]]  # fmt: skip
-        more = f"\n  ... and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
         target = (self.dirpath or Path(trainer.default_root_dir)) / "decode_failures.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps({path: reasons[0] for path, reasons in named}, indent=2) + "\n")
-        log.warning("%s epoch %d: %d video file(s) failed to decode; %d sample(s) skipped so far (all in %s):\n  %s%s",
-                    split, trainer.current_epoch, len(failures), skipped, target, "\n  ".join(lines), more)
+        new = [(path, reasons) for path, reasons in named if path not in self.named]
+        self.named.update(path for path, _ in new)
+        lines = "".join(f"\n  {path}: {reasons[0]}" + (f" ({len(reasons)} samples)" if len(reasons) > 1 else "")
+                        for path, reasons in new)  # fmt: skip
+        log.warning("%s epoch %d: %d video file(s) failed to decode, %d new since the last report; %d sample(s) "
+                    "skipped so far (all in %s)%s", split, trainer.current_epoch, len(failures), len(new), skipped,
+                    target, lines)  # fmt: skip
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report(trainer, pl_module, "train")
