@@ -109,7 +109,9 @@ def fake_reply(prompt: str) -> str:
 
 @dataclass
 class FakeChatServer:
-    """A chat-completions endpoint whose first replies follow `script` (429 / 500 / malformed)."""
+    """A chat-completions endpoint whose first replies follow `script`: an HTTP status ("408",
+    "429", "500"), a 200 that is no chat-completions response ("html", "truncated",
+    "no_choices"), a model answer that is no JSON list ("malformed", "null_content"), or "ok"."""
 
     url: str
     script: list[str] = field(default_factory=list)
@@ -134,10 +136,11 @@ def chat_server() -> Iterator[FakeChatServer]:
         def log_message(self, *args) -> None:  # keep pytest output clean
             pass
 
-        def _send(self, code: int, body: dict | str, headers: dict[str, str] | None = None) -> None:
+        def _send(self, code: int, body: dict | str, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> None:
             raw = (body if isinstance(body, str) else json.dumps(body)).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(raw)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -153,24 +156,34 @@ def chat_server() -> Iterator[FakeChatServer]:
             mode = state.next_mode()
             if mode == "429":
                 return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": state.retry_after})
-            if mode == "500":
-                return self._send(500, {"error": {"message": "overloaded"}})
+            if mode in ("408", "500"):
+                return self._send(int(mode), {"error": {"message": "timed out" if mode == "408" else "overloaded"}})
+            if mode == "html":  # a proxy's error page, sent with 200
+                return self._send(200, "<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+            if mode == "no_choices":  # some gateways report errors in a 200 body
+                return self._send(200, {"error": {"message": "upstream overloaded"}})
             prompt = body["messages"][-1]["content"]
             with state.lock:
                 state.prompts.append(prompt)
                 state.bodies.append(body)
-            content = "Sorry, I cannot help with that." if mode == "malformed" else fake_reply(prompt)
+            content = {"malformed": "Sorry, I cannot help with that.", "null_content": None}.get(mode, "")
             reply = {
                 "id": "chatcmpl-test",
                 "object": "chat.completion",
                 "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
             }
+            if content == "":
+                reply["choices"][0]["message"]["content"] = fake_reply(prompt)
+            if mode == "truncated":  # the JSON cut short, with a Content-Length that matches
+                return self._send(200, json.dumps(reply)[:60])
             self._send(200, reply)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll interval: shutdown() waits up to one interval, at every test's teardown
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield state

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import email.utils
+import errno
+import http.client
 import json
+import logging
+import signal
+import ssl
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,8 +74,10 @@ def test_retries_then_valid_items_then_cache(
     assert sorted((tmp_path / "again.jsonl").read_text().splitlines()) == sorted(out.read_text().splitlines())
 
 
-def test_malformed_replies_are_bounded(chat_server: FakeChatServer, anet_file: Path, tmp_path: Path) -> None:
-    chat_server.script = ["malformed"] * 6
+@pytest.mark.parametrize("mode", ["malformed", "null_content"])
+def test_malformed_replies_are_bounded(chat_server: FakeChatServer, anet_file: Path, tmp_path: Path, mode: str) -> None:
+    # a well-formed chat-completions response whose content is no JSON list is the model's fault
+    chat_server.script = [mode] * 6
     videos = load_videos(anet_file, "activitynet").videos
     backend = backend_for(chat_server, None, api_key_env=None, max_parse_retries=1, concurrency=1)
     summary = run_augment(videos, backend, QuestionSpec(), tmp_path / "bad.jsonl", source_format="activitynet",
@@ -76,14 +86,25 @@ def test_malformed_replies_are_bounded(chat_server: FakeChatServer, anet_file: P
     assert summary.records == 0 and summary.rejects == {"malformed_reply": 3}
 
 
-def test_endpoint_down_leaves_videos_to_retry(chat_server: FakeChatServer, anet_file: Path, tmp_path: Path) -> None:
-    chat_server.script = ["500"] * 4  # the first video's 4 tries all fail
+@pytest.mark.parametrize(
+    "mode, said",
+    [("500", "HTTP 500"), ("html", "JSONDecodeError"), ("truncated", "JSONDecodeError"), ("no_choices", "KeyError")],
+)
+def test_endpoint_down_leaves_videos_to_retry(
+    chat_server: FakeChatServer, anet_file: Path, tmp_path: Path, mode: str, said: str
+) -> None:
+    # a 200 whose body is no chat-completions response (a gateway's HTML page, JSON cut short, an
+    # error object) says nothing about the model: retried like a 5xx, and the video is left undone
+    chat_server.script = [mode] * 4  # the first video's 4 tries all fail
     videos = load_videos(anet_file, "activitynet").videos
     backend = backend_for(chat_server, None, api_key_env=None, concurrency=1, max_retries=3)
-    backend.sleep = lambda _: None
+    waits: list[float] = []
+    backend.sleep = waits.append
     out = tmp_path / "down.jsonl"
     first = run_augment(videos, backend, QuestionSpec(), out, source_format="activitynet", progress=False)
     assert first.videos_failed == 1 and first.videos_done_now == 2 and "gave up after 4 tries" in first.failures[0]
+    assert said in first.failures[0] and "malformed_reply" not in first.rejects
+    assert len(waits) == 3  # backoff between the tries, as for a 5xx
     second = run_augment(videos, backend_for(chat_server, None, api_key_env=None), QuestionSpec(), out,
                          source_format="activitynet", progress=False)
     assert second.videos_resumed == 2 and second.videos_done_now == 1 and second.videos_failed == 0
@@ -103,6 +124,116 @@ def test_bad_key_stops_the_run(chat_server: FakeChatServer, anet_file: Path, tmp
     with pytest.raises(BackendError, match="DAMO_TEST_KEY"):
         run_augment(videos, backend_for(chat_server, None), QuestionSpec(), tmp_path / "y.jsonl",
                     source_format="activitynet", progress=False, overwrite=True)
+
+
+def test_retry_after_is_capped_by_backoff_max(
+    chat_server: FakeChatServer, anet_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat_server.script = ["429", "429"]
+    chat_server.retry_after = "86400"  # a day
+    video = load_videos(anet_file, "activitynet").videos[:1]
+    backend = backend_for(chat_server, None, api_key_env=None, concurrency=1, backoff_max=2.5)
+    waits: list[float] = []
+    backend.sleep = waits.append
+    with caplog.at_level(logging.WARNING, logger="damo_lit.augment.openai_backend"):
+        summary = run_augment(video, backend, QuestionSpec(), tmp_path / "capped.jsonl", source_format="activitynet",
+                              progress=False)
+    assert waits == [2.5, 2.5] and summary.videos_done_now == 1
+    assert "86400 s" in caplog.text and "backoff_max=2.5" in caplog.text
+
+
+def test_timeouts_and_read_errors_are_retried(
+    chat_server: FakeChatServer, anet_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what a flaky network raises below HTTP: TLS errors, resets, a body cut short, any OSError
+    errors: list[Exception] = [
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+        http.client.IncompleteRead(b'{"id": "chatcmpl', 120),
+        OSError(errno.ENETUNREACH, "Network is unreachable"),
+    ]
+    real_urlopen = urllib.request.urlopen
+
+    def flaky_urlopen(request, timeout):
+        if errors:
+            raise errors.pop(0)
+        return real_urlopen(request, timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", flaky_urlopen)
+    chat_server.script = ["408"]  # then the server answers
+    videos = load_videos(anet_file, "activitynet").videos
+    backend = backend_for(chat_server, None, api_key_env=None, concurrency=1, max_retries=5)
+    waits: list[float] = []
+    backend.sleep = waits.append
+    summary = run_augment(videos, backend, QuestionSpec(), tmp_path / "flaky.jsonl", source_format="activitynet",
+                          progress=False)
+    assert not errors and len(waits) == 5  # the first video's 6 tries
+    assert summary.videos_done_now == 3 and summary.videos_failed == 0
+    assert "request_rejected" not in summary.rejects  # 408 is retried, not taken as a refusal
+    assert chat_server.requests == 4  # the 408, then one good reply per video
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_interrupt_stops_workers_waiting_to_retry(
+    chat_server: FakeChatServer, anet_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture, concurrency: int
+) -> None:
+    # one video gets its reply; then the server only answers 429 with Retry-After: one hour
+    chat_server.script = ["ok"] + ["429"] * 1000
+    chat_server.retry_after = "3600"
+    videos = load_videos(anet_file, "activitynet").videos
+    out, cache = tmp_path / "stopped.jsonl", tmp_path / "cache"
+    backend = backend_for(chat_server, cache, api_key_env=None, concurrency=concurrency, backoff_max=3600.0)
+    waiting, written, finished = threading.Event(), threading.Event(), threading.Event()
+    wait = backend.sleep
+    sleepers: set[threading.Thread] = set()
+
+    def sleep(seconds: float) -> object:
+        sleepers.add(threading.current_thread())
+        waiting.set()
+        return wait(seconds)
+
+    backend.sleep = sleep
+    sent: list[float] = []
+
+    def press_ctrl_c() -> None:  # as a terminal would, once a video is written and a retry waits
+        waiting.wait(10)
+        written.wait(10)
+        # a signal sent just as the main thread goes to sleep can be lost: it must be asleep by now,
+        # and should it still be lost, press again rather than hang the tests for an hour
+        while not finished.wait(0.3):
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            finished.wait(3.0)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_augment(videos, backend, QuestionSpec(), out, source_format="activitynet", progress=False,
+                        on_video_done=lambda video, records: written.set())
+        stopped = time.monotonic()
+    finally:
+        finished.set()
+        signal.signal(signal.SIGINT, previous)
+    assert waiting.is_set() and written.is_set() and len(sent) == 1
+    assert stopped - sent[0] < 2.0
+    workers = sleepers | {t for t in threading.enumerate() if t.name.startswith("augment")}
+    assert all(t.name.startswith("augment") for t in sleepers) == (concurrency > 1)
+    for worker in workers - {threading.main_thread()}:
+        worker.join(timeout=2.0)
+    assert not [t for t in workers - {threading.main_thread()} if t.is_alive()]  # nothing for the exit to wait for
+    assert "run the same command again to resume" in " ".join(capsys.readouterr().err.split())
+
+    # what was written stays valid, the cache too, and the same backend resumes the run
+    partial = read_valid(out)
+    assert len({r.meta["source_video"] for r in partial}) == 1
+    assert all(json.loads(p.read_text())["reply"] for p in cache.rglob("*.json"))
+    chat_server.script.clear()
+    summary = run_augment(videos, backend, QuestionSpec(), out, source_format="activitynet", progress=False)
+    assert summary.videos_resumed == 1 and summary.videos_done_now == 2 and summary.videos_failed == 0
+    records = read_valid(out)
+    assert records[: len(partial)] == partial
+    check_grounding(records, ANET_CLEAN)
 
 
 def test_retry_after_forms() -> None:

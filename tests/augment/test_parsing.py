@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+from damo_lit.augment import llm, validate
 from damo_lit.augment.items import GroundedItem, Moment, Video
 from damo_lit.augment.llm import ReplyFormatError, parse_reply
 from damo_lit.augment.text import has_literal_time, normalise_question, to_placeholders
@@ -104,3 +108,18 @@ def test_validator_accepts_and_drops_duplicates() -> None:
     assert record.spans == ((9.0, 30.0),) and record.meta["source_events"] == [[1]]
     assert record.id == "vid-aug000"
     assert lax.check(qa("when", "{span:0}", [(10, 15)], question="when does the CAT sleep")) == (None, "duplicate")
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "augment.md"
+
+
+def test_docs_list_every_reject_reason() -> None:
+    """The reject table in docs/augment.md names every reason the validator and the LLM backends
+    count, and no other: read from their source, so that a new reason cannot go undocumented."""
+    produced = set(re.findall(r'return (?:None|\[\]), "(\w+)"', Path(validate.__file__).read_text()))
+    produced |= set(re.findall(r'rejects\["(\w+)"\]', Path(llm.__file__).read_text()))
+    assert {"unknown_type", "empty_text", "no_spans", "schema", "malformed_reply", "request_rejected"} <= produced
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("| reason |"):].split("\n\n")[0]
+    documented = {name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert documented == produced

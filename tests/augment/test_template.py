@@ -1,5 +1,5 @@
-"""The template backend end to end through damo-augment's config, on ActivityNet Captions and
-Charades-STA (the real test split, a subset) and on DaMO JSONL."""
+"""The template backend end to end through damo-augment's config, on ActivityNet Captions,
+Charades-STA (a small file written here, and the real test split, a subset) and DaMO JSONL."""
 
 from __future__ import annotations
 
@@ -71,14 +71,43 @@ def test_template_is_seeded(anet_file: Path, tmp_path: Path) -> None:
     assert [i.qtype for i in capped.items] == ["when", "when"]
 
 
-def _charades_windows(shared: Path, videos: set[str]) -> dict[str, dict[int, tuple[float, float]]]:
+# Charades-STA as released: `VID start end##sentence` lines, and Charades_v1_*.csv with the
+# duration in its last column, `length` (quoted fields hold commas). Quirks: windows that run
+# past the end (clipped), one that starts after it (dropped), paraphrases of one window (one
+# moment), a video missing from the CSV and one with an empty length (both dropped).
+CHARADES_STA = """\
+AO8RW 0.0 6.9##a person is putting a book on a shelf.
+AO8RW 0.0 6.9##person begins by putting a book on the shelf.
+AO8RW 7.3 15.2##the person takes a cup from the table.
+AO8RW 20.1 36.4##person starts laughing.
+Y6R7T 1.2 8.8##a person opens the fridge.
+Y6R7T 9.0 14.5##the person drinks a glass of water.
+Y6R7T 15.0 24.0##person closes the door.
+Y6R7T 25.0 30.0##the person sits down.
+KX3B7 3.4 11.0##person holding a pillow.
+KX3B7 3.4 11.0##a person is holding a pillow.
+KX3B7 12.0 19.6##person throws the pillow on the bed.
+Z1Q9X 2.0 5.0##a person sneezes.
+EMPTY 1.0 4.0##a person waves.
+"""
+CHARADES_CSV = """\
+id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length
+AO8RW,CP6Y,Living room,6,7,Yes,"A person puts a book away, takes a cup and laughs.",book;cup;shelf,"A person shelves a book, then laughs.",c026 0.00 7.10;c106 7.00 15.50,33.67
+Y6R7T,M7K8,Kitchen,5,6,Yes,"A person opens the fridge, drinks water, closes the door.",door;glass;refrigerator,A person drinks water.,c143 1.00 9.00;c106 9.00 14.80,21.5
+KX3B7,ZB4K,Bedroom,7,7,Yes,"A person holds a pillow, then throws it on the bed.",bed;pillow,A person throws a pillow.,c077 3.20 11.10,30.12
+EMPTY,ZB4K,Bedroom,,,No,A person waves.,,,,
+"""
+
+
+def _charades_windows(sta: Path, lengths_csv: Path, videos: set[str]) -> dict[str, dict[int, tuple[float, float]]]:
     """The expected cleaned windows, computed here independently of the readers."""
     lengths = {}
-    for line in (shared / "charades_sta" / "Charades_v1_test.csv").read_text().splitlines()[1:]:
-        lengths[line.split(",", 1)[0]] = float(line.rsplit(",", 1)[1])
+    for line in lengths_csv.read_text().splitlines()[1:]:
+        if line.rsplit(",", 1)[1]:
+            lengths[line.split(",", 1)[0]] = float(line.rsplit(",", 1)[1])
     windows: dict[str, dict[int, tuple[float, float]]] = {}
     counters: Counter = Counter()
-    for line in (shared / "charades_sta" / "charades_sta_test.txt").read_text().splitlines():
+    for line in sta.read_text().splitlines():
         vid, start, end = line.split("##")[0].split()
         index = counters[vid]
         counters[vid] += 1
@@ -88,21 +117,42 @@ def _charades_windows(shared: Path, videos: set[str]) -> dict[str, dict[int, tup
     return windows
 
 
+def test_charades_sta_template_small(tmp_path: Path) -> None:
+    """The Charades-STA format without ../shared: a file in the released format, written here."""
+    sta, lengths = tmp_path / "charades_sta_test.txt", tmp_path / "Charades_v1_test.csv"
+    sta.write_text(CHARADES_STA, encoding="utf-8")
+    lengths.write_text(CHARADES_CSV, encoding="utf-8")
+    out = tmp_path / "charades_small.jsonl"
+    summary = augment([f"input={sta}", "format=charades_sta", f"durations={lengths}", f"out={out}"])
+    records = read_valid(out)
+    videos = {r.meta["source_video"] for r in records}
+    assert videos == {"AO8RW", "Y6R7T", "KX3B7"} and summary.videos_in_output == 3
+    assert summary.source_fixes == {"duration_missing_dropped": 2, "window_end_clipped": 2, "window_outside_dropped": 1}
+    check_grounding(records, _charades_windows(sta, lengths, videos))
+    durations = {"AO8RW": 33.67, "Y6R7T": 21.5, "KX3B7": 30.12}
+    assert all(r.duration == durations[r.meta["source_video"]] for r in records)
+    spans = {span for r in records for span in r.spans}
+    assert (20.1, 33.67) in spans and (15.0, 21.5) in spans  # clipped to the video, not as written
+    assert {"when", "before", "after", "duration", "order", "dialogue"} <= set(summary.items_per_type)
+    # paraphrases of one window are one moment: its "when" item names both lines as its source,
+    # and asks about the first of them
+    whens = [r for r in records if r.meta["question_type"] == "when"]
+    assert any(r.meta["source_events"] == [[0, 1]] for r in whens)
+    for rec in whens:
+        lines = [ln for ln in CHARADES_STA.splitlines() if ln.startswith(rec.meta["source_video"] + " ")]
+        sentence = lines[rec.meta["source_events"][0][0]].split("##")[1]
+        assert inline_case(clean_sentence(sentence)) in rec.turns[0].content
+
+
 def test_charades_sta_template(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "charades_qa.jsonl"
-    summary = augment(
-        [
-            f"input={shared_data / 'charades_sta' / 'charades_sta_test.txt'}",
-            "format=charades_sta",
-            f"durations={shared_data / 'charades_sta' / 'Charades_v1_test.csv'}",
-            f"out={out}",
-            "limit=150",
-        ]
-    )
+    sta = shared_data / "charades_sta" / "charades_sta_test.txt"
+    lengths = shared_data / "charades_sta" / "Charades_v1_test.csv"
+    summary = augment([f"input={sta}", "format=charades_sta", f"durations={lengths}", f"out={out}", "limit=150"])
     records = read_valid(out)
     videos = {r.meta["source_video"] for r in records}
     assert summary.videos_in_output == 150 and len(videos) == 150
-    check_grounding(records, _charades_windows(shared_data, videos))
+    check_grounding(records, _charades_windows(sta, lengths, videos))
     assert summary.source_fixes.get("window_end_clipped", 0) > 0  # real windows run past the end
     assert {"when", "before", "after", "order", "dialogue"} <= set(summary.items_per_type)
     # paraphrases of one window share it: a "when" item's source events are all its paraphrases

@@ -48,5 +48,12 @@ class Backend(ABC):
         """The settings that change what is generated (a resumed run must match them)."""
         return {"generator": self.generator}
 
+    def start(self) -> None:
+        """A run begins: a backend stopped by an earlier run's interrupt may work again."""
+
+    def stop(self) -> None:
+        """The run is interrupted or failed: `generate` calls still in flight (in worker threads)
+        should return soon rather than wait out a backoff, so that the process can exit."""
+
     def close(self) -> None:
         """Release what the backend holds (connections, a model)."""

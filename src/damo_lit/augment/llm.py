@@ -3,17 +3,20 @@
 The prompt lists the video's moments with their windows in seconds and asks for a JSON list
 of items (type, question, answer, spans, events). Answers should use the placeholders; times
 written out in seconds that match a span are converted, others make the item a reject. A
-reply that is not a JSON list is asked again (a bounded number of times, each attempt cached
-under its own key) and then counted as a reject.
+reply whose text is not a JSON list is asked again (a bounded number of times, each attempt
+cached under its own key) and then counted as a reject. A failure of the endpoint itself (it
+is down, or answers with something that is not a reply at all) is not the model's fault: the
+video is left undone, to be tried again by the next run.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from damo_lit.augment.backend import Backend, Generation
 from damo_lit.augment.cache import ReplyCache, cache_key
@@ -48,11 +51,14 @@ _FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
 
 
 class ReplyFormatError(ValueError):
-    """A reply that holds no JSON list of items (it is asked again, then counted as a reject)."""
+    """A reply whose text holds no JSON list of items: the model's fault, so it is asked again and
+    then counted as a reject (`malformed_reply`). A body that is no reply at all is a TransientFailure."""
 
 
 class TransientFailure(RuntimeError):
-    """The endpoint kept failing (429 / 5xx / connection) through all retries: try the video later."""
+    """The endpoint kept failing (408 / 429 / 5xx, a broken connection, a body that is not a
+    chat-completions response) through all retries, or the run was interrupted: nothing was
+    learnt about the video, so it is not marked done and the next run tries it again."""
 
 
 class RequestRejected(RuntimeError):
@@ -187,6 +193,25 @@ class LLMBackend(Backend):
         self.concurrency = max(1, int(concurrency))
         self.tolerance = float(tolerance)
         self.generator = f"{self.kind}:{self.model}"
+        # set by stop(): waits before a retry end at once, and no new request is sent
+        self.stopping = threading.Event()
+        self.sleep: Callable[[float], object] = self.stopping.wait  # tests replace it to record the waits
+
+    def start(self) -> None:
+        self.stopping.clear()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _check_stopped(self) -> None:
+        if self.stopping.is_set():
+            raise TransientFailure("the run was interrupted before this video was done")
+
+    def pause(self, seconds: float) -> None:
+        """Wait before a retry; a stop() ends the wait at once (TransientFailure), so that worker
+        threads do not keep an interrupted process alive for a long backoff or Retry-After."""
+        self.sleep(seconds)
+        self._check_stopped()
 
     def fingerprint(self) -> dict:
         return {"generator": self.generator, "params": self.params}
@@ -205,6 +230,7 @@ class LLMBackend(Backend):
         cached = self.cache.get(key)
         if cached is not None:
             return Completion(cached, True)
+        self._check_stopped()
         text = self._complete(messages, attempt)
         self.cache.put(key, text, model=self.model, attempt=attempt)
         return Completion(text, False)

@@ -1,8 +1,10 @@
 """The `openai` backend: any OpenAI-compatible chat-completions endpoint, through urllib.
 
 POST {base_url}/chat/completions with a bounded number of retries and exponential backoff
-(with jitter) on 429, 5xx and connection errors, honouring a Retry-After header; a timeout
-per request; up to `concurrency` requests at once (the pipeline runs that many threads).
+(with jitter) on 408, 429, 5xx, connection and read errors, and on a 200 whose body is not a
+chat-completions response (an HTML page from a gateway, truncated JSON, no `choices`); a
+Retry-After header is honoured up to `backoff_max`. A timeout per request; up to
+`concurrency` requests at once (the pipeline runs that many threads).
 """
 
 from __future__ import annotations
@@ -10,19 +12,31 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import logging
 import os
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
 from datetime import timezone
-from typing import Any, Callable
+from typing import Any
 
 from damo_lit.augment.backend import BackendError
 from damo_lit.augment.llm import LLMBackend, Message, ReplyFormatError, RequestRejected, TransientFailure
 
+log = logging.getLogger(__name__)
+
 FATAL_STATUS = (401, 403, 404)
+RETRY_STATUS = (408, 429)  # and every 5xx
+
+
+class _Retry(Exception):
+    """One try failed in a way that another try may fix (`wait`: what Retry-After asked for, if anything)."""
+
+    def __init__(self, reason: str, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -77,7 +91,6 @@ class OpenAIBackend(LLMBackend):
         self.max_retries = max(0, int(max_retries))
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
-        self.sleep: Callable[[float], None] = time.sleep  # tests replace it to record the waits
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -96,40 +109,76 @@ class OpenAIBackend(LLMBackend):
         delay = min(self.backoff_max, self.backoff_base * (2**retry))
         return delay / 2 + random.random() * delay / 2
 
+    def retry_delay(self, retry: int, asked: float | None) -> float:
+        """The wait before the next try: Retry-After when the server gave one, but never more than
+        backoff_max (a server asking for a day would otherwise stall a worker for a day)."""
+        if asked is None:
+            return self.backoff(retry)
+        if asked > self.backoff_max:
+            log.warning("%s asked to retry after %.0f s; waiting backend.backoff_max=%g s instead",
+                        self.url, asked, self.backoff_max)
+            return self.backoff_max
+        return asked
+
     def _complete(self, messages: list[Message], attempt: int) -> str:
         body = json.dumps({"model": self.model, "messages": messages, **self.params}).encode("utf-8")
         request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         last = ""
         for retry in range(self.max_retries + 1):
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return self._content(response.read())
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode("utf-8", "replace") if err.fp else ""
-                if err.code in FATAL_STATUS:
-                    raise BackendError(
-                        f"{self.url} answered {err.code} {err.reason}: {detail.strip()} "
-                        f"(check backend.base_url, backend.model={self.model!r} and ${self.api_key_env})"
-                    ) from None
-                if err.code != 429 and err.code < 500:
-                    raise RequestRejected(f"{self.url} answered {err.code}: {detail.strip()}") from None
-                last = f"HTTP {err.code}"
-                wait = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
-                delay = self.backoff(retry) if wait is None else wait
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-                delay = self.backoff(retry)
+                return self._send(request)
+            except _Retry as err:
+                last = err.reason
+                delay = self.retry_delay(retry, err.wait)
             if retry < self.max_retries:
-                self.sleep(delay)
+                self.pause(delay)
         raise TransientFailure(f"{self.url}: gave up after {self.max_retries + 1} tries (last: {last})")
+
+    def _send(self, request: urllib.request.Request) -> str:
+        """One try: the reply text, or _Retry for what another try may fix; the errors that
+        retrying cannot fix (bad key or model, a request the server refuses) are raised as they are."""
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            detail = _error_detail(err)
+            if err.code in FATAL_STATUS:
+                raise BackendError(
+                    f"{self.url} answered {err.code} {err.reason}: {detail} "
+                    f"(check backend.base_url, backend.model={self.model!r} and ${self.api_key_env})"
+                ) from None
+            if err.code not in RETRY_STATUS and err.code < 500:
+                raise RequestRejected(f"{self.url} answered {err.code}: {detail}") from None
+            asked = retry_after_seconds(err.headers.get("Retry-After") if err.headers else None)
+            raise _Retry(f"HTTP {err.code}", asked) from None
+        except (http.client.HTTPException, OSError) as err:
+            # refused or reset connections, timeouts, TLS errors, a body cut short (IncompleteRead)
+            raise _Retry(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
+        return self._content(raw)
 
     @staticmethod
     def _content(raw: bytes) -> str:
+        """The message text of a chat-completions body. A body that is not one at all (a gateway's
+        HTML page, truncated JSON, no `choices`) is the endpoint's failure, retried like a 5xx; a
+        response whose content is not text is the model's (ReplyFormatError, asked again)."""
         try:
             payload = json.loads(raw)
-            content = payload["choices"][0]["message"]["content"]
+            message = payload["choices"][0]["message"]
+            if not isinstance(message, dict):
+                raise TypeError("message is not an object")
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
-            raise ReplyFormatError(f"not a chat-completions response ({type(err).__name__})") from None
+            start = raw[:80].decode("utf-8", "replace").strip()
+            raise _Retry(f"HTTP 200 but not a chat-completions response ({type(err).__name__}; "
+                         f"the body starts {start!r})") from None
+        content = message.get("content")
         if not isinstance(content, str):
             raise ReplyFormatError("the response's message content is not text")
         return content
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    """The start of an error response's body, for the message; empty when it cannot be read."""
+    try:
+        return err.read()[:300].decode("utf-8", "replace").strip() if err.fp else ""
+    except (http.client.HTTPException, OSError):
+        return ""

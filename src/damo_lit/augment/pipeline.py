@@ -72,7 +72,11 @@ def validate_generation(
 
 
 def _generations(backend: Backend, videos: list[Video], spec: QuestionSpec) -> Iterator[tuple[Video, Generation]]:
-    """(video, generation) as they finish, from `backend.concurrency` threads, with a bounded backlog."""
+    """(video, generation) as they finish, from `backend.concurrency` threads, with a bounded backlog.
+
+    Left early (Ctrl-C, an error, the caller stopping), the backend is stopped: the worker
+    threads give up their waits and exit, since the interpreter joins them before it exits.
+    """
     if backend.concurrency <= 1:
         for video in videos:
             yield video, backend.generate(video, spec)
@@ -94,7 +98,9 @@ def _generations(backend: Backend, videos: list[Video], spec: QuestionSpec) -> I
                 if following is not None:
                     running[pool.submit(backend.generate, following, spec)] = following
     finally:
-        # on an error or an interrupt, do not start what is queued; requests in flight finish on their own
+        if running:  # an error or an interrupt: start nothing queued, and end the waits before retries
+            backend.stop()
+        # a request in flight is not cut off: it ends within backend.timeout, and its reply is only cached
         pool.shutdown(wait=not running, cancel_futures=True)
 
 
@@ -117,7 +123,9 @@ def run_augment(
 
     Resumes from OUT.progress.jsonl when it exists (with the same `fingerprint`), writes each
     finished video as it completes, and finally OUT.summary.json. `on_video_done` is called
-    after each video is written (tests use it to interrupt a run).
+    after each video is written (tests use it to interrupt a run). On Ctrl-C the backend's
+    workers are stopped and KeyboardInterrupt is raised again; what was written stays valid
+    and the next run resumes from it.
     """
     settings = settings or ValidationSettings()
     console = console or Console(stderr=True)
@@ -128,11 +136,13 @@ def run_augment(
     if output.repaired:
         console.print(f"resume: dropped {output.repaired} unfinished line(s) from {out}")
     done_now, failures, requests, cache_hits = 0, [], 0, 0
+    backend.start()
+    generations = _generations(backend, todo, spec)
     try:
         with make_progress(progress, console) as bar:
             task = bar.add_task(f"augment ({backend.generator})", total=len(todo), records=0)
             written = 0
-            for video, gen in _generations(backend, todo, spec):
+            for video, gen in generations:
                 requests += gen.requests
                 cache_hits += gen.cache_hits
                 if not gen.complete:
@@ -146,7 +156,12 @@ def run_augment(
                 bar.update(task, advance=1, records=written)
                 if on_video_done is not None:
                     on_video_done(video, records)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: {done_now} video(s) written by this run to {out}; "
+                      "run the same command again to resume")
+        raise
     finally:
+        generations.close()  # stops the workers now, not whenever the generator is collected
         output.close()
         backend.close()
     summary = Summary.from_stats(

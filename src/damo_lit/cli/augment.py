@@ -140,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise _fail(f"arguments are key=value Hydra overrides, got {bad}. Run damo-augment --help for usage.")
     with user_errors("damo-augment"):
         cfg = compose("augment", args)
-    run(cfg)
+    try:
+        run(cfg)
+    except KeyboardInterrupt:  # run_augment has said what was written and how to resume
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
