@@ -13,6 +13,10 @@ STAMP := $(VENV)/.installed
 export DAMO_MAKE_OVERRIDES = $(MAKEOVERRIDES)
 FORWARD := $(PY) -m damo_lit.cli.makeargs --
 PYTEST_ARGS ?=
+# Where torch comes from. Empty: pip's own configuration (on the project's machines, a local CPU
+# wheel). Where pip reaches PyPI, its Linux torch wheel pulls multi-GB CUDA libraries; for a CPU
+# build there:  make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-slow stage1 stage2 stage3 stage4 eval predict bench \
@@ -24,7 +28,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps litdata==0.2.76
 	@touch $@

@@ -33,3 +33,18 @@ def test_stage3_forwards_overrides_in_order(repo_root):
 def test_make_variables_and_args_are_not_mixed_up(repo_root):
     argv = _make(repo_root, "stage1", "z=1", "PYTEST_ARGS=-x", "ARGS=~logger +k='v w'", "y.q=$HOME")
     assert argv[1:] == ["stage=stage1_align", "z=1", "y.q=$HOME", "~logger", "+k=v w"]
+
+
+def test_torch_index_reaches_the_torch_install_only(repo_root):
+    """TORCH_INDEX picks torch's index (a CPU build where pip reaches PyPI); nothing else changes."""
+    def install_lines(*words: str) -> list[str]:
+        done = subprocess.run(["make", "-n", "-B", ".venv/.installed", *words], cwd=repo_root, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line.rstrip() for line in done.stdout.splitlines() if "pip install" in line]
+
+    url = "https://download.pytorch.org/whl/cpu"
+    plain, chosen = install_lines(), install_lines(f"TORCH_INDEX={url}")
+    assert any(line.endswith("pip install -q torch==2.13.0") for line in plain)
+    assert any(line.endswith(f"pip install -q torch==2.13.0 --index-url {url}") for line in chosen)
+    assert [line for line in chosen if "torch==" not in line] == [line for line in plain if "torch==" not in line]
