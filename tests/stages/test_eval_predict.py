@@ -71,3 +71,27 @@ def test_damo_predict_on_real_clips(stage3_run: Path, shared_data: Path, clip: s
 def test_damo_predict_names_a_missing_video(stage3_run: Path, tmp_path: Path) -> None:
     done = _cli("damo_lit.cli.predict", f"ckpt={stage3_run}", f"video={tmp_path / 'nope.mp4'}", "question=when?")
     assert done.returncode != 0 and "nope.mp4" in done.stderr
+
+
+@pytest.mark.parametrize("stage", ["stage1_align", "stage2_bridge", "stage3_temporal", "stage4_dialogue"])
+def test_damo_eval_scores_the_tasks_the_stage_evaluated_in_training(stage: str) -> None:
+    """damo-eval's default tasks are the stage's own (stage 4: grounding queries and dialogues), so that
+    its figures are the ones the run logged."""
+    from damo_lit.cli.common import compose
+    from damo_lit.cli.eval import stage_eval_tasks
+
+    expected = list(compose("train", [f"stage={stage}"]).data.eval_tasks)
+    assert stage_eval_tasks(stage.split("_")[0]) == expected
+    if stage == "stage4_dialogue":
+        assert expected == ["grounding", "dialogue"]
+
+
+def test_grounding_figures_split_by_task_as_the_stage_logs_them() -> None:
+    from damo_lit.cli.eval import grounding_figures
+
+    rows = [{"task": "grounding", "pred_spans": [[0.0, 2.0]], "gt_spans": [[0.0, 2.0]], "modality": "audio"},
+            {"task": "dialogue", "pred_spans": [], "gt_spans": [[1.0, 3.0]], "modality": None}]
+    figures = grounding_figures(rows)
+    assert figures["R@0.5"] == 0.5 and figures["count"] == 2
+    assert grounding_figures(rows[:1])["R@0.5"] == 1.0 and grounding_figures(rows[1:])["R@0.5"] == 0.0
+    assert all(v == v for v in figures.values()), "no NaN figures"

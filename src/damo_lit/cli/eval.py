@@ -17,7 +17,27 @@ from typing import Any, Sequence
 
 from damo_lit.cli.common import compose, user_errors
 
-STAGE_TASKS = {"stage1": ["caption"], "stage2": ["caption", "qa"], "stage3": ["grounding"], "stage4": ["dialogue"]}
+def stage_eval_tasks(stage_name: str) -> list[str]:
+    """The record tasks a stage evaluates in training (`data.eval_tasks` of conf/stage/<stage>_*.yaml),
+    so that damo-eval reproduces the figures the run logged."""
+    from omegaconf import OmegaConf
+
+    from damo_lit.cli.common import CONF_DIR
+
+    (path,) = sorted((CONF_DIR / "stage").glob(f"{stage_name}_*.yaml"))
+    return list(OmegaConf.load(path).data.eval_tasks)
+
+
+def grounding_figures(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """GroundingMetrics over predicted rows (top-1 span of each), NaN figures left out."""
+    import math
+
+    from damo_lit.metrics import GroundingMetrics
+
+    metric = GroundingMetrics()
+    metric.update([tuple(r["pred_spans"][0]) if r["pred_spans"] else None for r in rows],
+                  [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
+    return {k: round(float(v), 6) for k, v in metric.compute().items() if not math.isnan(float(v))}
 
 
 def run_eval(cfg: Any) -> dict[str, Any]:
@@ -27,13 +47,12 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf, open_dict
 
     from damo_lit.cli.checkpoint import load_stage
-    from damo_lit.metrics import GroundingMetrics
 
     if cfg.split not in ("val", "test"):
         raise SystemExit(f"split must be val or test, got {cfg.split!r}")
     stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code))
     ckpt = Path(cfg.ckpt)
-    tasks = list(cfg.tasks) if cfg.tasks else STAGE_TASKS[stage.stage_name]
+    tasks = list(cfg.tasks) if cfg.tasks else stage_eval_tasks(stage.stage_name)
     with open_dict(cfg):
         cfg.model = OmegaConf.create(stage.model_cfg)
     datamodule = instantiate(cfg.data, timestamps=stage.timestamps, eval_tasks=tasks, batch_size=cfg.batch_size,
@@ -52,10 +71,12 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         with (out / "predictions.jsonl").open("w") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-        metric = GroundingMetrics()
-        metric.update([tuple(r["pred_spans"][0]) if r["pred_spans"] else None for r in rows],
-                      [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
-        values = {f"{cfg.split}/{k}": round(float(v), 6) for k, v in metric.compute().items()}
+        values = {f"{cfg.split}/{k}": v for k, v in grounding_figures(rows).items()}
+        present = sorted({r["task"] for r in rows})
+        if len(present) > 1:  # as the stage logs them: over all queries, and per task apart
+            for task in present:
+                figures = grounding_figures([r for r in rows if r["task"] == task])
+                values.update({f"{cfg.split}/{task}_{k}": v for k, v in figures.items()})
     else:
         results = trainer.test(stage, dataloaders=loader, verbose=False)
         values = {k.replace("test/", f"{cfg.split}/"): round(float(v), 6) for k, v in results[0].items()}
