@@ -32,3 +32,28 @@ def test_wandb_logger_keeps_its_files_in_the_run_folder_and_goes_offline(clean_w
 def test_wandb_logger_rejects_an_unknown_mode(clean_wandb_env, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="logger.wandb.mode must be auto, online, offline or disabled, got 'offlne'"):
         wandb_logger(project="p", save_dir=str(tmp_path), mode="offlne")
+
+
+@pytest.mark.parametrize("credentials", ["api_key", "netrc"])
+def test_wandb_logger_goes_online_with_credentials(clean_wandb_env, credentials: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key (WANDB_API_KEY or `wandb login`'s ~/.netrc entry) makes mode=auto online; nothing is
+    sent here: the run starts only when something is logged."""
+    import os
+
+    if credentials == "api_key":
+        monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    else:
+        home = tmp_path / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
+        (home / ".netrc").chmod(0o600)
+    logger = wandb_logger(project="p", save_dir=str(tmp_path / "run"))
+    assert logger._wandb_init["mode"] == "online" and os.environ["WANDB_MODE"] == "online"
+
+
+def test_wandb_mode_set_by_the_user_wins(clean_wandb_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_logger(project="p", save_dir=str(tmp_path / "a"))._wandb_init["mode"] == "offline"
+    assert wandb_logger(project="p", save_dir=str(tmp_path / "b"), mode="disabled")._wandb_init["mode"] == "disabled"
