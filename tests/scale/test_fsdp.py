@@ -29,10 +29,10 @@ LAYER = {"damo_tiny": LlamaDecoderLayer, "damo_paper": MistralDecoderLayer}
 
 
 def _fsdp_config(model: str, extra: list[str] | None = None):
-    """`train` with trainer=fsdp. `++` sets model.fsdp_wrap_classes whether or not the model config
-    declares it yet (models/config.py must accept the key before the model configs can carry it)."""
-    cfg = compose("train", [f"model={model}", "trainer=fsdp", "logger=csv",
-                            f"++model.fsdp_wrap_classes=[{','.join(WRAP[model])}]", *(extra or [])])  # fmt: skip
+    """`train` with trainer=fsdp and the model config as shipped: its fsdp_wrap_classes are the
+    decoder layer of its LM family and the Fuseformer block."""
+    cfg = compose("train", [f"model={model}", "trainer=fsdp", "logger=csv", *(extra or [])])
+    assert list(cfg.model.fsdp_wrap_classes) == WRAP[model] == list(cfg.trainer.strategy.wrap_classes)
     return cfg
 
 
