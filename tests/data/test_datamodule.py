@@ -253,23 +253,33 @@ def test_config_builds_the_module_and_generates_when_absent(tmp_path, synth_dir,
         instantiate(cfg.data).prepare_data()
 
 
-def test_lightning_can_shard_the_loaders_for_ddp(synth_dir, tokenizer):
-    """Under DDP Lightning rebuilds each DataLoader around a DistributedSampler: every rank gets its
-    own shard, and the rebuilt loader keeps the collate and the forkserver context."""
-    from lightning.pytorch.utilities.data import _update_dataloader
+def test_the_loaders_shard_for_ddp_ranks_themselves(synth_dir, tokenizer):
+    """Under DDP each rank's loaders hold the project's own DistributedSamplers (EpochSampler for
+    training, EvalSampler for evaluation), which Lightning leaves in place: every sample on exactly
+    one rank, as many batches on each, and evaluation's evening-out repeat marked as padding."""
+    from types import SimpleNamespace
+
     from torch.utils.data import DistributedSampler
 
-    module = _module(synth_dir, tokenizer, train_tasks=["grounding"], batch_size=5, num_workers=1)
-    loader = module.train_dataloader()
-    shards = []
+    from damo_lit.data.dataset import EpochSampler, EvalSampler
+
+    module = _module(synth_dir, tokenizer, train_tasks=["grounding"], eval_tasks=["grounding"], batch_size=5,
+                     num_workers=1)
+    train, val = [], []
     for rank in (0, 1):
-        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        rebuilt = _update_dataloader(loader, sampler)
-        assert rebuilt.collate_fn is loader.collate_fn and rebuilt.multiprocessing_context is loader.multiprocessing_context
-        shards.append([i for batch in rebuilt for i in batch["sample_id"]])
+        module.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        loader = module.train_dataloader()
+        assert isinstance(loader.sampler, EpochSampler) and isinstance(loader.sampler, DistributedSampler)
+        assert loader.sampler.num_replicas == 2 and loader.sampler.rank == rank
+        train.append([i for batch in loader for i in batch["sample_id"]])
+        loader = module.val_dataloader()
+        assert isinstance(loader.sampler, EvalSampler) and loader.sampler.rank == rank
+        val.append([(i, bool(p)) for batch in loader for i, p in zip(batch["sample_id"], batch["padding"])])
     everything = [s.record.id for s in module.splits["train"].samples]
     n = len(everything)
-    assert len(shards[0]) == len(shards[1]) == (n + 1) // 2
-    # every sample on exactly one rank (DistributedSampler repeats one sample when n is odd)
-    assert set(shards[0]) | set(shards[1]) == set(everything)
-    assert len(set(shards[0]) & set(shards[1])) == n % 2
+    assert len(train[0]) == len(train[1]) == (n + 1) // 2
+    assert set(train[0]) | set(train[1]) == set(everything)  # DistributedSampler's repeat when n is odd
+    assert len(set(train[0]) & set(train[1])) == n % 2
+    real = [i for share in val for i, padding in share if not padding]
+    assert sorted(real) == sorted(s.record.id for s in module.splits["val"].samples)  # each exactly once
+    assert len(val[0]) == len(val[1]) and sum(p for share in val for _, p in share) == len(real) % 2
