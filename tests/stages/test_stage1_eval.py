@@ -58,7 +58,8 @@ def test_stage1_validation_logs_retrieval_over_the_whole_set(tiny_overrides: lis
     assert "val/t2v_R@1" in header and all(k in ("epoch", "step") or k.startswith("val/") for k in header), header
     # one process: the gather hands back its input
     features = torch.randn(3, 4)
-    assert stage.gather(features) is features and stage.rank_offset(3) == 0
+    gathered, offset = stage.gather(features)
+    assert gathered is features and offset == 0
 
 
 def test_stage1_leaves_evaluation_padding_out_of_retrieval(tiny_overrides: list[str], tmp_path: Path) -> None:
@@ -130,19 +131,21 @@ def test_an_anchor_whose_batch_mates_all_share_its_caption_gets_no_negative() ->
 
 # -- the VTC gather across ranks -------------------------------------------------------------------
 class GatherProbe(L.LightningModule):
-    """The stage's gather and rank offset on a bare module (no model to build in each process)."""
+    """The stage's gather on a bare module (no model to build in each process)."""
 
     gather = AlignStage.gather
-    rank_offset = AlignStage.rank_offset
+
+
+ROWS = (2, 3)  # rank 1 holds one row more (a failed decode can shrink one rank's batch)
 
 
 def local_features(rank: int) -> torch.Tensor:
-    return torch.arange(6, dtype=torch.float32).reshape(2, 3) + 10 * rank
+    return torch.arange(3 * ROWS[rank], dtype=torch.float32).reshape(ROWS[rank], 3) + 10 * rank
 
 
 def weights(rank: int) -> torch.Tensor:
     """Each rank's loss weighs the gathered rows differently."""
-    return torch.arange(12, dtype=torch.float32).reshape(4, 3) * (rank + 1)
+    return torch.arange(3 * sum(ROWS), dtype=torch.float32).reshape(sum(ROWS), 3) * (rank + 1)
 
 
 def _gather_worker(rank: int, port: int, out_dir: str) -> None:
@@ -154,15 +157,15 @@ def _gather_worker(rank: int, port: int, out_dir: str) -> None:
         probe = GatherProbe()
         probe.trainer = SimpleNamespace(world_size=WORLD, global_rank=rank, strategy=DDPStrategy())
         features = local_features(rank).requires_grad_()
-        gathered = probe.gather(features)
+        gathered, offset = probe.gather(features)
         (gathered * weights(rank)).sum().backward()
-        torch.save({"gathered": gathered.detach(), "grad": features.grad, "offset": probe.rank_offset(2)},
+        torch.save({"gathered": gathered.detach(), "grad": features.grad, "offset": offset},
                    Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_gather_concatenates_the_ranks_and_sends_gradients_back_to_the_local_rows(tmp_path: Path) -> None:
+def test_gather_concatenates_uneven_ranks_and_sends_gradients_back_to_the_local_rows(tmp_path: Path) -> None:
     from tests.metrics.test_metrics_ddp import free_port
 
     mp.spawn(_gather_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
@@ -172,6 +175,6 @@ def test_gather_concatenates_the_ranks_and_sends_gradients_back_to_the_local_row
         out = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(out["gathered"], whole, rtol=0, atol=0)
         offset = out["offset"]
-        assert offset == 2 * rank, "the VTC targets of this rank's rows: their place in the gathered batch"
+        assert offset == sum(ROWS[:rank]), "the VTC targets of this rank's rows: their place in the gathered batch"
         # every rank's loss reads this rank's rows: their gradient is the sum over ranks
-        torch.testing.assert_close(out["grad"], total_weight[offset : offset + 2], rtol=0, atol=0)
+        torch.testing.assert_close(out["grad"], total_weight[offset : offset + ROWS[rank]], rtol=0, atol=0)

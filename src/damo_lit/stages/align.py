@@ -103,14 +103,18 @@ class AlignStage(DaMOStage):
     def text_states(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.model.text_encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
 
-    def gather(self, x: Tensor) -> Tensor:
-        """All ranks' rows (with gradients flowing back to this rank's rows)."""
+    def gather(self, x: Tensor) -> tuple[Tensor, int]:
+        """All ranks' rows in rank order (gradients flow back to this rank's rows), and where this
+        rank's rows start among them. Ranks may hold different numbers of rows (a video that fails
+        to decode drops its sample from one rank's batch): the collective runs on rows padded to
+        the largest count, and the padding is cut out of the result."""
         if self._trainer is None or self._trainer.world_size == 1:
-            return x
-        return self.all_gather(x, sync_grads=True).flatten(0, 1)
-
-    def rank_offset(self, batch_size: int) -> int:
-        return 0 if self._trainer is None else self._trainer.global_rank * batch_size
+            return x, 0
+        counts = [int(n) for n in self.all_gather(torch.tensor(x.shape[0], device=x.device)).flatten().tolist()]
+        padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])
+        gathered = self.all_gather(padded, sync_grads=True)  # (world, max rows, ...)
+        rank = self._trainer.global_rank
+        return torch.cat([gathered[r, :n] for r, n in enumerate(counts)]), sum(counts[:rank])
 
     def losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         media = self.media(batch)
@@ -119,8 +123,8 @@ class AlignStage(DaMOStage):
         text = F.normalize(self.model.encode_text(ids, mask), dim=-1)
         size = video.shape[0]
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        video_all, text_all = self.gather(video), self.gather(text)
-        targets = torch.arange(size, device=self.device) + self.rank_offset(size)
+        (video_all, offset), (text_all, _) = self.gather(video), self.gather(text)
+        targets = torch.arange(size, device=self.device) + offset
         sim_v2t = scale * video @ text_all.T
         sim_t2v = scale * text @ video_all.T
         out = {"vtc": (F.cross_entropy(sim_v2t, targets) + F.cross_entropy(sim_t2v, targets)) / 2}
