@@ -62,6 +62,7 @@ def test_stage1_validation_logs_retrieval_over_the_whole_set(tiny_overrides: lis
     assert gathered is features and offset == 0
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a bare validation_step: no trainer
 def test_stage1_leaves_evaluation_padding_out_of_retrieval(tiny_overrides: list[str], tmp_path: Path) -> None:
     """A repeat that EvalSampler marks as padding (it evens out the ranks' batches) is no candidate."""
     stage, datamodule, _ = build_run(compose_run("train", ["stage=stage1_align", *tiny_overrides], tmp_path))
