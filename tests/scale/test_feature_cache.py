@@ -83,6 +83,18 @@ def test_a_cache_of_another_model_config_is_refused(data_overrides: list[str], f
         main([*data_overrides, *FROZEN, "model.vision.std=[0.5,0.5,0.5]", f"out={feature_cache}"])
 
 
+def test_a_run_with_other_tower_chunk_sizes_reads_the_same_cache(data_overrides: list[str], feature_cache: Path) -> None:
+    """chunk_size changes how many frames one tower forward takes, not what the tower outputs (and a
+    cache made before the key existed must keep serving)."""
+    manifest = json.loads((feature_cache / "manifest.json").read_text())
+    assert "chunk_size" not in json.dumps(manifest["signature"])
+    cfg = compose("train", [*data_overrides, *FROZEN, "model.vision.chunk_size=3", "model.audio.chunk_size=2",
+                            f"data.features={feature_cache}"])  # fmt: skip
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    datamodule.setup("fit")
+    assert datamodule.feature_store is not None
+
+
 def test_a_linked_path_to_the_same_towers_is_the_same_config(
     data_overrides: list[str], feature_cache: Path, tmp_path: Path
 ) -> None:

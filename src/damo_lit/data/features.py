@@ -48,7 +48,10 @@ SHARD_DIR = "shards"
 FEATURE_KEYS = ("vision_global", "vision_local", "audio_global", "audio_local")
 ROW_KEYS = (*FEATURE_KEYS, "frame_times", "frame_mask", "audio_times", "audio_mask", "has_audio", "duration")
 # Model-config keys of a tower that do not change what it outputs.
-NOT_IN_SIGNATURE = ("trainable",)
+# Tower keys that leave the cached rows as they are: whether the tower trains, and how many items
+# one forward pass takes (chunk_size: the same outputs in slices). A cache made before a key
+# existed stays valid.
+NOT_IN_SIGNATURE = ("trainable", "chunk_size")
 # The signature entry that holds the digest of the tower weights the cache was made with (checked
 # against the training run's model, not against its config).
 TOWER_WEIGHTS = "tower_weights"
