@@ -93,6 +93,12 @@ def test_a_run_with_other_tower_chunk_sizes_reads_the_same_cache(data_overrides:
     datamodule = instantiate(cfg.data, _convert_="partial")
     datamodule.setup("fit")
     assert datamodule.feature_store is not None
+    from damo_lit.data.features import signature_diff
+
+    with_keys = {"vision": {"kind": "clip", "chunk_size": 0, "trainable": True}, "seed": 0}
+    assert signature_diff(with_keys, {"vision": {"kind": "clip"}, "seed": 0}) == []  # a cache that recorded them
+    assert signature_diff(with_keys, {"vision": {"kind": "siglip"}, "seed": 0}) == [
+        "model.vision.kind: cache 'clip', this run 'siglip'"]
 
 
 def test_a_linked_path_to_the_same_towers_is_the_same_config(
