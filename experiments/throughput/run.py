@@ -22,7 +22,8 @@ machine, and written to OUT/throughput.json with a printed table (docs/scale.md)
   (target <= 10) and llm_tokens at 24, 48, 96, 192 frames (constant);
 - tower_chunk_memory_ratio: the peak memory a frozen CLIP-style tower's forward adds over
   `chunk_frames` frames at once vs `model.vision.chunk_size` frames at a time (each in a fresh
-  process: RSS high-water mark on the CPU, max_memory_allocated on a GPU), beside the time of each.
+  process: the RSS high-water mark, reset right before the forward, on the CPU; max_memory_allocated
+  on a GPU), beside the time of each.
 The machine's load is recorded beside the figures: other jobs on the same cores slow them all.
 """
 
@@ -424,10 +425,28 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's high-water mark of this process's resident memory (VmHWM) at what it
+    holds now, so that the peak read after a forward is that forward's (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    """VmHWM: the most resident memory this process has held since start or the last reset."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def _tower_forward_peak(settings: dict[str, Any], chunk_size: int, queue: Any) -> None:
     """In a fresh process: the memory one frozen tower forward adds at its peak, and its time."""
-    import resource
-
     from damo_lit.models.config import VisionConfig
     from damo_lit.models.encoders import VisionTower
 
@@ -446,6 +465,8 @@ def _tower_forward_peak(settings: dict[str, Any], chunk_size: int, queue: Any) -
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
+            if not _reset_peak_rss():
+                raise RuntimeError("bench tower_chunks: cannot reset the peak RSS (/proc/self/clear_refs)")
             before = _rss_bytes()
         start = time.perf_counter()
         out = tower(frames)
@@ -453,7 +474,7 @@ def _tower_forward_peak(settings: dict[str, Any], chunk_size: int, queue: Any) -
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+            peak = _peak_rss_bytes()
         seconds = time.perf_counter() - start
     queue.put({"added_mib": (peak - before) / 2**20, "output_mib": out.local.nbytes / 2**20, "seconds": seconds,
                "device": str(device)})  # fmt: skip
