@@ -316,6 +316,9 @@ def run_identity(overrides: Sequence[str]) -> list[str]:
 DEMO_RECIPE_KEYS = ("common", "features", "stages")
 # The composed groups a demo run's stages read besides conf/demo.yaml: their defaults are the recipe too.
 RECIPE_GROUPS = ("model", "data", "trainer")
+# Model keys that change memory, not results (a tower's items per forward pass: the same outputs
+# in slices): a run made before one existed, or with another value, is the same run.
+NOT_IN_RECIPE = {"vision": ("chunk_size",), "audio": ("chunk_size",)}
 
 
 def demo_recipe() -> str:
@@ -346,6 +349,9 @@ def _composed_defaults(common: tuple[str, ...], stages: tuple[str, ...]) -> dict
     with _COMPOSE_LOCK:
         base = compose("train", list(common))
         out = {group: plain(base.get(group)) for group in RECIPE_GROUPS}
+        for part, keys in NOT_IN_RECIPE.items():
+            for key in keys:
+                (out["model"].get(part) or {}).pop(key, None)
         out["stages"] = {name: plain(compose("train", [*common, f"stage={name}"]).stage) for name in stages}
     return out
 

@@ -218,6 +218,12 @@ def test_the_recipe_fingerprint_follows_the_model_and_stage_defaults(tmp_path: P
     before = common.demo_recipe()
     tiny = conf / "model" / "damo_tiny.yaml"
     text = tiny.read_text()
+    # a memory knob is no recipe change (runs made before it existed stay valid)
+    assert "  chunk_size: 0" in text
+    tiny.write_text(text.replace("  chunk_size: 0", "  chunk_size: 7"))
+    common._composed_defaults.cache_clear()
+    assert common.demo_recipe() == before
+    tiny.write_text(text)
     assert "\n  depth: " in text
     tiny.write_text(text.replace("\n  depth: ", "\n  depth: 3 #", 1))
     common._composed_defaults.cache_clear()
