@@ -49,10 +49,6 @@ DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 RANDOM_WEIGHTS = ["model.vision.name_or_path=null", "model.audio.name_or_path=null",
                   "model.text_encoder.name_or_path=null", "model.llm.name_or_path=null"]  # fmt: skip
-TRANSFORMER_CLASSES = [
-    "transformers.models.mistral.modeling_mistral.MistralDecoderLayer",
-    "damo_lit.models.fuseformer.FuseformerBlock",
-]
 
 
 def word_tokenizer(folder: Path, vocab_size: int) -> Path:
@@ -69,7 +65,6 @@ def overrides(cfg: Any, tokenizer: Path, run_dir: Path) -> list[str]:
     return [
         "model=damo_paper", "stage=stage3_temporal", "trainer=fsdp", *RANDOM_WEIGHTS,
         f"model.llm.tokenizer={tokenizer}", "model.llm.offline=true", "model.llm.gradient_checkpointing=false",
-        f"++model.fsdp_wrap_classes=[{','.join(TRANSFORMER_CLASSES)}]",
         f"trainer.devices={int(cfg.devices)}", f"trainer.max_steps={int(cfg.steps) + int(cfg.warmup)}",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "logger=csv",
         "callbacks.progress_bar=null", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",

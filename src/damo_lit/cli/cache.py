@@ -219,10 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose("cache", args)
     if cfg.kind not in ("features", "stream"):
         raise SystemExit(f"damo-cache: kind must be features or stream, got {cfg.kind!r}")
-    try:
+    with user_errors("damo-cache", FeatureCacheError):
         report = build_cache(cfg) if cfg.kind == "features" else build_stream(cfg)
-    except FeatureCacheError as err:
-        raise SystemExit(f"damo-cache: {err}") from None
     if cfg.kind == "features":
         print(f"{report.out}: {report.videos} videos in {report.shards} shards "
               f"(encoded now {report.encoded}, kept {report.reused}, failed {len(report.bad)})")

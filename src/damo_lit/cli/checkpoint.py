@@ -22,24 +22,28 @@ STAGE_CLASSES = {
 
 
 class UnsafeCheckpointError(ValueError):
-    """A checkpoint that would run code if loaded as it asks: it holds pickled Python objects
-    besides tensors and plain containers (torch.load(weights_only=True) refuses them), or its
-    stored model config asks transformers to run code shipped with the weights."""
+    """A checkpoint that torch.load(weights_only=True) refuses: it holds pickled Python objects
+    besides tensors and plain containers, and unpickling those could run any code."""
 
-    def __init__(self, where: str, err: BaseException | None = None, remote_code: Sequence[str] = ()) -> None:
-        if remote_code:
-            super().__init__(
-                f"{where}: refused to build its model: its stored config sets trust_remote_code=true for "
-                f"{', '.join(remote_code)}, which runs Python code fetched with those weights. If you trust "
-                "where the checkpoint and those weights come from, add trust_remote_code=true"
-            )
-            return
+    def __init__(self, where: str, err: BaseException) -> None:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"a pickled Python object ({found.group(1)})" if found else "something torch.load(weights_only=True) refuses"
         super().__init__(
             f"{where}: refused to load it: it holds {what}. damo-lit checkpoints hold only tensors and plain "
             "containers and load with torch.load(weights_only=True); unpickling other objects could run arbitrary "
             "code (a foreign or tampered file?)"
+        )
+
+
+class RemoteCodeCheckpointError(UnsafeCheckpointError):
+    """A checkpoint whose stored model config asks transformers to run code shipped with the weights."""
+
+    def __init__(self, where: str, parts: Sequence[str]) -> None:
+        ValueError.__init__(
+            self,
+            f"{where}: refused to build its model: its stored config sets trust_remote_code=true for "
+            f"{', '.join(parts)}, which runs Python code fetched with those weights. If you trust where the "
+            "checkpoint and those weights come from, add trust_remote_code=true",
         )
 
 
@@ -91,7 +95,7 @@ def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: boo
     meta, state = read_checkpoint(path)
     remote = remote_code_parts(meta["model_cfg"])
     if remote and not trust_remote_code:
-        raise UnsafeCheckpointError(f"ckpt={path}", remote_code=remote)
+        raise RemoteCodeCheckpointError(f"ckpt={path}", remote)
     name = meta["stage"]
     module_name, _, class_name = STAGE_CLASSES[name].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)

@@ -97,10 +97,11 @@ def user_error_message(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def user_errors(prog: str) -> Iterator[None]:
+def user_errors(prog: str, *more: type[BaseException]) -> Iterator[None]:
     """Turn what a user can fix (a bad or missing override, a config value the model rejects, a
-    path that does not exist, a checkpoint refused as unsafe) into `prog: message` on stderr and exit status 1, not a traceback.
-    DAMO_TRACEBACK=1 shows the traceback instead."""
+    path that does not exist, a checkpoint refused as unsafe, and the command's own `more` kinds)
+    into `prog: message` on stderr and exit status 1, not a traceback. DAMO_TRACEBACK=1 shows the
+    traceback instead."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -109,7 +110,7 @@ def user_errors(prog: str) -> Iterator[None]:
 
     try:
         yield
-    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError, UnsafeCheckpointError) as err:
+    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError, UnsafeCheckpointError, *more) as err:
         if os.environ.get("DAMO_TRACEBACK"):
             raise
         raise SystemExit(f"{prog}: {user_error_message(err)}\n(DAMO_TRACEBACK=1 shows where)") from None

@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose, user_errors
+from damo_lit.cli.common import CONF_DIR, compose, user_errors
 
 def stage_eval_tasks(stage_name: str) -> list[str]:
     """The record tasks a stage evaluates in training (`data.eval_tasks` of conf/stage/<stage>_*.yaml),
     so that damo-eval reproduces the figures the run logged."""
     from omegaconf import OmegaConf
-
-    from damo_lit.cli.common import CONF_DIR
 
     (path,) = sorted((CONF_DIR / "stage").glob(f"{stage_name}_*.yaml"))
     return list(OmegaConf.load(path).data.eval_tasks)

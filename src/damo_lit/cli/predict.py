@@ -71,11 +71,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    with user_errors("damo-predict"):
-        try:
-            result = predict(compose("predict", argv))
-        except (ValueError, DecodeError) as err:  # an empty question, a GPU this machine lacks, a broken video
-            raise SystemExit(f"damo-predict: {err}") from None
+    # besides the common mistakes: an empty question, a GPU this machine lacks, a video that does not decode
+    with user_errors("damo-predict", ValueError, DecodeError):
+        result = predict(compose("predict", argv))
     print(json.dumps(result))
 
 

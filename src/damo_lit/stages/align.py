@@ -123,7 +123,8 @@ class AlignStage(DaMOStage):
         text = F.normalize(self.model.encode_text(ids, mask), dim=-1)
         size = video.shape[0]
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        (video_all, offset), (text_all, _) = self.gather(video), self.gather(text)
+        both, offset = self.gather(torch.cat([video, text], dim=1))  # one collective for the pair
+        video_all, text_all = both.split([video.shape[1], text.shape[1]], dim=1)
         targets = torch.arange(size, device=self.device) + offset
         sim_v2t = scale * video @ text_all.T
         sim_t2v = scale * text @ video_all.T
