@@ -96,6 +96,33 @@ def test_negative_chunk_size_names_the_key(make_damo) -> None:
         make_damo("audio.chunk_size=-1")
 
 
+@pytest.mark.parametrize("grid", [False, True])
+def test_the_residual_pools_in_chunks_under_the_kernel_limit(grid: bool) -> None:
+    """CUDA's adaptive pooling refuses 2**31 elements (batch 256 at paper size): the global residual
+    pools slices of the rows below a limit, with the outputs and gradients of one pass."""
+    import torch.nn.functional as F
+
+    from damo_lit.models import residual
+
+    x = torch.randn(7, 6, 16, 16, requires_grad=True) if grid else torch.randn(7, 6, 50, requires_grad=True)
+    calls: list[int] = []
+
+    def pool(part: torch.Tensor) -> torch.Tensor:
+        calls.append(part.shape[0])
+        return F.adaptive_avg_pool2d(part, 3) if grid else F.adaptive_avg_pool1d(part, 8)
+
+    whole = pool(x)
+    limit = 2 * x[0].numel() + 1  # two rows a slice
+    chunked = residual.pool_rows_in_chunks(x, pool, max_elements=limit)
+    assert calls == [7, 2, 2, 2, 1]
+    assert torch.equal(whole, chunked)
+    weights = torch.randn_like(whole)
+    (g_whole,) = torch.autograd.grad((whole * weights).sum(), x)
+    (g_chunked,) = torch.autograd.grad((chunked * weights).sum(), x)
+    assert torch.allclose(g_whole, g_chunked)
+    assert residual.pool_rows_in_chunks(x, pool) is not None and calls[-1] == 7, "one pass under the real limit"
+
+
 def test_missing_audio_gives_no_nan(damo: DaMO) -> None:
     b = make_batch(damo, batch=3, seed=2)
     b.audio_mask[:] = False  # the whole batch without audio

@@ -9,6 +9,7 @@ time by a grouped 2-D convolution; every stream token then gets the embedding of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,19 @@ from torch import Tensor, nn
 from damo_lit.models.config import DaMOConfig
 from damo_lit.models.layers import FeedForward, MaskedBatchNorm, relative_sinusoid, sinusoid
 from damo_lit.models.media import Stream
+
+
+# CUDA's adaptive pooling kernels index with int32 and refuse an input of 2**31 elements or more
+# (an H100 run at batch 256: 2,048 Whisper segments x 1,500 tokens x 768 channels).
+POOL_MAX_ELEMENTS = 2**31 - 1
+
+
+def pool_rows_in_chunks(x: Tensor, pool: Callable[[Tensor], Tensor], max_elements: int = POOL_MAX_ELEMENTS) -> Tensor:
+    """`pool(x)` applied to slices of x's first dimension, each under `max_elements` elements."""
+    rows = max(1, max_elements // max(1, x[0].numel()))
+    if x.shape[0] <= rows:
+        return pool(x)
+    return torch.cat([pool(part) for part in x.split(rows)])
 
 
 class GlobalResidual(nn.Module):
@@ -46,9 +60,10 @@ class GlobalResidual(nn.Module):
             if side * side != x.shape[-1]:
                 raise ValueError(f"vision tower gave {x.shape[-1]} patch tokens, not a square grid")
             out_side = int(round(math.sqrt(self.tokens)))
-            x = F.adaptive_avg_pool2d(x.reshape(*x.shape[:2], side, side), out_side).flatten(2)
+            x = x.reshape(*x.shape[:2], side, side)
+            x = pool_rows_in_chunks(x, lambda part: F.adaptive_avg_pool2d(part, out_side)).flatten(2)
         else:
-            x = F.adaptive_avg_pool1d(x, self.tokens)
+            x = pool_rows_in_chunks(x, lambda part: F.adaptive_avg_pool1d(part, self.tokens))
         x = x.transpose(1, 2)
         if self.ffn is not None:
             x = x + self.ffn(global_)[:, None, :]
