@@ -8,10 +8,12 @@
 #       antlr4-python3-runtime) or holds at other versions (transformers, peft, lightning: the
 #       versions .venv tests here), and adds .whl/ to .git/info/exclude; torch stays the image's;
 #   there (the device tool's run, carry [".whl"]):   experiments/throughput/device_check.sh run
-#       installs them into /tmp/site, records the card and versions, runs fsdp_paper.py over
-#       BATCHES (default [1,8,32,64,128]; STEPS timed after WARMUP, 3 and 1) within FSDP_TIMEOUT seconds
-#       (default 420) and copies the
-#       figures and logs into $OUT (env.txt, fsdp_paper.json, fsdp_paper.log, children.log).
+#       installs them into /tmp/site, records the card and versions, runs fsdp_paper.py's
+#       checkpoint save + resume check at RESUME_BATCH (default 8; 0 skips it) within RESUME_TIMEOUT
+#       seconds (default 240), then fsdp_paper.py over BATCHES (default [1,8,32,64,128]; STEPS timed
+#       after WARMUP, 3 and 1) within FSDP_TIMEOUT seconds (default 420), and copies the figures and
+#       logs into $OUT (env.txt, fsdp_resume.json, fsdp_resume.log, fsdp_paper.json, fsdp_paper.log,
+#       children.log).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
@@ -40,14 +42,25 @@ case "${1:-}" in
 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"; nproc; free -g; } > "$OUT/env.txt" 2>&1
     cat "$OUT/env.txt"
     work=$(mktemp -d)
+    rc_resume=0
+    if [ -n "${RESUME_BATCH:-8}" ] && [ "${RESUME_BATCH:-8}" != 0 ]; then
+      timeout "${RESUME_TIMEOUT:-240}" "$PYTHON" experiments/throughput/fsdp_paper.py devices=1 resume=true \
+        "resume_batch=${RESUME_BATCH:-8}" steps=1 warmup=1 "out=$work" > "$OUT/fsdp_resume.log" 2>&1
+      rc_resume=$?
+      cp "$work/fsdp_resume.json" "$OUT/" 2>/dev/null
+      for log in "$work"/fsdp_resume_save.log "$work"/fsdp_resume_resume.log; do
+        [ -f "$log" ] && { echo "=== $log"; tail -n 80 "$log"; }; done >> "$OUT/children.log"
+      cat "$OUT/fsdp_resume.log"; echo "device_check: the resume check exited $rc_resume"
+    fi
     timeout "${FSDP_TIMEOUT:-420}" "$PYTHON" experiments/throughput/fsdp_paper.py devices=1 \
       "batch_sizes=${BATCHES:-[1,8,32,64,128]}" "steps=${STEPS:-3}" "warmup=${WARMUP:-1}" "out=$work" > "$OUT/fsdp_paper.log" 2>&1
     rc=$?
     cp "$work/fsdp_paper.json" "$OUT/" 2>/dev/null
-    for log in "$work"/fsdp_paper_b*.log; do [ -f "$log" ] && { echo "=== $log"; cat "$log"; }; done > "$OUT/children.log"
+    for log in "$work"/fsdp_paper_b*.log; do [ -f "$log" ] && { echo "=== $log"; cat "$log"; }; done >> "$OUT/children.log"
     cat "$OUT/fsdp_paper.log"; tail -n 60 "$OUT/children.log"
     echo "device_check: fsdp_paper.py exited $rc"
-    exit $rc
+    [ "$rc" -ne 0 ] && exit "$rc"
+    exit "$rc_resume"
     ;;
   *)
     echo "usage: $0 wheels   (here: fetch the wheels the device image lacks into .whl/)" >&2

@@ -3,6 +3,7 @@
 NEEDS GPUs (Lightning's FSDP is CUDA-only); on a machine without one it says so and exits 2.
 
     python experiments/throughput/fsdp_paper.py [devices=1] [batch_sizes=[1,8,32,64,128]] [steps=6]
+    python experiments/throughput/fsdp_paper.py resume=true [resume_batch=8]   # save + resume at paper size
     python experiments/throughput/fsdp_paper.py check=true      # CPU: compose + build the strategy only
 
 damo_paper (CLIP ViT-L/14, Whisper-small encoder, 768-wide T-Fuseformer, Mistral-7B + LoRA r=32)
@@ -19,6 +20,15 @@ limit keeps what it measured: the card's name and count, per batch size the medi
 after warm-up, LLM tokens/s (text + media tokens), videos/s, peak memory (max over ranks of
 torch.cuda.max_memory_allocated, and reserved), the seconds spent building and fitting, the last
 training loss, and the largest batch that fitted. Each child's output goes to OUT/fsdp_paper_b{B}.log.
+
+resume=true checks the FSDP checkpoint at paper size instead, in two processes: the first fits
+`steps` + `warmup` steps at `resume_batch` and saves Lightning's sharded checkpoint (timed, its
+size on disk measured); the second resumes from it (resume_from's path through trainer.fit),
+gathers the trainable weights before its first step and compares them with the weights.safetensors
+the first one wrote, then trains two more steps. OUT/fsdp_resume.json holds the figures;
+OUT/fsdp_resume_{save,resume}.log the children's output. The checkpoint is deleted afterwards
+unless keep_checkpoint=true. `extra=[key=value,...]` adds Hydra overrides to every run (tests
+run this mode on the CPU with a shallow model and the test-only CPU FSDP strategy).
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "devices": 1, "batch_sizes": [1, 8, 32, 64, 128], "steps": 6, "warmup": 2, "text_tokens": 128,
     "check": False, "one": None,  # one=B: run a single batch size (the driver's child processes)
     "build_on": "cuda",  # random init on the GPU (a 7B LM takes ~1 min single-threaded on a CPU); cpu falls back
+    "extra": [],
+    "resume": False, "resume_batch": 8, "phase": None, "keep_checkpoint": False,  # phase: the resume children
 }  # fmt: skip
 RANDOM_WEIGHTS = ["model.vision.name_or_path=null", "model.audio.name_or_path=null",
                   "model.text_encoder.name_or_path=null", "model.llm.name_or_path=null"]  # fmt: skip
@@ -61,15 +73,20 @@ def word_tokenizer(folder: Path, vocab_size: int) -> Path:
     return folder
 
 
-def overrides(cfg: Any, tokenizer: Path, run_dir: Path) -> list[str]:
+def overrides(cfg: Any, tokenizer: Path, run_dir: Path, checkpoints: Path | None = None,
+              max_steps: int | None = None) -> list[str]:
+    """The recipe's Hydra overrides; with `checkpoints`, Lightning saves last.ckpt there at the last step."""
+    steps = int(cfg.steps) + int(cfg.warmup)
+    saving = ([f"callbacks.model_checkpoint.dirpath={checkpoints}", f"callbacks.model_checkpoint.every_n_train_steps={steps}",
+               "callbacks.model_checkpoint.save_top_k=0", "callbacks.model_checkpoint.save_last=true"]
+              if checkpoints is not None else ["callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false"])
     return [
         "model=damo_paper", "stage=stage3_temporal", "trainer=fsdp", *RANDOM_WEIGHTS,
         f"model.llm.tokenizer={tokenizer}", "model.llm.offline=true", "model.llm.gradient_checkpointing=false",
-        f"trainer.devices={int(cfg.devices)}", f"trainer.max_steps={int(cfg.steps) + int(cfg.warmup)}",
+        f"trainer.devices={int(cfg.devices)}", f"trainer.max_steps={max_steps or steps}",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "logger=csv",
-        "callbacks.progress_bar=null", "callbacks.model_checkpoint=null", "++trainer.enable_checkpointing=false",
-        "test_after_fit=false",
-        f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar=null", *saving, "test_after_fit=false",
+        f"hydra.run.dir={run_dir}", *cfg.extra,
     ]  # fmt: skip
 
 
@@ -103,16 +120,21 @@ def random_batches(model_cfg: Any, batch: int, text_tokens: int, pad_id: int, vi
     return DataLoader(Random(), batch_size=None)
 
 
-def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
-    """Fit `steps` + `warmup` steps at one batch size; the figures of this rank."""
-    import lightning as L
+def cuda_sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(cfg: Any, run_cfg: Any) -> tuple[Any, Any, str, float]:
+    """build_run on `cfg.build_on` (falling back to the CPU): stage, trainer, where, seconds."""
     import torch
 
     from damo_lit.cli.train import build_run
 
-    run_cfg = compose_run("train", overrides(cfg, tokenizer, out / f"fsdp_b{batch}"), out / f"fsdp_b{batch}")
     began = time.perf_counter()
-    built_on = str(cfg.build_on)
+    built_on = str(cfg.build_on) if torch.cuda.is_available() else "cpu"
     try:
         with torch.device(built_on):
             stage, _, trainer = build_run(run_cfg)
@@ -123,25 +145,39 @@ def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
         built_on = "cpu"
         torch.cuda.empty_cache()
         stage, _, trainer = build_run(run_cfg)
+    seconds = time.perf_counter() - began
+    print(f"built on {built_on} in {seconds:.1f} s", flush=True)
+    return stage, trainer, built_on, seconds
+
+
+def loader_for(cfg: Any, run_cfg: Any, stage: Any, batch: int) -> Any:
+    tok = stage.tokenizer
+    return random_batches(run_cfg.model, batch, int(cfg.text_tokens), tok.pad_token_id,
+                          tok.convert_tokens_to_ids("<video>"))  # fmt: skip
+
+
+def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
+    """Fit `steps` + `warmup` steps at one batch size; the figures of this rank."""
+    import lightning as L
+    import torch
+
+    run_cfg = compose_run("train", overrides(cfg, tokenizer, out / f"fsdp_b{batch}"), out / f"fsdp_b{batch}")
+    stage, trainer, built_on, build_s = build(cfg, run_cfg)
     built = time.perf_counter()
-    print(f"built on {built_on} in {built - began:.1f} s", flush=True)
     starts: list[float] = []
 
     class Timer(L.Callback):
         def on_train_batch_start(self, *args: Any) -> None:
-            torch.cuda.synchronize()
+            cuda_sync()
             starts.append(time.perf_counter())
 
         def on_train_end(self, *args: Any) -> None:
-            torch.cuda.synchronize()
+            cuda_sync()
             starts.append(time.perf_counter())
 
     trainer.callbacks.append(Timer())
-    tok = stage.tokenizer
-    loader = random_batches(run_cfg.model, batch, int(cfg.text_tokens), tok.pad_token_id,
-                            tok.convert_tokens_to_ids("<video>"))  # fmt: skip
     torch.cuda.reset_peak_memory_stats()
-    trainer.fit(stage, train_dataloaders=loader)
+    trainer.fit(stage, train_dataloaders=loader_for(cfg, run_cfg, stage, batch))
     steps = [b - a for a, b in zip(starts, starts[1:])][int(cfg.warmup):]
     step = statistics.median(steps)
     peak = torch.tensor(float(torch.cuda.max_memory_allocated()), device="cuda")
@@ -153,8 +189,109 @@ def run_one(cfg: Any, batch: int, tokenizer: Path, out: Path) -> dict[str, Any]:
     return {"batch_per_device": batch, "devices": world, "step_s": step, "llm_tokens_per_s": tokens / step,
             "videos_per_s": batch * world / step, "peak_memory_gib": float(peak) / 2**30,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "built_on": built_on,
-            "build_s": built - began, "fit_s": time.perf_counter() - built,
+            "build_s": build_s, "fit_s": time.perf_counter() - built,
             "last_loss": float(loss) if loss is not None else None}  # fmt: skip
+
+
+def disk_bytes(path: Path) -> int:
+    """The size of a file, or of every file under a folder (a sharded checkpoint)."""
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, Any]:
+    """One half of resume=true. save: fit and save last.ckpt (timed). resume: fit from it, compare
+    the restored trainable weights with the saved phase's weights.safetensors, train two more steps."""
+    import lightning as L
+    import torch
+    from safetensors.torch import load_file
+
+    from damo_lit.stages.fsdp import uses_fsdp
+    from damo_lit.stages.weights import WEIGHTS_FILE, stage_state
+
+    batch, steps = int(cfg.resume_batch), int(cfg.steps) + int(cfg.warmup)
+    checkpoints, run_dir = out / "fsdp_resume_checkpoints", out / f"fsdp_resume_{phase}"
+    saving = phase == "save"
+    run_cfg = compose_run("train", overrides(cfg, tokenizer, run_dir, checkpoints if saving else None,
+                                             steps if saving else steps + 2), run_dir)  # fmt: skip
+    stage, trainer, built_on, build_s = build(cfg, run_cfg)
+    result: dict[str, Any] = {"phase": phase, "batch_per_device": batch, "built_on": built_on, "build_s": build_s}
+    marks: dict[str, float] = {}
+    restored: dict[str, torch.Tensor] = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            cuda_sync()
+            marks["first_step"] = time.perf_counter()
+            # the weights before the first step (collective under FSDP: every rank gathers): the
+            # restored ones when resuming, the initial ones when saving (training must change them,
+            # or a resume that loaded nothing would compare equal)
+            root = trainer.strategy.model if uses_fsdp(trainer) else None
+            restored.update(stage_state(pl_module.model, pl_module.persistent_names(), root))
+
+    trainer.callbacks.append(Probe())
+    save_seconds: list[float] = []
+    save_checkpoint = trainer.save_checkpoint
+
+    def timed_save(*args: Any, **kwargs: Any) -> None:
+        began = time.perf_counter()
+        save_checkpoint(*args, **kwargs)
+        cuda_sync()
+        save_seconds.append(time.perf_counter() - began)
+
+    trainer.save_checkpoint = timed_save  # type: ignore[method-assign]
+    ckpt = checkpoints / "last.ckpt"
+    if not saving and not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt}: the save phase left no checkpoint")
+    began = time.perf_counter()
+    trainer.fit(stage, train_dataloaders=loader_for(cfg, run_cfg, stage, batch),
+                ckpt_path=None if saving else str(ckpt), weights_only=True)  # fmt: skip
+    loss = trainer.callback_metrics.get("train/loss")
+    result.update({"start_s": marks["first_step"] - began, "global_step": trainer.global_step,
+                   "last_loss": float(loss) if loss is not None else None})  # fmt: skip
+    if saving:
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{ckpt}: Lightning's ModelCheckpoint saved nothing at step {steps}")
+        result.update({"checkpoint_save_s": sum(save_seconds), "checkpoint_saves": len(save_seconds),
+                       "checkpoint_gib": disk_bytes(ckpt) / 2**30, "checkpoint_kind": "folder" if ckpt.is_dir() else "file",
+                       "stage_weights_mib": disk_bytes(run_dir / WEIGHTS_FILE) / 2**20})  # fmt: skip
+        trained = load_file(str(run_dir / WEIGHTS_FILE))
+        result["changed_by_training"] = sum(not torch.equal(trained[k], v) for k, v in restored.items() if k in trained)
+    else:
+        saved = load_file(str(out / "fsdp_resume_save" / WEIGHTS_FILE))
+        shared = sorted(saved.keys() & restored.keys())
+        diffs = [float((saved[k].float() - restored[k].float()).abs().max()) for k in shared]
+        result.update({"restored_tensors": len(restored), "saved_tensors": len(saved), "compared_tensors": len(shared),
+                       "restored_equal": len(shared) == len(saved) == len(restored)
+                       and all(torch.equal(saved[k], restored[k]) for k in shared),
+                       "restored_max_abs_diff": max(diffs) if diffs else None})  # fmt: skip
+    return result
+
+
+def resume_check(cfg: Any, argv: list[str], out: Path) -> dict[str, Any]:
+    """resume=true: the save and resume children, one process each; OUT/fsdp_resume.json."""
+    import shutil
+
+    import torch
+
+    report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                              "settings": OmegaConf.to_container(cfg), "phases": []}  # fmt: skip
+    shutil.rmtree(out / "fsdp_resume_checkpoints", ignore_errors=True)
+    for phase in ("save", "resume"):
+        log, result_file = out / f"fsdp_resume_{phase}.log", out / f"fsdp_resume_{phase}.json"
+        result_file.unlink(missing_ok=True)
+        print(f"resume check, {phase}: running (log {log})", flush=True)
+        with log.open("w") as sink:
+            done = subprocess.run([sys.executable, __file__, *argv, f"phase={phase}"], stdout=sink,
+                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        if done.returncode != 0 or not result_file.is_file():
+            report["phases"].append({"phase": phase, "failed": log.read_text(errors="replace")[-3000:]})
+            break
+        report["phases"].append(json.loads(result_file.read_text()))
+        print(json.dumps(report["phases"][-1]), flush=True)
+    if not cfg.keep_checkpoint:
+        shutil.rmtree(out / "fsdp_resume_checkpoints", ignore_errors=True)
+    (out / "fsdp_resume.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,19 +311,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    if not torch.cuda.is_available():
+    words = list(sys.argv[1:] if argv is None else argv)
+    resuming = bool(cfg.resume) or cfg.phase is not None
+    cpu_resume = resuming and "trainer.accelerator=cpu" in cfg.extra  # the tests' CPU FSDP strategy
+    if not torch.cuda.is_available() and not cpu_resume:
         print("fsdp_paper.py needs a CUDA GPU (Lightning's FSDP runs on CUDA only); nothing measured.",
               file=sys.stderr)  # fmt: skip
         return 2
-    if cfg.one is not None:
-        result = run_one(cfg, int(cfg.one), tokenizer, out)
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("RANK", "0")) == 0:
-            (out / f"fsdp_paper_b{int(cfg.one)}.json").write_text(json.dumps(result))
+    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("RANK", "0")) == 0
+    if cfg.one is not None or cfg.phase is not None:
+        result = run_one(cfg, int(cfg.one), tokenizer, out) if cfg.phase is None else \
+            resume_phase(cfg, str(cfg.phase), tokenizer, out)
+        name = f"fsdp_paper_b{int(cfg.one)}.json" if cfg.phase is None else f"fsdp_resume_{cfg.phase}.json"
+        if rank_zero:
+            (out / name).write_text(json.dumps(result))
         return 0
+    if cfg.resume:
+        report = resume_check(cfg, words, out)
+        last, first = report["phases"][-1], report["phases"][0]
+        print(f"wrote {out / 'fsdp_resume.json'}: {report['gpu']}, "
+              + ("resumed weights equal the saved ones" if last.get("restored_equal") else "RESUME CHECK FAILED"))
+        if not first.get("changed_by_training"):
+            print("the save phase's steps changed no trainable weight: the comparison proves nothing")
+            return 1
+        return 0 if last.get("restored_equal") else 1
     report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
                               "settings": OmegaConf.to_container(cfg), "runs": [], "largest_batch_that_fits": None}
     for batch in cfg.batch_sizes:
-        args = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), f"one={int(batch)}"]
+        args = [sys.executable, __file__, *words, f"one={int(batch)}"]
         log = out / f"fsdp_paper_b{int(batch)}.log"
         result_file = out / f"fsdp_paper_b{int(batch)}.json"
         result_file.unlink(missing_ok=True)

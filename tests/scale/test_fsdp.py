@@ -270,3 +270,35 @@ def test_device_check_script_says_how_to_use_it() -> None:
     script = Path(__file__).resolve().parents[2] / "experiments" / "throughput" / "device_check.sh"
     done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "wheels" in done.stderr and "run" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_paper_fsdp_resume_check_restores_the_trainable_weights_bit_for_bit(tmp_path) -> None:
+    """fsdp_paper.py resume=true (the device check's first half) on two gloo CPU processes, FULL_SHARD:
+    the sharded checkpoint saved at the last step, a fresh process resumes from it, and the
+    trainable weights it gathers before its first step equal the saved weights.safetensors.
+    Shallow paper widths, Fuseformer depth 1; about 3 minutes on 2 cores."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.scale.test_paper_shapes import SHALLOW
+
+    root = Path(__file__).resolve().parents[2]
+    extra = ["trainer.strategy._target_=tests.scale.cpu_fsdp.cpu_fsdp_strategy", "trainer.accelerator=cpu",
+             "trainer.precision=32-true", "model.fuseformer.depth=1", *SHALLOW]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "experiments" / "throughput" / "fsdp_paper.py"), "resume=true",
+                           "devices=2", "resume_batch=1", "steps=1", "warmup=0", "text_tokens=48", "build_on=cpu",
+                           f"out={tmp_path}", f"extra=[{','.join(extra)}]"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=root)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "fsdp_resume.json").read_text())
+    save, resume = report["phases"]
+    assert save["checkpoint_kind"] == "folder" and save["checkpoint_saves"] == 1 and save["global_step"] == 1
+    assert save["changed_by_training"] > 100, "the saved weights differ from the initial ones"
+    assert resume["global_step"] == 3, "two steps after the restored one"
+    assert resume["restored_equal"] and resume["restored_max_abs_diff"] == 0.0
+    assert resume["compared_tensors"] == resume["saved_tensors"] > 100
+    assert not (tmp_path / "fsdp_resume_checkpoints").exists(), "the checkpoint is deleted afterwards"
