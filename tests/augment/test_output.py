@@ -53,3 +53,21 @@ def test_existing_output_without_progress_is_not_clobbered(tmp_path: Path) -> No
     assert out.read_text() == ""
     with pytest.raises(OutputError, match=r"a \(was 1, now 2\)"):
         ResumableOutput(out, {"a": 2}).open()
+
+
+def test_progress_bar_shows_count_rate_eta_and_records(anet_file: Path, tmp_path: Path) -> None:
+    """The bar a long run shows: videos done of total, videos/s, elapsed, ETA and records written."""
+    import io
+
+    from rich.console import Console
+
+    videos = load_videos(anet_file, "activitynet").videos
+    sink = io.StringIO()
+    console = Console(file=sink, force_terminal=True, width=160, color_system=None)
+    summary = run_augment(videos, TemplateBackend(), QuestionSpec(), tmp_path / "qa.jsonl",
+                          source_format="activitynet", progress=True, console=console)  # fmt: skip
+    final = sink.getvalue().rsplit("\r", 1)[-1]  # the last redraw of the live bar
+    assert f"{len(videos)}/{len(videos)}" in final
+    assert "videos/s" in final and "-- videos/s" not in final and "ETA" in final
+    assert f"{summary.records} records" in final and summary.records > 0
+    assert "augment (template)" in final
