@@ -216,7 +216,7 @@ def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, 
     stage, trainer, built_on, build_s = build(cfg, run_cfg)
     result: dict[str, Any] = {"phase": phase, "batch_per_device": batch, "built_on": built_on, "build_s": build_s}
     marks: dict[str, float] = {}
-    restored: dict[str, torch.Tensor] = {}
+    before_first_step: dict[str, torch.Tensor] = {}
 
     class Probe(L.Callback):
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -226,7 +226,7 @@ def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, 
             # restored ones when resuming, the initial ones when saving (training must change them,
             # or a resume that loaded nothing would compare equal)
             root = trainer.strategy.model if uses_fsdp(trainer) else None
-            restored.update(stage_state(pl_module.model, pl_module.persistent_names(), root))
+            before_first_step.update(stage_state(pl_module.model, pl_module.persistent_names(), root))
 
     trainer.callbacks.append(Probe())
     save_seconds: list[float] = []
@@ -255,9 +255,11 @@ def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, 
                        "checkpoint_gib": disk_bytes(ckpt) / 2**30, "checkpoint_kind": "folder" if ckpt.is_dir() else "file",
                        "stage_weights_mib": disk_bytes(run_dir / WEIGHTS_FILE) / 2**20})  # fmt: skip
         trained = load_file(str(run_dir / WEIGHTS_FILE))
-        result["changed_by_training"] = sum(not torch.equal(trained[k], v) for k, v in restored.items() if k in trained)
+        result["changed_by_training"] = sum(not torch.equal(trained[k], v) for k, v in before_first_step.items()
+                                           if k in trained)
     else:
         saved = load_file(str(out / "fsdp_resume_save" / WEIGHTS_FILE))
+        restored = before_first_step
         shared = sorted(saved.keys() & restored.keys())
         diffs = [float((saved[k].float() - restored[k].float()).abs().max()) for k in shared]
         result.update({"restored_tensors": len(restored), "saved_tensors": len(saved), "compared_tensors": len(shared),
@@ -328,13 +330,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.resume:
         report = resume_check(cfg, words, out)
-        last, first = report["phases"][-1], report["phases"][0]
-        print(f"wrote {out / 'fsdp_resume.json'}: {report['gpu']}, "
-              + ("resumed weights equal the saved ones" if last.get("restored_equal") else "RESUME CHECK FAILED"))
-        if not first.get("changed_by_training"):
-            print("the save phase's steps changed no trainable weight: the comparison proves nothing")
-            return 1
-        return 0 if last.get("restored_equal") else 1
+        failed = [p["phase"] for p in report["phases"] if "failed" in p]
+        first, last = report["phases"][0], report["phases"][-1]
+        if failed:
+            verdict = f"the {failed[0]} phase failed (see OUT/fsdp_resume_{failed[0]}.log)"
+        elif not first.get("changed_by_training"):
+            verdict = "the save phase's steps changed no trainable weight, so the comparison proves nothing"
+        else:
+            verdict = "resumed weights equal the saved ones" if last.get("restored_equal") else \
+                "RESUMED WEIGHTS DIFFER from the saved ones"
+        print(f"wrote {out / 'fsdp_resume.json'}: {report['gpu']}, {verdict}")
+        return 0 if verdict.startswith("resumed weights equal") else 1
     report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
                               "settings": OmegaConf.to_container(cfg), "runs": [], "largest_batch_that_fits": None}
     for batch in cfg.batch_sizes:
