@@ -2,7 +2,7 @@
 machine, and written to OUT/throughput.json with a printed table (docs/scale.md).
 
     python experiments/throughput/run.py [out=outputs/bench] [quick=true]
-                                      [sections=[sparse,loader,cache,cache_real,fuse,tower_chunks]]
+                                      [sections=[sparse,loader,cache,cache_real,fuse,tower_chunks,lm_head]]
                                       [real_videos=DIR]
     make bench [quick=true]
 
@@ -56,7 +56,7 @@ from damo_lit.cli.common import PROJECT_ROOT, compose, compose_run  # noqa: E402
 DEFAULTS: dict[str, Any] = {
     "out": str(PROJECT_ROOT / "outputs" / "bench"),
     "quick": False,  # tiny sizes: the smoke test
-    "sections": ["sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks"],
+    "sections": ["sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks", "lm_head"],
     "seed": 0,
     # torch intra-op threads. 1 by default: on a shared 2-core machine two spinning OpenMP threads per
     # process slowed the tiny model 5-10x while other jobs ran; null = torch's default (one per core)
@@ -75,12 +75,20 @@ DEFAULTS: dict[str, Any] = {
     "chunk_frames": 256, "chunk_size": 32, "chunk_image": 224,
     "chunk_arch": {"model_type": "clip_vision_model", "hidden_size": 768, "intermediate_size": 3072,
                    "num_hidden_layers": 2, "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+    # lm_head_memory_ratio: Mistral's 32,064-word vocabulary on a narrow one-layer LM; stage-3-like rows
+    # (128 text tokens, the last 16 labelled, 32 media tokens)
+    "lm_batch": 8, "lm_tokens": 128, "lm_answer_tokens": 16, "lm_media_tokens": 32,
+    "lm_arch": {"model_type": "mistral", "vocab_size": 32064, "hidden_size": 512, "intermediate_size": 1024,
+                "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 8},
 }  # fmt: skip
 QUICK: dict[str, Any] = {
     "clips": 1, "clip_size": 64, "clip_fps": 8, "clip_min_seconds": 8.0, "clip_max_seconds": 8.0, "num_frames": 8,
     "repeats": 1, "videos": 10, "batch_size": 2, "loader_batches": 2, "workers": [0], "decode_videos": 2,
     "cache_steps": 2, "cache_clip_size": 96, "cache_clip_fps": 12, "real_records": 2, "fuse_frames": [8, 16], "fuse_batch": 1, "fuse_repeats": 1,
     "chunk_frames": 64, "chunk_size": 8, "chunk_image": 112,
+    "lm_batch": 4, "lm_tokens": 64, "lm_answer_tokens": 8, "lm_media_tokens": 8,
+    "lm_arch": {"model_type": "mistral", "vocab_size": 16000, "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2},
     "chunk_arch": {"model_type": "clip_vision_model", "hidden_size": 128, "intermediate_size": 512,
                    "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 112, "patch_size": 8},
 }  # fmt: skip
@@ -480,27 +488,41 @@ def _tower_forward_peak(settings: dict[str, Any], chunk_size: int, queue: Any) -
                "device": str(device)})  # fmt: skip
 
 
-def bench_tower_chunks(cfg: Any, out: Path) -> dict[str, Any]:
+def in_fresh_processes(section: str, target: Callable[..., None], cfg: Any, variants: dict[str, Any]) -> dict[str, Any]:
+    """target(settings, variant, queue) in a spawned process per variant (a fresh high-water mark
+    for each measurement); what each put on the queue, by variant name."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")  # a fresh high-water mark per measurement
+    context = multiprocessing.get_context("spawn")
     settings = OmegaConf.to_container(cfg, resolve=True)
     runs = {}
-    for name, chunk in (("all_at_once", 0), (f"chunks_of_{int(cfg.chunk_size)}", int(cfg.chunk_size))):
+    for name, variant in variants.items():
         queue = context.Queue()
-        child = context.Process(target=_tower_forward_peak, args=(settings, chunk, queue))
+        child = context.Process(target=target, args=(settings, variant, queue))
         child.start()
         child.join()
         if child.exitcode != 0:
-            raise RuntimeError(f"bench tower_chunks: the {name} child exited with status {child.exitcode}")
+            raise RuntimeError(f"bench {section}: the {name} child exited with status {child.exitcode}")
         runs[name] = queue.get()
-    whole, chunked = runs.values()
+    return runs
+
+
+def paired_figures(runs: dict[str, Any], memory: str, time_: str, added: str, seconds: str) -> dict[str, Any]:
+    """Two fresh-process runs, the plain one first: the memory ratio plain/bounded, the time ratio
+    bounded/plain, and each run's added MiB and seconds under the given names."""
+    plain, bounded = runs.values()
+    return {memory: plain["added_mib"] / max(bounded["added_mib"], 1e-6), time_: bounded["seconds"] / plain["seconds"],
+            added: {k: v["added_mib"] for k, v in runs.items()}, seconds: {k: v["seconds"] for k, v in runs.items()}}
+
+
+def bench_tower_chunks(cfg: Any, out: Path) -> dict[str, Any]:
+    runs = in_fresh_processes("tower_chunks", _tower_forward_peak, cfg,
+                              {"all_at_once": 0, f"chunks_of_{int(cfg.chunk_size)}": int(cfg.chunk_size)})  # fmt: skip
+    whole = runs["all_at_once"]
     arch = cfg.chunk_arch
     return {
-        "tower_chunk_memory_ratio": whole["added_mib"] / max(chunked["added_mib"], 1e-6),
-        "tower_chunk_time_ratio": chunked["seconds"] / whole["seconds"],
-        "tower_forward_added_mib": {k: v["added_mib"] for k, v in runs.items()},
-        "tower_forward_s": {k: v["seconds"] for k, v in runs.items()},
+        **paired_figures(runs, "tower_chunk_memory_ratio", "tower_chunk_time_ratio", "tower_forward_added_mib",
+                         "tower_forward_s"),
         "tower_chunks_setup": f"frozen CLIP-style tower (hidden {arch.hidden_size}, {arch.num_hidden_layers} layers, "
         f"{arch.num_attention_heads} heads, patch {arch.patch_size}, {cfg.chunk_image} px, random weights) over "
         f"{cfg.chunk_frames} frames on {whole['device']}, each forward in a fresh process; its output (local tokens) "
@@ -508,9 +530,62 @@ def bench_tower_chunks(cfg: Any, out: Path) -> dict[str, Any]:
     }
 
 
+# -- lm_head_memory_ratio -------------------------------------------------------------------------
+def _lm_loss_peak(settings: dict[str, Any], labelled_only: bool, queue: Any) -> None:
+    """In a fresh process: the memory a teacher-forced loss + backward adds at its peak, with the LM
+    head at every position (transformers' own loss) or only where the next token is labelled."""
+    from damo_lit.models.config import LLMConfig, LoraSettings
+    from damo_lit.models.llm import CausalLM
+
+    if settings["threads"]:
+        torch.set_num_threads(int(settings["threads"]))
+    torch.manual_seed(int(settings["seed"]))
+    arch = dict(settings["lm_arch"])
+    lm = CausalLM(LLMConfig(arch=arch, lora=LoraSettings(enabled=False), length_buckets=1), video_token_id=5,
+                  pad_token_id=0)  # fmt: skip
+    batch, tokens, answer = int(settings["lm_batch"]), int(settings["lm_tokens"]), int(settings["lm_answer_tokens"])
+    ids = torch.randint(10, int(arch["vocab_size"]), (batch, tokens))
+    ids[:, 1] = 5
+    labels = ids.clone()
+    labels[:, : tokens - answer] = -100  # the answer at the end, as in stage 3
+    media = torch.randn(batch, int(settings["lm_media_tokens"]), int(arch["hidden_size"]))
+    mask = torch.ones_like(ids)
+
+    def step() -> None:
+        if labelled_only:
+            loss = lm(ids, mask, labels, media).loss
+        else:
+            s = lm.splice(ids, mask, media, labels)
+            loss = lm.model(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                            position_ids=s.position_ids, labels=s.labels, use_cache=False).loss  # fmt: skip
+        loss.backward()
+        lm.zero_grad(set_to_none=True)
+
+    step()  # allocator and kernels warmed up
+    if not _reset_peak_rss():
+        raise RuntimeError("bench lm_head: cannot reset the peak RSS (/proc/self/clear_refs)")
+    before = _rss_bytes()
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    queue.put({"added_mib": (_peak_rss_bytes() - before) / 2**20, "seconds": seconds})
+
+
+def bench_lm_head(cfg: Any, out: Path) -> dict[str, Any]:
+    runs = in_fresh_processes("lm_head", _lm_loss_peak, cfg, {"every_position": False, "labelled_positions": True})
+    arch = cfg.lm_arch
+    positions = int(cfg.lm_tokens) + int(cfg.lm_media_tokens) - 1
+    return {
+        **paired_figures(runs, "lm_head_memory_ratio", "lm_head_time_ratio", "lm_loss_added_mib", "lm_loss_s"),
+        "lm_head_setup": f"{arch.model_type} LM (hidden {arch.hidden_size}, {arch.num_hidden_layers} layer(s), "
+        f"vocabulary {arch.vocab_size}, random weights), loss + backward over {cfg.lm_batch} rows of {positions} "
+        f"positions with {cfg.lm_answer_tokens} labelled tokens each, on the CPU, each in a fresh process",
+    }
+
+
 # -- the run --------------------------------------------------------------------------------------
 SECTIONS = {"sparse": bench_sparse, "loader": bench_loader, "cache": bench_cache, "cache_real": bench_cache_real,
-            "fuse": bench_fuse, "tower_chunks": bench_tower_chunks}
+            "fuse": bench_fuse, "tower_chunks": bench_tower_chunks, "lm_head": bench_lm_head}
 
 
 def environment() -> dict[str, Any]:
@@ -544,7 +619,7 @@ def table(results: dict[str, Any]) -> None:
         if isinstance(value, float):
             out.add_row(name, f"{value:.2f}", verdict(name, value))
     for name in ("loader_samples_per_s", "step_s", "step_s_real_clips", "fuse_forward_s", "llm_tokens",
-                 "tower_forward_added_mib", "tower_forward_s"):
+                 "tower_forward_added_mib", "tower_forward_s", "lm_loss_added_mib", "lm_loss_s"):
         for key, value in (results.get(name) or {}).items():
             label = escape(f"{name}[{key}]")  # not rich markup
             out.add_row(label, f"{value:.3f}" if isinstance(value, float) else str(value), "")

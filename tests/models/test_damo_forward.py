@@ -15,7 +15,7 @@ def damo(make_damo) -> DaMO:
 
 
 def test_forward_backward_shapes(make_damo) -> None:
-    damo = make_damo("llm.length_buckets=1")  # one pass: the logits too (more passes give the loss alone)
+    damo = make_damo()
     b = make_batch(damo, batch=3)
     media = damo.encode(**b.media())
     cfg = damo.cfg
@@ -25,11 +25,12 @@ def test_forward_backward_shapes(make_damo) -> None:
     embeds = damo.media_embeds(media)
     k = cfg.projector.queries
     assert embeds.shape == (3, k, damo.llm.hidden_size)
-    out = damo(b.input_ids, b.attention_mask, b.labels, embeds)
-    assert out.logits.shape[:2] == (3, b.input_ids.shape[1] + k - 1)
-    assert torch.isfinite(out.loss)
+    logits = damo(b.input_ids, b.attention_mask, None, embeds).logits  # without labels: every position
+    assert logits.shape[:2] == (3, b.input_ids.shape[1] + k - 1)
+    loss = damo(b.input_ids, b.attention_mask, b.labels, embeds).loss  # with labels: the loss alone
+    assert torch.isfinite(loss)
     damo.zero_grad()
-    out.loss.backward()
+    loss.backward()
     assert damo.residual.video.proj.weight.grad is not None
     assert all(p.grad is not None for p in damo.vision.parameters())  # the tiny towers train
     assert all(p.grad is not None for p in damo.audio.parameters() if p.requires_grad)
@@ -173,6 +174,46 @@ def test_splice_places_media_and_masks_labels(damo: DaMO) -> None:
         assert torch.equal(s.attention_mask[i, pos + k :], b.attention_mask[i, pos + 1 :])
         torch.testing.assert_close(s.inputs_embeds[i, :pos], damo.llm.embed_tokens(b.input_ids[i, :pos]))
     assert int((s.labels != -100).sum()) == int((b.labels != -100).sum())
+
+
+def test_the_loss_at_labelled_positions_is_the_full_pass_loss(make_damo) -> None:
+    """The LM head runs only where the next token is labelled; the loss and every gradient are
+    those of transformers' own loss over full logits. A batch without any label gives 0, not NaN."""
+    damo = make_damo("llm.length_buckets=1")
+    b = make_batch(damo, batch=4, seed=5)
+    media = torch.randn(4, damo.cfg.projector.queries, damo.llm.hidden_size, requires_grad=True)
+    labelled = int((b.labels != -100).sum())
+    assert 0 < labelled < b.labels.numel() // 2, "most positions carry no label"
+
+    def loss_and_grads(full: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        damo.zero_grad()
+        media.grad = None
+        if full:
+            s = damo.llm.splice(b.input_ids, b.attention_mask, media, b.labels)
+            loss = damo.llm.model(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                                  position_ids=s.position_ids, labels=s.labels, use_cache=False).loss  # fmt: skip
+        else:
+            loss = damo(b.input_ids, b.attention_mask, b.labels, media).loss
+        loss.backward()
+        return loss.detach(), [media.grad.clone(), *(p.grad.clone() for p in damo.llm.parameters() if p.grad is not None)]
+
+    kept: list[int] = []
+    hook = damo.llm.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: kept.append(args[0].shape[1]))
+    loss, grads = loss_and_grads(full=False)
+    hook.remove()
+    full_loss, full_grads = loss_and_grads(full=True)
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(full_grads) > 1
+    for mine, theirs in zip(grads, full_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    width = b.input_ids.shape[1] + damo.cfg.projector.queries - 1
+    assert kept and kept[0] < width // 2, f"the LM head saw {kept[0]} of {width} positions"
+
+    none = torch.full_like(b.labels, -100)
+    empty = damo(b.input_ids, b.attention_mask, none, media).loss
+    assert float(empty) == 0.0
+    empty.backward()
 
 
 def test_length_buckets_give_the_loss_and_gradients_of_one_pass(make_damo) -> None:

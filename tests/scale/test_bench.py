@@ -51,6 +51,18 @@ def test_bench_tower_chunks_bound_the_towers_memory(tmp_path: Path) -> None:
     assert "over 64 frames" in result["tower_chunks_setup"]
 
 
+def test_bench_lm_head_at_labelled_positions_adds_less_memory(tmp_path: Path) -> None:
+    """The LM head only where the next token is labelled: a loss + backward adds far less memory
+    than transformers' own loss over every position (each measured in a fresh process)."""
+    result = _bench(tmp_path, "sections=[lm_head]")
+    added = result["lm_loss_added_mib"]
+    assert set(added) == {"every_position", "labelled_positions"}
+    assert added["every_position"] > 1.5 * added["labelled_positions"] > 0, added
+    assert result["lm_head_memory_ratio"] == pytest.approx(added["every_position"] / added["labelled_positions"])
+    assert result["lm_loss_s"]["labelled_positions"] > 0
+    assert "vocabulary 16000" in result["lm_head_setup"] and "8 labelled tokens" in result["lm_head_setup"]
+
+
 def test_bench_unknown_key_is_an_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), f"out={tmp_path}", "bogus=1"], capture_output=True,
                           text=True, timeout=120)  # fmt: skip
@@ -85,4 +97,5 @@ def test_bench_every_section(tmp_path: Path) -> None:
                                      "feature_cache", "decode_frozen_lm", "feature_cache_frozen_lm"}
     assert result["feature_cache_build"]["videos"] == result["feature_cache_build_sized"]["videos"] == 10
     assert "clips of 96x96 px at 12 fps" in result["cache_setup"]
-    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks"}
+    assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks",
+                                              "lm_head"}

@@ -240,43 +240,50 @@ class CausalLM(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None, media_embeds: Tensor
     ) -> CausalLMOutputWithPast:
-        """Teacher-forced pass over the spliced sequence; loss on labels != -100 when labels given
-        (with `length_buckets` > 1, the loss alone, from passes over groups of similar length)."""
+        """Teacher-forced pass over the spliced sequence. With labels: the loss alone, the mean
+        next-token loss over labels != -100 (`_labelled_loss`); without: the logits at every position."""
         spliced = self.splice(input_ids, attention_mask, media_embeds, labels)
-        if spliced.labels is not None and self.length_buckets > 1 and input_ids.shape[0] > 1:
-            return CausalLMOutputWithPast(loss=self._bucketed_loss(spliced))
+        if spliced.labels is not None:
+            return CausalLMOutputWithPast(loss=self._labelled_loss(spliced))
         return self.model(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
             position_ids=spliced.position_ids,
-            labels=spliced.labels,
             use_cache=False,  # a teacher-forced pass needs no KV cache; under activation checkpointing a
         )  # cache filled by the forward would be filled again by the recompute (keys twice as long)
 
-    def _bucketed_loss(self, spliced: SplicedInputs) -> Tensor:
-        """The mean next-token loss over every labelled token, as one pass gives it, from
-        `length_buckets` passes over rows sorted by length, each cut after its longest row (training
-        padding is on the right, so what is cut is padding). Less padding, the same loss."""
+    def _labelled_loss(self, spliced: SplicedInputs) -> Tensor:
+        """The mean next-token loss over every labelled token, as one full pass gives it, for less.
+
+        The LM head runs only at the positions whose next token is labelled in some row of a pass
+        (`logits_to_keep`): media, prompts and padding get no vocabulary-wide logits, whose float32
+        gradient was the largest buffer of a paper-size step (7.3 GiB at batch 384). With
+        `length_buckets` > 1 the rows, sorted by length, go through that many passes, each cut after
+        its longest row (training padding is on the right, so what is cut is padding)."""
         assert spliced.labels is not None
         mask = spliced.attention_mask
         steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
         lengths = (mask.bool() * steps).amax(1)  # one past each row's last real token
-        order = torch.argsort(lengths)
+        groups = [torch.arange(len(lengths), device=mask.device)] if self.length_buckets == 1 or len(lengths) == 1 \
+            else torch.tensor_split(torch.argsort(lengths), min(self.length_buckets, len(lengths)))
         total = spliced.inputs_embeds.new_zeros(())
         count = 0
-        for rows in torch.tensor_split(order, min(self.length_buckets, len(order))):
+        for rows in groups:
             if len(rows) == 0:
                 continue
             width = max(int(lengths[rows].max()), 2)
-            labels = spliced.labels[rows, :width]
+            targets = spliced.labels[rows, 1:width]  # position p predicts token p + 1
+            keep = (targets != IGNORE_INDEX).any(0).nonzero().flatten()
+            if keep.numel() == 0:  # nothing labelled: one position keeps the graph (loss 0, zero gradients)
+                keep = torch.tensor([width - 2], device=mask.device)
             logits = self.model(
                 inputs_embeds=spliced.inputs_embeds[rows, :width],
                 attention_mask=mask[rows, :width],
                 position_ids=spliced.position_ids[rows, :width],
                 use_cache=False,
-            ).logits
-            targets = labels[:, 1:]
-            total = total + F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                logits_to_keep=keep,
+            ).logits  # (rows, len(keep), vocab)
+            total = total + F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
                                             ignore_index=IGNORE_INDEX, reduction="sum")  # fmt: skip
             count += int((targets != IGNORE_INDEX).sum())
         return total / max(count, 1)
