@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import yaml
 
 from damo_lit.cli.common import CONF_DIR, PROJECT_ROOT, markdown_table, override_key
+from damo_lit.models.config import MEMORY_ONLY_TOWER_KEYS
 
 OUT_ROOT = PROJECT_ROOT / "outputs" / "experiments"
 # --quick: a few steps per stage and one batch of val / test each, for smoke tests. The CSV logger
@@ -316,9 +317,9 @@ def run_identity(overrides: Sequence[str]) -> list[str]:
 DEMO_RECIPE_KEYS = ("common", "features", "stages")
 # The composed groups a demo run's stages read besides conf/demo.yaml: their defaults are the recipe too.
 RECIPE_GROUPS = ("model", "data", "trainer")
-# Model keys that change memory, not results (a tower's items per forward pass: the same outputs
-# in slices): a run made before one existed, or with another value, is the same run.
-NOT_IN_RECIPE = {"vision": ("chunk_size",), "audio": ("chunk_size",)}
+# Tower keys that change memory, not results: a run made before one existed, or with another value,
+# is the same run.
+NOT_IN_RECIPE = {"vision": MEMORY_ONLY_TOWER_KEYS, "audio": MEMORY_ONLY_TOWER_KEYS}
 
 
 def demo_recipe() -> str:

@@ -269,6 +269,25 @@ def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, 
     return result
 
 
+def child_stem(one: Any = None, phase: Any = None) -> str:
+    """The name of a child's log and result JSON: one batch size, or one phase of the resume check."""
+    return f"fsdp_resume_{phase}" if phase is not None else f"fsdp_paper_b{int(one)}"
+
+
+def run_child(argv: list[str], word: str, out: Path, stem: str) -> dict[str, Any] | str:
+    """This script again with `word` added, its output in OUT/<stem>.log: the result JSON it wrote,
+    or its log's text when it failed or wrote none."""
+    log, result_file = out / f"{stem}.log", out / f"{stem}.json"
+    result_file.unlink(missing_ok=True)
+    print(f"{stem}: running (log {log})", flush=True)
+    with log.open("w") as sink:
+        done = subprocess.run([sys.executable, __file__, *argv, word], stdout=sink, stderr=subprocess.STDOUT,
+                              text=True)  # fmt: skip
+    if done.returncode != 0 or not result_file.is_file():
+        return log.read_text(errors="replace")
+    return json.loads(result_file.read_text())
+
+
 def resume_check(cfg: Any, argv: list[str], out: Path) -> dict[str, Any]:
     """resume=true: the save and resume children, one process each; OUT/fsdp_resume.json."""
     import shutil
@@ -279,17 +298,12 @@ def resume_check(cfg: Any, argv: list[str], out: Path) -> dict[str, Any]:
                               "settings": OmegaConf.to_container(cfg), "phases": []}  # fmt: skip
     shutil.rmtree(out / "fsdp_resume_checkpoints", ignore_errors=True)
     for phase in ("save", "resume"):
-        log, result_file = out / f"fsdp_resume_{phase}.log", out / f"fsdp_resume_{phase}.json"
-        result_file.unlink(missing_ok=True)
-        print(f"resume check, {phase}: running (log {log})", flush=True)
-        with log.open("w") as sink:
-            done = subprocess.run([sys.executable, __file__, *argv, f"phase={phase}"], stdout=sink,
-                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        if done.returncode != 0 or not result_file.is_file():
-            report["phases"].append({"phase": phase, "failed": log.read_text(errors="replace")[-3000:]})
+        result = run_child(argv, f"phase={phase}", out, child_stem(phase=phase))
+        if isinstance(result, str):
+            report["phases"].append({"phase": phase, "failed": result[-3000:]})
             break
-        report["phases"].append(json.loads(result_file.read_text()))
-        print(json.dumps(report["phases"][-1]), flush=True)
+        report["phases"].append(result)
+        print(json.dumps(result), flush=True)
     if not cfg.keep_checkpoint:
         shutil.rmtree(out / "fsdp_resume_checkpoints", ignore_errors=True)
     (out / "fsdp_resume.json").write_text(json.dumps(report, indent=2))
@@ -324,9 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.one is not None or cfg.phase is not None:
         result = run_one(cfg, int(cfg.one), tokenizer, out) if cfg.phase is None else \
             resume_phase(cfg, str(cfg.phase), tokenizer, out)
-        name = f"fsdp_paper_b{int(cfg.one)}.json" if cfg.phase is None else f"fsdp_resume_{cfg.phase}.json"
         if rank_zero:
-            (out / name).write_text(json.dumps(result))
+            (out / f"{child_stem(cfg.one, cfg.phase)}.json").write_text(json.dumps(result))
         return 0
     if cfg.resume:
         report = resume_check(cfg, words, out)
@@ -344,21 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
                               "settings": OmegaConf.to_container(cfg), "runs": [], "largest_batch_that_fits": None}
     for batch in cfg.batch_sizes:
-        args = [sys.executable, __file__, *words, f"one={int(batch)}"]
-        log = out / f"fsdp_paper_b{int(batch)}.log"
-        result_file = out / f"fsdp_paper_b{int(batch)}.json"
-        result_file.unlink(missing_ok=True)
-        print(f"batch {int(batch)}: running (log {log})", flush=True)
-        with log.open("w") as sink:
-            done = subprocess.run(args, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        if done.returncode != 0 or not result_file.is_file():
-            text = log.read_text(errors="replace")
-            oom = "out of memory" in text.lower()
-            report["runs"].append({"batch_per_device": int(batch), "failed": "out of memory" if oom else text[-2000:]})
+        stem = child_stem(one=batch)
+        result = run_child(words, f"one={int(batch)}", out, stem)
+        if isinstance(result, str):
+            oom = "out of memory" in result.lower()
+            report["runs"].append({"batch_per_device": int(batch), "failed": "out of memory" if oom else result[-2000:]})
             (out / "fsdp_paper.json").write_text(json.dumps(report, indent=2))
-            print(f"batch {int(batch)}: {'out of memory' if oom else 'failed, see ' + str(log)}", flush=True)
+            print(f"batch {int(batch)}: {'out of memory' if oom else f'failed, see {out / stem}.log'}", flush=True)
             break
-        report["runs"].append(json.loads(result_file.read_text()))
+        report["runs"].append(result)
         report["largest_batch_that_fits"] = int(batch)
         (out / "fsdp_paper.json").write_text(json.dumps(report, indent=2))
         print(json.dumps(report["runs"][-1]), flush=True)

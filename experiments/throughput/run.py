@@ -433,15 +433,15 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _reset_peak_rss() -> bool:
+def _reset_peak_rss(section: str) -> int:
     """Restart the kernel's high-water mark of this process's resident memory (VmHWM) at what it
-    holds now, so that the peak read after a forward is that forward's (Linux >= 4.0)."""
+    holds now, so that the peak read afterwards is what follows (Linux >= 4.0); the RSS now."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
-    except OSError:
-        return False
+    except OSError as err:
+        raise RuntimeError(f"bench {section}: cannot reset the peak RSS (/proc/self/clear_refs): {err}") from None
+    return _rss_bytes()
 
 
 def _peak_rss_bytes() -> int:
@@ -473,9 +473,7 @@ def _tower_forward_peak(settings: dict[str, Any], chunk_size: int, queue: Any) -
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
-            if not _reset_peak_rss():
-                raise RuntimeError("bench tower_chunks: cannot reset the peak RSS (/proc/self/clear_refs)")
-            before = _rss_bytes()
+            before = _reset_peak_rss("tower_chunks")
         start = time.perf_counter()
         out = tower(frames)
         if device.type == "cuda":
@@ -562,9 +560,7 @@ def _lm_loss_peak(settings: dict[str, Any], labelled_only: bool, queue: Any) -> 
         lm.zero_grad(set_to_none=True)
 
     step()  # allocator and kernels warmed up
-    if not _reset_peak_rss():
-        raise RuntimeError("bench lm_head: cannot reset the peak RSS (/proc/self/clear_refs)")
-    before = _rss_bytes()
+    before = _reset_peak_rss("lm_head")
     start = time.perf_counter()
     step()
     seconds = time.perf_counter() - start

@@ -40,6 +40,7 @@ import torch
 
 from damo_lit.data.collection import Sample
 from damo_lit.data.decode import DecodeParams
+from damo_lit.models.config import MEMORY_ONLY_TOWER_KEYS
 
 FORMAT = "damo-features-v1"
 MANIFEST = "manifest.json"
@@ -48,10 +49,9 @@ SHARD_DIR = "shards"
 FEATURE_KEYS = ("vision_global", "vision_local", "audio_global", "audio_local")
 ROW_KEYS = (*FEATURE_KEYS, "frame_times", "frame_mask", "audio_times", "audio_mask", "has_audio", "duration")
 # Model-config keys of a tower that do not change what it outputs.
-# Tower keys that leave the cached rows as they are: whether the tower trains, and how many items
-# one forward pass takes (chunk_size: the same outputs in slices). A cache made before a key
-# existed stays valid.
-NOT_IN_SIGNATURE = ("trainable", "chunk_size")
+# Tower keys that leave the cached rows as they are: whether the tower trains, and those that change
+# memory only (models.config.MEMORY_ONLY_TOWER_KEYS). A cache made before a key existed stays valid.
+NOT_IN_SIGNATURE = ("trainable", *MEMORY_ONLY_TOWER_KEYS)
 # The signature entry that holds the digest of the tower weights the cache was made with (checked
 # against the training run's model, not against its config).
 TOWER_WEIGHTS = "tower_weights"

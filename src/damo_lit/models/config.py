@@ -53,6 +53,11 @@ class VisionConfig(PretrainedSpec):
     chunk_size: int = 0
 
 
+# Tower keys that change memory, not outputs (items per forward pass: the same outputs in slices).
+# Feature caches and experiment recipes ignore them, so that what was made before stays valid.
+MEMORY_ONLY_TOWER_KEYS = ("chunk_size",)
+
+
 @dataclass
 class AudioConfig(PretrainedSpec):
     enabled: bool = True

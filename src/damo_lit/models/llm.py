@@ -264,11 +264,9 @@ class CausalLM(nn.Module):
         mask = spliced.attention_mask
         steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)
         lengths = (mask.bool() * steps).amax(1)  # one past each row's last real token
-        groups = [torch.arange(len(lengths), device=mask.device)] if self.length_buckets == 1 or len(lengths) == 1 \
-            else torch.tensor_split(torch.argsort(lengths), min(self.length_buckets, len(lengths)))
         total = spliced.inputs_embeds.new_zeros(())
         count = 0
-        for rows in groups:
+        for rows in torch.tensor_split(torch.argsort(lengths), min(self.length_buckets, len(lengths))):
             if len(rows) == 0:
                 continue
             width = max(int(lengths[rows].max()), 2)
