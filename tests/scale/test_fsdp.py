@@ -103,6 +103,24 @@ def test_the_strategy_wraps_the_decoder_layers_fuseformer_blocks_and_lora_weight
     assert {id(m) for m in checkpointed} == {id(m) for m in layers + blocks}
 
 
+@pytest.mark.parametrize("activation_checkpointing", [True, False])
+def test_fsdp_checkpointing_replaces_the_llm_own_gradient_checkpointing(activation_checkpointing: bool) -> None:
+    """damo_paper turns the LM's gradient checkpointing on for DDP; under FSDP's activation
+    checkpointing of the same decoder layers, both would recompute each layer twice."""
+    from damo_lit.cli.model import ensure_model_parts
+
+    cfg = _fsdp_config("damo_tiny", ["model.llm.gradient_checkpointing=true",
+                                      f"trainer.strategy.activation_checkpointing={activation_checkpointing}"])
+    model_cfg = _model_cfg(cfg)
+    ensure_model_parts(model_cfg)
+    damo = build_damo(model_cfg)
+    assert damo.llm.model.is_activation_checkpointing
+    strategy = instantiate(cfg.trainer.strategy)
+    turned_off = strategy.checkpoint_once(damo)
+    assert bool(turned_off) == activation_checkpointing
+    assert damo.llm.model.is_activation_checkpointing != activation_checkpointing
+
+
 def test_a_model_config_without_wrap_classes_is_a_clear_error() -> None:
     cfg = compose("train", ["trainer=fsdp", "logger=csv", "++model.fsdp_wrap_classes=[]"])
     with pytest.raises(Exception, match="wrap_classes is empty"):

@@ -1,4 +1,6 @@
-"""Stage 3 runs as two DDP processes on the CPU (gloo), through the same entry point users call."""
+"""Stage 3 runs as two DDP processes on the CPU (gloo), through the same entry point users call and
+with the issue's own overrides (`make stage3 trainer.devices=2 trainer.accelerator=cpu`): devices > 1
+must select DDP by itself."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from damo_lit.data.dataset import EvalSampler
 def test_stage3_two_process_cpu_ddp(tiny_overrides: list[str], tmp_path: Path) -> None:
     limits = ["data.max_samples_per_split=3"]  # 3 test queries on 2 ranks: one rank's last batch is padded
     cmd = [sys.executable, "-m", "damo_lit.cli.train", "stage=stage3_temporal", f"hydra.run.dir={tmp_path / 'run'}",
-           *tiny_overrides, *limits, "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=2",
+           *tiny_overrides, *limits, "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=2",
            "trainer.limit_val_batches=1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])

@@ -162,3 +162,32 @@ def test_samples_of_one_video_are_encoded_once_with_the_same_result(tiny_overrid
     assert calls == [len(set(batch["video"])), len(batch["video"])]
     for name in ("fusion", "video", "audio"):
         torch.testing.assert_close(getattr(shared, name), getattr(per_row, name), rtol=1e-5, atol=1e-5)
+
+
+def test_stage4_starts_from_stage3_lora_and_checkpoints_leave_frozen_weights_out(
+        tiny_overrides: list[str], tmp_path: Path) -> None:
+    """The last handoff carries the LoRA matrices by value; the Lightning checkpoint, like
+    weights.safetensors, holds no frozen tower or base-LM weight (the frozen parts rebuild from
+    model_cfg, which keeps a paper-size checkpoint in MBs)."""
+    prev_dir, next_dir = tmp_path / "stage3", tmp_path / "stage4"
+    frozen = ["model.llm.trainable=false", "model.vision.trainable=false", "model.audio.trainable=false"]
+    run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *frozen, "trainer.max_steps=2",
+                              "trainer.limit_val_batches=0", "test_after_fit=false", "stage.optimizer.lr=1e-2"],
+                    prev_dir))
+    saved = load_file(str(prev_dir / "weights.safetensors"))
+    lora = [k for k in saved if ".lora_A." in k or ".lora_B." in k]
+    assert lora, "stage 3 trains LoRA: its matrices are in the weights file"
+    checkpoint = torch.load(prev_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    keys = list(checkpoint["state_dict"])
+    assert any(".lora_B." in k for k in keys) and any(".fuseformer." in k for k in keys)
+    frozen_keys = [k for k in keys if k.startswith(("model.vision.", "model.audio.")) or ".base_layer." in k]
+    assert frozen_keys == [], frozen_keys[:5]
+
+    fresh = build_run(compose_run("train", ["stage=stage4_dialogue", *tiny_overrides, *frozen], next_dir))[0]
+    stage4 = build_run(compose_run("train", ["stage=stage4_dialogue", *tiny_overrides, *frozen,
+                                             f"stage.init_from={prev_dir}"], next_dir))[0]
+    state, fresh_state = stage4.model.state_dict(), fresh.model.state_dict()
+    for key in lora:
+        torch.testing.assert_close(state[key], saved[key], rtol=0, atol=0)
+    trained_b = [k for k in lora if ".lora_B." in k]  # peft starts B at zero: stage 3 moved it
+    assert all(not torch.equal(fresh_state[k], saved[k]) for k in trained_b)

@@ -19,6 +19,7 @@ tower's activations (about 5 GiB per video for CLIP ViT-L/14 over 24 frames).
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any, Callable, Iterable
 
 import torch
@@ -27,6 +28,8 @@ from torch import nn
 from torch.distributed.fsdp.wrap import CustomPolicy
 
 from damo_lit.models.encoders import AudioTower, TextEncoder, VisionTower
+
+log = logging.getLogger(__name__)
 
 TOWER_CLASSES: tuple[type[nn.Module], ...] = (VisionTower, AudioTower, TextEncoder)
 
@@ -138,7 +141,33 @@ class DaMOFSDPStrategy(FSDPStrategy):
 
         if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             self.uniform_storage_dtype(model)
+            self.checkpoint_once(model)
         return super()._setup_model(model)
+
+    def checkpoint_once(self, model: nn.Module) -> list[str]:
+        """With FSDP's activation checkpointing on, turn off the transformers models' own
+        gradient checkpointing (model.llm.gradient_checkpointing, on in damo_paper): both wrap the
+        same decoder layers, and together they recompute each layer twice in backward. Returns the
+        names of the models turned off."""
+        if not self._activation_checkpointing_kwargs:
+            return []
+        from transformers import PreTrainedModel
+
+        turned_off = []
+        for name, module in model.named_modules():
+            if not isinstance(module, PreTrainedModel):
+                continue
+            if hasattr(module, "activation_checkpointing_disable"):  # the transformers 5 names
+                if module.is_activation_checkpointing:
+                    module.activation_checkpointing_disable()
+                    turned_off.append(name)
+            elif module.is_gradient_checkpointing:
+                module.gradient_checkpointing_disable()
+                turned_off.append(name)
+        if turned_off:
+            log.info("FSDP checkpoints the decoder layers itself: gradient checkpointing of %s turned off "
+                     "(model.llm.gradient_checkpointing would recompute them twice)", ", ".join(turned_off))
+        return turned_off
 
     def uniform_storage_dtype(self, model: nn.Module) -> None:
         """Under a mixed precision, every floating parameter of a unit that mixes dtypes in float32
