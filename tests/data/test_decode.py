@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from damo_lit.data.decode import (
     DecodeParams,
     audio_segments,
     decode_video,
+    header_video_duration,
     load_audio,
     normalise_log_mel,
     probe_duration,
@@ -103,3 +106,48 @@ def test_bad_files_raise_decode_error_naming_them(tmp_path, shared_data, kind):
     assert str(path) in str(info.value)
     expected = {"missing": "not found", "empty": "0 bytes", "corrupt": "cannot read", "truncated": "cannot read"}
     assert expected[kind] in info.value.reason
+
+
+def _cut(source: Path, target: Path, share: float) -> Path:
+    """A copy of `source` with only its first `share` of bytes, as an interrupted download leaves it."""
+    data = source.read_bytes()
+    target.write_bytes(data[: int(len(data) * share)])
+    return target
+
+
+@pytest.mark.parametrize(("share", "frames_end"), [(0.3, "2.7"), (0.9, "6.6")])
+def test_truncated_clip_raises_naming_the_shortfall(tmp_path, shared_data, share, frames_end):
+    """decord decodes a cut MP4's remaining frames without a word; the header still says 7.1 s."""
+    path = _cut(shared_data / "videos" / "dog_barking.mp4", tmp_path / "cut.mp4", share)
+    with pytest.raises(DecodeError) as info:
+        decode_video(path, PARAMS)
+    assert info.value.path == str(path)
+    assert info.value.reason == f"truncated: header says 7.1 s, frames end at {frames_end} s"
+
+
+@pytest.mark.parametrize("name", ["dog_barking.mp4", "silence_girl.mp4"])
+def test_whole_reference_clips_match_their_header(shared_data, name):
+    path = shared_data / "videos" / name
+    assert header_video_duration(path) == pytest.approx(decode_video(path, PARAMS).duration, abs=1e-3)
+
+
+def test_synthetic_videos_are_not_flagged_truncated(synth_dir):
+    videos = sorted((synth_dir / "videos").glob("*.mp4"))
+    decoded = [decode_video(path, PARAMS) for path in videos]
+    assert len(decoded) == 20 and {d.has_audio for d in decoded} == {True, False}  # both kinds checked
+
+
+@pytest.mark.parametrize("audio_seconds", [None, 1.0, 6.0])
+def test_audio_shorter_longer_or_absent_is_not_truncation(tmp_path, audio_seconds):
+    """The container's duration spans its longest stream: only the video stream's own counts."""
+    from damo_lit.data.synthetic import write_mp4
+
+    fps, rate = 8, 16000
+    frames = np.full((24, 32, 32, 3), 128, dtype=np.uint8)  # 3 s of video
+    audio = None
+    if audio_seconds is not None:
+        audio = (0.1 * np.ones((1, int(audio_seconds * rate)), dtype=np.float32), rate)
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, frames, fps, audio)
+    decoded = decode_video(path, PARAMS)
+    assert decoded.duration == pytest.approx(3.0) and decoded.has_audio == (audio is not None)

@@ -45,6 +45,24 @@ def test_qvhighlights_real_file(shared_data):
     assert several.turns[1].content.count("{span:") == len(several.spans)
     durations = [r.duration for r in result.records]
     assert durations.count(150) == 1511 and min(durations) == 120  # each query's own duration
+    # ids such as NUsG9BgSes0_210.0_360.0 end in '.0', which is no container: the extension is still added
+    assert result.records[0].video == "NUsG9BgSes0_210.0_360.0.mp4"
+    assert all(r.video.endswith(".mp4") for r in result.records)
+
+
+def test_video_ids_keep_a_container_suffix_and_get_the_extension_otherwise(tmp_path):
+    vids = ["-4Mlqc7PbZY_210.0_360.0", "v_QOlSCBRmfWY", "3MSZA", "clip.MKV", "talk.webm", "a/b.mov", "old.avi"]
+    ann = tmp_path / "q.jsonl"
+    ann.write_text("".join(
+        json.dumps({"qid": i, "query": "something", "vid": v, "duration": 10, "relevant_windows": [[1, 2]]}) + "\n"
+        for i, v in enumerate(vids)
+    ))  # fmt: skip
+    result = load_source(SourceSpec("qvhighlights", str(ann)))
+    assert [r.video for r in result.records] == [
+        "-4Mlqc7PbZY_210.0_360.0.mp4", "v_QOlSCBRmfWY.mp4", "3MSZA.mp4", "clip.MKV", "talk.webm", "a/b.mov", "old.avi",
+    ]  # fmt: skip
+    webm = load_source(SourceSpec("qvhighlights", str(ann), video_ext=".webm"))
+    assert [r.video for r in webm.records][:2] == ["-4Mlqc7PbZY_210.0_360.0.webm", "v_QOlSCBRmfWY.webm"]
 
 
 def _charades_files(tmp_path):
@@ -133,6 +151,7 @@ def test_activitynet_captions_paragraph_and_queries(tmp_path):
     }))  # fmt: skip
     result = load_source(SourceSpec("activitynet_captions", str(path)))
     caption, *grounding = result.records
+    assert caption.video == "v_a.mp4" and {g.video for g in grounding} == {"v_a.mp4"}
     assert caption.task == "caption" and caption.spans == ((0.0, 5.0), (4.0, 20.0))
     assert render(caption.caption, caption.spans, 20.0, "relative") == "A man walks from 0 to 25. He sits from 20 to 99. Gone."
     assert [g.spans for g in grounding] == [((0.0, 5.0),), ((4.0, 20.0),)]
@@ -159,6 +178,98 @@ def test_caption_list(tmp_path, kind):
         assert result.fixes.counts["record_malformed_dropped"] == 1
     else:
         assert [(r.video, r.caption, r.duration, r.task) for r in result.records] == [("a/b.mp4", "Waves.", 4.0, "caption")]
+
+
+INTERNVID = """YoutubeID,Start_timestamp,End_timestamp,Caption,UMT_Score
+dog_barking,00:00:01.000,00:00:03.500,A dog barks.,0.41
+dog_barking,00:00:04.000,00:00:09.000,The dog sits.,0.40
+dog_barking,00:00:05.000,00:00:02.000,The dog turns.,0.39
+dog_barking,00:00:08.000,00:00:09.000,After the end.,0.38
+dog_barking,00:00:01.000,,Half a clip.,0.37
+dog_barking,0:xx,00:00:02.000,Garbage.,0.36
+"""
+
+
+def test_caption_list_internvid_clips_are_spans(tmp_path, shared_data):
+    path = tmp_path / "internvid.csv"
+    path.write_text(INTERNVID)
+    spec = SourceSpec("caption_list", str(path), video_dir=str(shared_data / "videos"), on_bad_record="drop")
+    result = load_source(spec)
+    assert [(r.video, r.task) for r in result.records] == [("dog_barking.mp4", "caption")] * 3
+    duration = result.records[0].duration
+    assert duration == pytest.approx(7.2, abs=0.05)  # InternVid has no duration column: read from the file
+    # two clips of one video: two captions of two spans, not two captions of the whole video
+    assert [r.spans for r in result.records] == [((1.0, 3.5),), ((4.0, duration),), ((2.0, 5.0),)]
+    assert result.records[0].caption == "A dog barks {span:0}."
+    assert render(result.records[0].caption, result.records[0].spans, duration, "seconds") == (
+        "A dog barks from 1.0 to 3.5 seconds."
+    )
+    assert _nonzero(result) == {
+        "duration_probed": 4,
+        "window_end_clipped": 1,
+        "window_reversed_swapped": 1,
+        "window_outside_dropped": 1,
+        "record_no_window_dropped": 1,  # a clip caption without its clip would describe the whole video
+        "record_malformed_dropped": 2,  # a start without an end; a start that is no time
+    }
+    with pytest.raises(BadRecordsError) as info:
+        load_source(SourceSpec("caption_list", str(path), video_dir=str(shared_data / "videos")))
+    assert f"{path}:6: a clip needs both a start ('Start_timestamp') and an end ('End_timestamp')" in str(info.value)
+    assert f"{path}:7: clip start/end must be seconds or hh:mm:ss.mmm, got '0:xx'" in str(info.value)
+
+
+def test_caption_list_clip_windows_follow_on_bad_window_drop(tmp_path):
+    path = tmp_path / "clips.jsonl"
+    rows = [(0, 3.5), (4, 9), (5, 2), (-1, 2)]
+    path.write_text("".join(
+        json.dumps({"video": "v", "caption": "Dogs.", "duration": 7.2, "start": s, "end": e}) + "\n" for s, e in rows
+    ))  # fmt: skip
+    result = load_source(SourceSpec("caption_list", str(path), on_bad_window="drop"))
+    assert [r.spans for r in result.records] == [((0.0, 3.5),)]  # a JSON 0 is a start, not a missing one
+    assert _nonzero(result) == {
+        "window_end_dropped": 1,
+        "window_reversed_dropped": 1,
+        "window_start_dropped": 1,
+        "record_no_window_dropped": 3,
+    }
+
+
+def test_caption_list_webvid_page_dir_and_named_columns(tmp_path):
+    path = tmp_path / "webvid.csv"
+    path.write_text("videoid,page_dir,name,duration\n1001,000001_000050,A cat jumps.,PT00H00M11S\n")
+    (record,) = load_source(SourceSpec("caption_list", str(path))).records
+    assert (record.video, record.caption, record.spans) == ("000001_000050/1001.mp4", "A cat jumps.", ())
+    with pytest.raises(BadRecordsError, match=r"webvid.csv:2: no column 't0' \(data.columns.start\)"):
+        load_source(SourceSpec("caption_list", str(path), columns={"start": "t0"}))
+    with pytest.raises(ValueError, match=r"data.columns: unknown key\(s\) \['strat'\]"):
+        load_source(SourceSpec("caption_list", str(path), columns={"strat": "t0"}))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"format": "caption_list", "annotations": "???"}, "caption_list: data.annotations is required (a file path)"),
+        ({"sources": [{"format": "damo_jsonl", "annotations": "???"}]}, "data.sources[0].annotations is required"),
+        ({"format": "caption_list", "annotations": "ANN", "video_dir": "???"}, "data.video_dir is required (a folder)"),
+    ],
+)
+def test_missing_mandatory_keys_are_named(tmp_path, options, message):
+    ann = tmp_path / "list.csv"
+    ann.write_text("video,caption\na.mp4,A cat.\n")
+    options = {k: str(ann) if v == "ANN" else v for k, v in options.items()}
+    with pytest.raises(ValueError) as info:
+        load_split(source_specs(options), "train")  # what training and damo-data stats read
+    assert message in str(info.value)
+    assert "???" not in str(info.value)
+
+
+@pytest.mark.parametrize("data", ["caption_list", "damo_jsonl"])
+def test_stats_without_annotations_names_the_key(data, capsys):
+    from damo_lit.cli.data import main
+
+    assert main(["stats", f"data={data}"]) == 1
+    err = capsys.readouterr().err
+    assert f"source {data}: data.annotations is required (a file path)" in err and "???" not in err
 
 
 def test_damo_jsonl_folder_and_mixture_weights(synth_dir, shared_data):

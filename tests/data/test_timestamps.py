@@ -65,10 +65,34 @@ def test_relative_scale():
     ],
 )
 def test_parse_spans_tolerates_model_text(text, fmt, expected):
-    got = parse_spans(text, 20.0, fmt)
-    assert len(got) == len(expected)
+    assert_spans(parse_spans(text, 20.0, fmt), expected)
+
+
+def assert_spans(got: list[tuple[float, float]], expected: list[tuple[float, float]]) -> None:
+    assert len(got) == len(expected), f"got {got}, expected {expected}"
     for (a, b), (c, d) in zip(got, expected):
-        assert a == pytest.approx(c, abs=1e-6) and b == pytest.approx(d, abs=1e-6)
+        assert a == pytest.approx(c, abs=1e-6) and b == pytest.approx(d, abs=1e-6), f"got {got}, expected {expected}"
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt", "expected"),
+    [
+        ("from 1:05 to 1:10", "seconds", [(65.0, 70.0)]),  # was (1, 5): digits out of the clock
+        ("00:03 - 00:07", "seconds", [(3.0, 7.0)]),  # was (0, 3)
+        ("from 0:01:05.5 to 0:01:10 seconds", "seconds", [(65.5, 70.0)]),
+        ("from 1 : 05 to 1 : 10", "seconds", [(65.0, 70.0)]),  # tokenizer spacing
+        ("from 3-5 seconds", "seconds", [(3.0, 5.0)]),  # a hyphen between two times is still a range
+        ("from -3 to 5", "seconds", []),  # was (3, 5): a negative time is no time
+        ("from 2 to -5 seconds", "seconds", []),
+        ("from -3 to 5 , then from 7 to 9", "seconds", [(7.0, 9.0)]),
+        ("from 1:5 to 1:75", "seconds", []),  # not clock times: no span, not (1, 5) or (5, 75)
+        ("from 1:05 to 1:10", "relative", []),  # a clock time is no relative value
+        ("from -16 to 25", "relative", []),
+        ("from 1:05 to 1:10 , or from 16 to 25", "relative", [(100.0 * 16 / 99, 100.0 * 25 / 99)]),
+    ],
+)
+def test_parse_spans_reads_clock_times_and_rejects_negative_ones(text, fmt, expected):
+    assert_spans(parse_spans(text, 100.0, fmt), expected)
 
 
 def test_parse_spans_survives_garbage():

@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate",
         help="check DaMO JSONL files against the schema",
-        description="Check every record; print file:line and the reason of each bad one and exit 1, "
-        "or print the count and exit 0.",
+        description="Check every record (the schema, 'video' relative to data.video_dir, ids unique across the "
+        "files given); print file:line and the reason of each bad one and exit 1, or print the count and exit 0.",
     )
     validate.add_argument("files", nargs="+", type=Path, help="DaMO JSONL files")
 
@@ -105,20 +105,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from damo_lit.data.schema import RecordError, read_jsonl
+    from damo_lit.data.schema import validate_files
 
-    good = bad = 0
-    for path in args.files:
-        if not path.is_file():
-            print(f"{path}: file not found", file=sys.stderr)
-            bad += 1
-            continue
-        for _lineno, item in read_jsonl(path):
-            if isinstance(item, RecordError):
-                print(str(item), file=sys.stderr)
-                bad += 1
-            else:
-                good += 1
+    missing = [path for path in args.files if not path.is_file()]
+    for path in missing:
+        print(f"{path}: file not found", file=sys.stderr)
+    good, errors = validate_files(path for path in args.files if path.is_file())
+    for error in errors:
+        print(str(error), file=sys.stderr)
+    bad = len(missing) + len(errors)
     if bad:
         print(f"{bad} bad record(s), {good} good", file=sys.stderr)
         return 1

@@ -70,6 +70,7 @@ def _spec(entry: Mapping[str, Any], where: str) -> SourceSpec:
         weight=float(entry.get("weight", 1.0) if entry.get("weight") is not None else 1.0),
         name=str(entry["name"]) if entry.get("name") else None,
         columns={str(k): str(v) for k, v in dict(entry.get("columns") or {}).items() if v},
+        key=where,
     )
 
 

@@ -20,8 +20,8 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterable, Iterator
 
 TASKS = ("caption", "grounding", "qa", "dialogue")
 MODALITIES = ("audio", "visual", "audio-visual")
@@ -197,6 +197,44 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Record | RecordError]]:
             yield lineno, Record.from_dict(obj, where)
         except RecordError as err:
             yield lineno, err
+
+
+def video_path_problem(video: str) -> str | None:
+    """Why `video` is not a path inside the video root (None when it is): an absolute path or a `..`
+    part would read a file outside `data.video_dir`, so the same annotations would not move with it."""
+    if PurePosixPath(video).is_absolute() or PureWindowsPath(video).is_absolute() or video.startswith("~"):
+        return f"'video' must be relative to the video folder (data.video_dir), got the absolute or home path {video!r}"
+    if ".." in re.split(r"[\\/]", video):
+        return f"'video' must stay inside the video folder (data.video_dir), got {video!r} with a '..' part"
+    return None
+
+
+def validate_files(paths: Iterable[str | Path]) -> tuple[int, list[RecordError]]:
+    """(good records, errors) of DaMO JSONL files checked together: each record against the schema,
+    its video relative to the video folder, its id unique across the files (a duplicate names both
+    places; ids key predictions and evaluation, and the same id in two splits is a leak)."""
+    seen: dict[str, str] = {}
+    good, errors = 0, []
+    for path in paths:
+        for lineno, item in read_jsonl(path):
+            if not isinstance(item, RecordError):
+                item = _file_level_error(item, f"{path}:{lineno}", seen)
+            if item is None:
+                good += 1
+            else:
+                errors.append(item)
+    return good, errors
+
+
+def _file_level_error(record: Record, where: str, seen: dict[str, str]) -> RecordError | None:
+    """What the schema of one record cannot see: its video path, and an id used before (`seen`: id -> where)."""
+    first = seen.setdefault(record.id, where)
+    problem = video_path_problem(record.video)
+    if problem is not None:
+        return RecordError(where, problem)
+    if first != where:
+        return RecordError(where, f"duplicate id {record.id!r}: also at {first}")
+    return None
 
 
 def write_jsonl(path: str | Path, records: Iterator[Record] | list[Record]) -> int:

@@ -11,7 +11,10 @@ Records hold placeholders that refer to their spans: `{span:i}` renders the whol
 the unit is right whatever the format).
 
 `parse_spans` reads spans back from free model text, tolerating tokenizer spacing ("3 . 2",
-"3. 2"), reversed pairs and extra words; it never raises and returns [] on garbage.
+"3. 2", "1 : 05"), reversed pairs and extra words; it never raises and returns [] on garbage.
+Clock times ("1:05", "0:01:05.5") are seconds in `seconds` and no span in `relative`; a number
+is never read out of the middle of a clock time or a decimal, and a pair with a negative end
+("from -3 to 5") is no span rather than the span of its digits.
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ from damo_lit.data.schema import PLACEHOLDER
 FORMATS = ("relative", "seconds")
 RELATIVE_MAX = 99
 
-_NUMBER = r"(\d+(?:\.\d+)?)"
-# "from 3.2 to 5.0", "3.2 - 5.0 seconds", "between 16 and 25", "16 to 25", "3.2 s to 5 s"
+# A time: a number, or a clock time mm:ss / hh:mm:ss (seconds may carry decimals); a minus sign
+# right before it is captured, so that "-3" is read as negative and not as 3.
+_SIGN = r"([-−]?)"
+_TIME = r"(\d+(?::\d{2}){0,2}(?:\.\d+)?)"
+# "from 3.2 to 5.0", "3.2 - 5.0 seconds", "between 16 and 25", "16 to 25", "3.2 s to 5 s", "1:05 - 1:10".
+# The look-behind and look-ahead keep a match from starting or ending inside a clock time or a decimal.
 _PAIR = re.compile(
-    _NUMBER + r"\s*(?:seconds?|secs?|s)?\s*(?:to|and|-|–|until|till|through)\s*(?:second\s+)?" + _NUMBER,
+    r"(?<![\d.:])" + _SIGN + _TIME
+    + r"\s*(?:seconds?|secs?|s)?\s*(?:to|and|-|–|until|till|through)\s*(?:second\s+)?"
+    + _SIGN + _TIME + r"(?![\d:])",
     re.IGNORECASE,
 )
 _SPACED_DECIMAL = re.compile(r"(?<![\d.])(\d+)\s*\.\s*(\d+)(?![\d.])")
+_SPACED_COLON = re.compile(r"(?<=\d)\s*:\s*(?=\d)")
 
 
 def check_format(fmt: str) -> str:
@@ -90,10 +100,11 @@ def referenced_spans(text: str) -> list[int]:
 def parse_spans(text: object, duration: float | None, fmt: str) -> list[tuple[float, float]]:
     """Spans in seconds found in free text, in order of appearance; [] when there are none.
 
-    Tolerates tokenizer spacing around decimal points, reversed pairs (swapped) and any words
-    around the numbers. Relative values need the duration and are clipped to 0-99; seconds are
-    clipped to [0, duration] when a duration is given, and a pair that starts at or after the
-    end of the video is no span at all. Never raises.
+    Tolerates tokenizer spacing around decimal points and colons, reversed pairs (swapped) and
+    any words around the numbers. Clock times (1:05) are seconds in `seconds`; a pair with a
+    negative end, or with a clock time in `relative`, is no span. Relative values need the
+    duration and are clipped to 0-99; seconds are clipped to [0, duration] when a duration is
+    given, and a pair that starts at or after the end of the video is no span at all. Never raises.
     """
     try:
         if not isinstance(text, str) or fmt not in FORMATS:
@@ -102,23 +113,43 @@ def parse_spans(text: object, duration: float | None, fmt: str) -> list[tuple[fl
             return []
         if fmt == "relative" and duration is None:
             return []
-        cleaned = _SPACED_DECIMAL.sub(r"\1.\2", text[:10000])
-        spans: list[tuple[float, float]] = []
-        for match in _PAIR.finditer(cleaned):
-            a, b = float(match.group(1)), float(match.group(2))
-            if not (math.isfinite(a) and math.isfinite(b)):
-                continue
-            if a > b:
-                a, b = b, a
-            if fmt == "relative":
-                assert duration is not None
-                a = from_relative(min(a, RELATIVE_MAX), duration)
-                b = from_relative(min(b, RELATIVE_MAX), duration)
-            elif duration is not None:
-                if a >= duration:  # wholly after the video: no span in it, not a zero-length one at its end
-                    continue
-                b = min(b, duration)
-            spans.append((a, b))
-        return spans
+        cleaned = _SPACED_COLON.sub(":", _SPACED_DECIMAL.sub(r"\1.\2", text[:10000]))
+        spans = (_span(match, duration, fmt) for match in _PAIR.finditer(cleaned))
+        return [span for span in spans if span is not None]
     except Exception:  # a parser of model output must never take a run down
         return []
+
+
+def _time_value(token: str, fmt: str) -> float | None:
+    """A time token's value: a number, or a clock time's seconds (only in `seconds`); None when
+    it is not a valid time (a clock in `relative`, minutes or seconds of 60 or more, not finite)."""
+    parts = token.split(":")
+    if len(parts) > 1 and fmt != "seconds":
+        return None
+    values = [float(part) for part in parts]
+    if any(value >= 60 for value in values[1:]):
+        return None
+    total = 0.0
+    for value in values:
+        total = total * 60 + value
+    return total if math.isfinite(total) else None
+
+
+def _span(match: re.Match[str], duration: float | None, fmt: str) -> tuple[float, float] | None:
+    """One matched pair as a span in seconds, or None when it is no span (a negative end, an
+    invalid time, or wholly after the video)."""
+    sign_a, token_a, sign_b, token_b = match.groups()
+    if sign_a or sign_b:  # a negative time is not a time: no span, rather than the span of its digits
+        return None
+    a, b = _time_value(token_a, fmt), _time_value(token_b, fmt)
+    if a is None or b is None:
+        return None
+    a, b = min(a, b), max(a, b)
+    if fmt == "relative":
+        assert duration is not None
+        return from_relative(min(a, RELATIVE_MAX), duration), from_relative(min(b, RELATIVE_MAX), duration)
+    if duration is None:
+        return a, b
+    if a >= duration:  # wholly after the video: no span in it, not a zero-length one at its end
+        return None
+    return a, min(b, duration)

@@ -33,12 +33,13 @@ FIX_KINDS = (
     "window_outside_dropped",  # starts at or after the end of the video
     "duration_probed",  # a missing duration, read from the video file
     "duration_missing_dropped",  # a missing duration and no video file to read it from
-    "record_no_window_dropped",  # every window of a grounding record was dropped
+    "record_no_window_dropped",  # every window of a grounding record (or of a clip's caption) was dropped
     "record_malformed_dropped",  # a malformed line or entry (on_bad_record=drop)
     "record_unknown_video_dropped",  # a video with no known duration and no file (on_bad_record=drop)
 )
 EPSILON = 1e-6
 MAX_LISTED_ERRORS = 50
+MISSING = "???"  # OmegaConf's mandatory-value placeholder, as to_container leaves it in a plain dict
 
 
 class BadRecordsError(RecordError):
@@ -84,12 +85,13 @@ class SourceSpec:
     video_dir: str | None = None  # record videos are relative to it (default: the annotation folder)
     durations: tuple[str, ...] = ()  # Charades_v1_*.csv files (charades_sta)
     splits: dict[str, str] = field(default_factory=dict)  # per-split files, over `annotations`
-    video_ext: str = ".mp4"  # appended to video ids (charades_sta, activitynet_captions, qvhighlights)
+    video_ext: str = ".mp4"  # appended to video ids without a container suffix (formats.VIDEO_SUFFIXES)
     on_bad_window: str = "clip"
     on_bad_record: str = "error"
-    weight: float = 1.0  # training mix: times each record appears per epoch (fraction: a subsample)
+    weight: float = 1.0  # training mix: times each record appears per epoch (fraction: a subset fixed per run)
     name: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # caption_list: {video, caption, duration}
+    columns: dict[str, str] = field(default_factory=dict)  # caption_list: formats.COLUMNS keys -> column names
+    key: str = "data"  # the config node it came from, for messages: data or data.sources[i]
 
     def __post_init__(self) -> None:
         if self.on_bad_window not in ON_BAD_WINDOW:
@@ -110,8 +112,9 @@ class SourceSpec:
         """The file that holds `split` (None: the single `annotations` file)."""
         if split is not None and self.splits.get(split):
             return resolve(self.splits[split])
-        if not self.annotations:
-            raise ValueError(f"source {self.label}: data.annotations is not set (and no data.splits.{split})")
+        if not self.annotations or self.annotations == MISSING:
+            also = f"; or set {self.key}.splits.{split}" if split is not None else ""
+            raise ValueError(f"source {self.label}: {self.key}.annotations is required (a file path){also}")
         path = resolve(self.annotations)
         if path.is_dir():
             if split is None:
@@ -121,9 +124,12 @@ class SourceSpec:
 
     def has_split_files(self) -> bool:
         """True when splits come from different files (a folder or data.splits), not one shared file."""
-        return bool(self.splits) or (bool(self.annotations) and resolve(str(self.annotations)).is_dir())
+        given = bool(self.annotations) and self.annotations != MISSING
+        return bool(self.splits) or (given and resolve(str(self.annotations)).is_dir())
 
     def video_root(self, annotation_file: Path) -> Path:
+        if self.video_dir == MISSING:
+            raise ValueError(f"source {self.label}: {self.key}.video_dir is required (a folder)")
         if self.video_dir:
             return resolve(self.video_dir)
         return annotation_file.parent
@@ -152,6 +158,7 @@ class Draft:
     modality: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     known_video: bool = True  # False: the id is missing from the source's durations table
+    needs_window: bool = False  # True: dropped when every window is (a clip's caption is wrong for the whole video)
 
 
 @dataclass
@@ -222,7 +229,7 @@ def finalize(draft: Draft, spec: SourceSpec, video_root: Path, fixes: Fixes) -> 
         if fixed is not None:
             kept.append(i)
             spans.append(fixed)
-    if draft.task == "grounding" and draft.windows and not kept:
+    if (draft.task == "grounding" or draft.needs_window) and draft.windows and not kept:
         fixes.add("record_no_window_dropped")
         return None
     turns, caption = draft.build(kept)

@@ -5,13 +5,14 @@
 | charades_sta | `VID start end##sentence` lines; durations from Charades_v1_*.csv `length` | one grounding query per line |
 | activitynet_captions | JSON `{vid: {duration, timestamps, sentences}}` | a caption (the paragraph) and a grounding query per sentence |
 | qvhighlights | JSONL with `qid, query, duration, vid, relevant_windows` | one grounding query (all its windows) per line |
-| caption_list | CSV or JSONL, InternVid / WebVid style: video path + caption [+ duration] | one caption per row |
+| caption_list | CSV or JSONL, InternVid / WebVid style: video + caption [+ duration, clip start/end, folder] | one caption per row |
 | damo_jsonl | DaMO JSONL (schema.py) | as written |
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,8 +25,16 @@ Item = Draft | Record | RecordError
 Reader = Callable[[SourceSpec, Path], Iterator[Item]]
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+
+
 def _video_name(video_id: str, ext: str) -> str:
-    return video_id if Path(video_id).suffix else video_id + ext
+    """The file of a video id: `ext` appended unless the id already ends in a container suffix.
+
+    Any suffix is not enough: QVHighlights ids such as `-4Mlqc7PbZY_210.0_360.0` end in `.0`.
+    """
+    suffix = Path(video_id).suffix.lower()
+    return video_id if suffix in VIDEO_SUFFIXES or suffix == ext.lower() else video_id + ext
 
 
 def charades_sta(spec: SourceSpec, path: Path) -> Iterator[Item]:
@@ -126,9 +135,15 @@ def _duration(value: Any) -> float | None:
     return seconds if seconds > 0 else None
 
 
-VIDEO_COLUMNS = ("video", "video_path", "path", "clip", "videoid", "YoutubeID", "vid")
-CAPTION_COLUMNS = ("caption", "Caption", "text", "name", "title")
-DURATION_COLUMNS = ("duration", "Duration", "length")
+# caption_list columns: data.columns.KEY names one, else the first of these that a row has.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "video": ("video", "video_path", "path", "clip", "videoid", "YoutubeID", "vid"),
+    "caption": ("caption", "Caption", "text", "name", "title"),
+    "duration": ("duration", "Duration", "length"),
+    "start": ("Start_timestamp", "start", "start_time"),  # InternVid: the clip within the video, hh:mm:ss.mmm
+    "end": ("End_timestamp", "end", "end_time"),
+    "folder": ("page_dir",),  # WebVid: the video is page_dir/videoid.mp4
+}
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any] | RecordError]:
@@ -141,38 +156,89 @@ def _rows(path: Path) -> Iterator[tuple[str, Any] | RecordError]:
         yield from _json_lines(path)
 
 
-def _column(row: dict[str, Any], wanted: str | None, candidates: tuple[str, ...]) -> str | None:
-    if wanted:
-        return wanted if wanted in row else None
-    return next((c for c in candidates if c in row), None)
+def _columns(spec: SourceSpec, row: dict[str, Any], where: str) -> dict[str, str | None] | RecordError:
+    """The column of each COLUMNS key in `row` (None: absent); an error for a named column it lacks."""
+    found: dict[str, str | None] = {}
+    for key, candidates in COLUMNS.items():
+        wanted = spec.columns.get(key)
+        if wanted and wanted not in row:
+            return RecordError(where, f"no column {wanted!r} ({spec.key}.columns.{key}) among {sorted(row)}")
+        found[key] = wanted or next((c for c in candidates if c in row), None)
+    return found
+
+
+def _text(row: dict[str, Any], column: str | None) -> str:
+    """A cell as stripped text ('' for no column, null or blank); a JSON 0 stays '0' (a clip may start at 0)."""
+    value = row.get(column) if column else None
+    return "" if value is None else str(value).strip()
+
+
+def _seconds(value: str) -> float | None:
+    """Seconds from a number or a clock time `[[hh:]mm:]ss[.fff]` (InternVid: 00:00:46.000); None if neither."""
+    parts = value.split(":")
+    if len(parts) > 3:
+        return None
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if len(parts) > 1 and any(n < 0 for n in numbers):
+        return None
+    seconds = sum(n * 60**i for i, n in enumerate(reversed(numbers)))
+    return seconds if math.isfinite(seconds) else None
+
+
+Window = tuple[float, float]
+
+
+def _clip_window(row: dict[str, Any], cols: dict[str, str | None], where: str) -> Window | None | RecordError:
+    """The clip (start, end) in seconds that a row's caption describes; None: the whole video."""
+    start, end = _text(row, cols["start"]), _text(row, cols["end"])
+    if not start and not end:
+        return None
+    if not start or not end:
+        return RecordError(where, f"a clip needs both a start ({cols['start']!r}) and an end ({cols['end']!r})")
+    window = (_seconds(start), _seconds(end))
+    if window[0] is None or window[1] is None:
+        return RecordError(where, f"clip start/end must be seconds or hh:mm:ss.mmm, got {start!r} and {end!r}")
+    return window[0], window[1]
+
+
+def _caption_draft(spec: SourceSpec, where: str, row: Any) -> Item:
+    """One row as a caption Draft: of its clip's span when the row has start/end, else of the whole video."""
+    if not isinstance(row, dict):
+        return RecordError(where, "expected an object (JSONL) or a CSV row")
+    cols = _columns(spec, row, where)
+    if isinstance(cols, RecordError):
+        return cols
+    if cols["video"] is None or cols["caption"] is None:
+        return RecordError(
+            where, f"no video or caption column among {sorted(row)} (set {spec.key}.columns.video / .caption)"
+        )
+    video, caption = _text(row, cols["video"]), _text(row, cols["caption"])
+    if not video or not caption:
+        return RecordError(where, f"empty {cols['video']!r} or {cols['caption']!r}")
+    window = _clip_window(row, cols, where)
+    if isinstance(window, RecordError):
+        return window
+    video = _video_name(video, spec.video_ext)
+    folder = _text(row, cols["folder"])
+    path = f"{folder}/{video}" if folder else video
+    duration = _duration(row.get(cols["duration"])) if cols["duration"] else None
+    rid, meta = f"{spec.label}-{where.rsplit(':', 1)[1]}", {"source": spec.label}
+    if window is None:
+        return Draft(where, rid, path, duration, "caption", [], lambda kept, c=caption: ([], c), meta=meta)
+    return Draft(where, rid, path, duration, "caption", [window], _paragraph_build(((*window, caption),)),
+                 meta=meta, needs_window=True)
 
 
 def caption_list(spec: SourceSpec, path: Path) -> Iterator[Item]:
+    """One caption per row; an unknown data.columns key fails the source at once (a typo would be guessed over)."""
+    unknown = sorted(set(spec.columns) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"{spec.key}.columns: unknown key(s) {unknown}; expected {', '.join(COLUMNS)}")
     for item in _rows(path):
-        if isinstance(item, RecordError):
-            yield item
-            continue
-        where, row = item
-        if not isinstance(row, dict):
-            yield RecordError(where, "expected an object (JSONL) or a CSV row")
-            continue
-        video_key = _column(row, spec.columns.get("video"), VIDEO_COLUMNS)
-        caption_key = _column(row, spec.columns.get("caption"), CAPTION_COLUMNS)
-        duration_key = _column(row, spec.columns.get("duration"), DURATION_COLUMNS)
-        if video_key is None or caption_key is None:
-            yield RecordError(
-                where,
-                f"no video or caption column among {sorted(row)} (set data.columns.video / data.columns.caption)",
-            )
-            continue
-        video, caption = str(row[video_key] or "").strip(), str(row[caption_key] or "").strip()
-        if not video or not caption:
-            yield RecordError(where, f"empty {video_key!r} or {caption_key!r}")
-            continue
-        duration = _duration(row.get(duration_key)) if duration_key else None
-        rid = f"{spec.label}-{where.rsplit(':', 1)[1]}"
-        yield Draft(where, rid, _video_name(video, spec.video_ext), duration, "caption", [],
-                    lambda kept, c=caption: ([], c), meta={"source": spec.label})
+        yield item if isinstance(item, RecordError) else _caption_draft(spec, *item)
 
 
 def damo_jsonl(spec: SourceSpec, path: Path) -> Iterator[Item]:
