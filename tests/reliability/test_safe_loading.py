@@ -93,3 +93,47 @@ def test_a_decoded_cache_entry_holding_a_pickled_object_is_decoded_again(clean_r
         again = cache.load(video)
     assert not marker.exists()
     np.testing.assert_array_equal(again.frames, first.frames)
+
+
+def _sharded_checkpoint(folder: Path, extra: dict | None = None) -> Path:
+    """A torch.distributed.checkpoint folder as FSDP's sharded state_dict_type writes it (one process)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": {"w": torch.randn(3, 4), "b": torch.zeros(2, dtype=torch.bfloat16)},
+             "optimizer": {"param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": ["w"]}]},
+             "epoch": 3, **(extra or {})}
+    dcp.save(state, checkpoint_id=str(folder), no_dist=True)
+    return folder
+
+
+def test_a_sharded_checkpoint_is_checked_before_torch_unpickles_it(tmp_path: Path) -> None:
+    """torch.distributed.checkpoint reads `.metadata` with pickle.load and non-tensor items with
+    torch.load(weights_only=False): a planted object in either is refused, unpickled by nobody."""
+    import pickle
+
+    from damo_lit.cli.checkpoint import check_sharded_checkpoint
+
+    check_sharded_checkpoint(_sharded_checkpoint(tmp_path / "real"), "resume_from=real")  # what torch writes passes
+
+    marker = tmp_path / "unpickled"
+    in_item = _sharded_checkpoint(tmp_path / "item", {"extra": Planted(marker)})
+    with pytest.raises(UnsafeCheckpointError, match=r"resume_from=item: refused to load it: .*\(io\.open\)"):
+        check_sharded_checkpoint(in_item, "resume_from=item")
+
+    in_metadata = _sharded_checkpoint(tmp_path / "metadata")
+    (in_metadata / ".metadata").write_bytes(pickle.dumps(Planted(marker)))
+    with pytest.raises(UnsafeCheckpointError, match=r"a pickled Python object \(io\.open\)"):
+        check_sharded_checkpoint(in_metadata, "resume_from=metadata")
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_sharded_checkpoint_with_planted_metadata(clean_root: Path, tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    folder = _sharded_checkpoint(tmp_path / "last.ckpt")
+    (folder / ".metadata").write_bytes(pickle.dumps(Planted(marker)))
+    cfg = compose_run("train", run_overrides(clean_root, "trainer.max_steps=1", f"resume_from={folder}"), tmp_path / "run")
+    with pytest.raises(UnsafeCheckpointError, match=rf"resume_from={folder}: refused to load it"):
+        run(cfg)
+    assert not marker.exists()

@@ -1,8 +1,14 @@
 """Rebuild a trained stage from what a run left: its folder (weights.safetensors + stage.json)
-or a Lightning checkpoint (.ckpt, read with torch.load(weights_only=True): never unpickled)."""
+or a Lightning checkpoint (.ckpt, read with torch.load(weights_only=True): never unpickled).
+A sharded (FSDP) checkpoint folder is checked before it is resumed: torch.distributed.checkpoint
+unpickles its `.metadata` and its non-tensor items without restriction (`check_sharded_checkpoint`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import importlib
+import io
 import json
 import pickle
 import re
@@ -70,6 +76,57 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             raise ValueError(f"ckpt={path}: not a damo-lit checkpoint (no 'damo' entry)")
         return checkpoint["damo"], checkpoint["state_dict"]
     raise FileNotFoundError(f"ckpt={path}: not a run folder or a .ckpt file")
+
+
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of a sharded checkpoint folder
+_PATH_CLASSES = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}
+
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    """Unpickles what torch.distributed.checkpoint writes into `.metadata` (its own dataclasses and
+    enums, torch.Size, dtypes, layouts, paths) and refuses every other global, as
+    torch.load(weights_only=True) does for a .ckpt file."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name) if self._allowed(module, name) else None
+        if found is None:
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+        return found
+
+    @staticmethod
+    def _allowed(module: str, name: str) -> bool:
+        if module.startswith("torch.distributed.checkpoint."):
+            try:
+                found = getattr(importlib.import_module(module), name, None)
+            except ImportError:
+                return False
+            return isinstance(found, type) and (dataclasses.is_dataclass(found) or issubclass(found, enum.Enum))
+        if module == "torch":
+            return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+        return ((module, name) == ("torch.serialization", "_get_layout") or (module == "pathlib" and name in _PATH_CLASSES)
+                or (module, name) == ("collections", "OrderedDict") or (module == "builtins" and name in ("set", "frozenset")))
+
+
+def check_sharded_checkpoint(folder: str | Path, where: str) -> None:
+    """Refuse (UnsafeCheckpointError) a torch.distributed.checkpoint folder holding pickled Python
+    objects, before resuming from it: its `.metadata` is read with a restricted unpickler, and each
+    non-tensor item (torch.load(weights_only=False) in torch's reader) with weights_only=True."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    folder = Path(folder)
+    try:
+        with open(folder / DCP_METADATA, "rb") as handle:
+            metadata = _DCPMetadataUnpickler(handle).load()
+        storage = metadata.storage_data or {}
+        for fqn, item in metadata.state_dict_metadata.items():
+            if not isinstance(item, BytesStorageMetadata):
+                continue
+            info = storage[MetadataIndex(fqn)]
+            with open(folder / info.relative_path, "rb") as handle:
+                handle.seek(info.offset)
+                torch.load(io.BytesIO(handle.read(info.length)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(where, err) from None
 
 
 REMOTE_CODE_PARTS = ("vision", "audio", "text_encoder", "llm")

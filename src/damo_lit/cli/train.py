@@ -111,9 +111,11 @@ def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> N
     process with PREEMPTED_EXIT_CODE once the interrupt checkpoint is written."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from damo_lit.cli.checkpoint import UnsafeCheckpointError
+    from damo_lit.cli.checkpoint import DCP_METADATA, UnsafeCheckpointError, check_sharded_checkpoint
     from damo_lit.stages.callbacks import interrupt_checkpoint
 
+    if resume_from is not None and (Path(resume_from) / DCP_METADATA).is_file():  # a sharded (FSDP) folder
+        check_sharded_checkpoint(resume_from, f"resume_from={resume_from}")
     try:
         with warnings.catch_warnings():
             # Lightning warns that a plain DataLoader cannot resume mid-epoch; the datamodule's
