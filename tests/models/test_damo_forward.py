@@ -322,19 +322,25 @@ def test_depth_changes_fuseformer_size(make_damo) -> None:
     assert sizes[4] - sizes[2] == 2 * (sizes[2] - sizes[1])  # each block adds the same
 
 
-def test_uneven_sampling_and_duration_change_the_tokens(damo: DaMO) -> None:
-    """Times drive the position embeddings: the same pixels at other times give other tokens."""
+def test_uneven_sampling_and_duration_change_the_stream_tokens(damo: DaMO) -> None:
+    """Times reach the stream tokens through the time embedding: the same pixels and audio at
+    other times or in a longer video give other tokens (asserted on the residual's streams, as
+    time_bias and time_anchors carry times further on by other ways)."""
     b = make_batch(damo, batch=1, seed=9)
     with torch.no_grad():
-        base = damo.encode(**b.media()).fusion
-        media = b.media()
-        media["frame_times"] = media["frame_times"] ** 1.1  # uneven sampling
-        shifted = damo.encode(**media).fusion
-        media = b.media()
-        media["duration"] = media["duration"] * 2
-        longer = damo.encode(**media).fusion
-    assert not torch.allclose(base, shifted)
-    assert not torch.allclose(base, longer)
+        feats = damo.encoder_features(b.frames, b.audio_mel, b.frame_mask, b.audio_mask)
+
+        def streams(frame_times: torch.Tensor, audio_times: torch.Tensor, duration: torch.Tensor) -> list[torch.Tensor]:
+            video = damo.residual.video_stream(feats["vision_global"], feats["vision_local"], frame_times, b.frame_mask, duration)
+            audio = damo.residual.audio_stream(feats["audio_global"], feats["audio_local"], audio_times, b.audio_mask, duration)
+            return [video.tokens, audio.tokens]
+
+        base = streams(b.frame_times, b.audio_times, b.duration)
+        shifted = streams(b.frame_times**1.1, b.audio_times**1.1, b.duration)  # uneven sampling
+        longer = streams(b.frame_times, b.audio_times, b.duration * 2)
+    for other in (shifted, longer):
+        for mine, theirs in zip(base, other):
+            assert not torch.allclose(mine, theirs)
 
 
 def test_frames_are_resized_to_the_tower(damo: DaMO) -> None:

@@ -61,3 +61,15 @@ def test_bad_format_is_an_error(tmp_path) -> None:
 def test_build_tiny_cli(tmp_path, capsys) -> None:
     assert main(["build-tiny", "--out", str(tmp_path / "t")]) == 0
     assert "audio, llm, text_encoder, vision" in capsys.readouterr().out
+
+
+def test_eva_clip_summary_says_which_architecture_it_counted(paper: dict, capsys) -> None:
+    """damo_paper's vision.arch is a CLIP ViT: an eva_clip summary counts that, and says so."""
+    assert paper["architectures"]["vision"] == "CLIPVisionModel" and paper["notes"] == []
+    eva = summary_command(["model=damo_paper", "model.vision.kind=eva_clip", "format=json"])
+    assert eva["params"]["vision"] == paper["params"]["vision"]
+    assert eva["architectures"]["vision"] == "CLIPVisionModel"
+    assert any("model.vision.kind=eva_clip was counted as CLIPVisionModel" in note for note in eva["notes"])
+    capsys.readouterr()
+    assert main(["summary", "model=damo_paper", "model.vision.kind=eva_clip"]) == 0
+    assert "note: model.vision.kind=eva_clip was counted as CLIPVisionModel" in capsys.readouterr().out

@@ -146,6 +146,45 @@ def test_vision_kinds_save_load_and_encode(tmp_path: Path, kind: str, arch: dict
     assert torch.count_nonzero(out.local[~mask]) == 0 and torch.count_nonzero(out.local[mask]) > 0
 
 
+CLIP_VISION_ARCH = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+
+
+def test_eva_clip_global_is_the_post_normed_cls_as_clips() -> None:
+    """EVA-CLIP's global feature is the post-layernormed CLS (its pooler output), as CLIP's; a
+    remote-code tower that returns only its hidden states gets its post_layernorm applied."""
+    torch.manual_seed(0)
+    tower = VisionTower(_vision_cfg(kind="eva_clip", arch=CLIP_VISION_ARCH)).eval()
+    vision_model = getattr(tower.model, "vision_model", tower.model)
+    with torch.no_grad():  # a post-norm that is not near the identity
+        vision_model.post_layernorm.weight.normal_()
+        vision_model.post_layernorm.bias.normal_()
+    frames = torch.randint(0, 256, (1, 2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = tower(frames)
+        ref = vision_model(pixel_values=tower.preprocess(frames[0]))
+        torch.testing.assert_close(out.global_[0], ref.pooler_output)
+        torch.testing.assert_close(out.local[0], ref.last_hidden_state[:, 1:])
+        plain_forward = vision_model.forward
+        vision_model.forward = lambda **kw: (plain_forward(**kw).last_hidden_state,)  # no pooler
+        torch.testing.assert_close(tower(frames).global_[0], ref.pooler_output)
+
+
+@pytest.mark.parametrize("use_head", [True, False])
+def test_siglip_global_is_its_pooling_head_or_the_mean(use_head: bool) -> None:
+    """SigLIP has no CLS: the attention-pooling head's output, else the mean of its (post-normed)
+    tokens; every token is local."""
+    arch = {**CLIP_VISION_ARCH, "model_type": "siglip_vision_model", "vision_use_head": use_head}
+    tower = VisionTower(_vision_cfg(kind="siglip", arch=arch)).eval()
+    frames = torch.randint(0, 256, (1, 2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = tower(frames)
+        ref = tower.model(pixel_values=tower.preprocess(frames[0]))
+    expected = ref.pooler_output if use_head else ref.last_hidden_state.mean(1)
+    torch.testing.assert_close(out.global_[0], expected)
+    torch.testing.assert_close(out.local[0], ref.last_hidden_state)
+
+
 def test_eva_clip_needs_remote_code_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.vision.trust_remote_code"):
         VisionTower(_vision_cfg(kind="eva_clip", name_or_path=str(tmp_path)))

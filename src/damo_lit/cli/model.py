@@ -158,12 +158,36 @@ def summary_command(overrides: Sequence[str]) -> dict[str, Any]:
         raise SystemExit(f"damo-model summary: format must be table or json, got {fmt!r}")
     damo = build_damo(_plain(cfg.model), meta=True)
     summary = summarize(damo)
+    result = {**summary.to_dict(), **counted_architectures(damo)}
     if fmt == "json":
-        print(json.dumps(summary.to_dict()))
+        print(json.dumps(result))
     else:
         choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "damo_tiny")
         print_summary_table(summary, stage_table(damo), f"DaMO parameters ({choice}, built on the meta device)")
-    return summary.to_dict()
+        print("counted architectures: " + ", ".join(f"{k} {v}" for k, v in result["architectures"].items()))
+        for note in result["notes"]:
+            print(f"note: {note}")
+    return result
+
+
+def counted_architectures(damo: Any) -> dict[str, Any]:
+    """Which transformers class each part was counted as (built from its `arch` numbers), and a
+    note where that is not the kind asked for: an EVA-CLIP summary counts whatever architecture
+    model.vision.arch names (a CLIP ViT of the same numbers in damo_paper), not EVA-CLIP's own."""
+    parts = {"vision": damo.vision, "audio": damo.audio, "text_encoder": damo.text_encoder, "llm": damo.llm}
+    names = {}
+    for key, part in parts.items():
+        if part is not None:
+            model = part.model.get_base_model() if hasattr(part.model, "get_base_model") else part.model
+            names[key] = type(model).__name__
+    notes = []
+    if damo.cfg.vision.kind == "eva_clip" and "eva" not in names["vision"].lower():
+        model_type = (damo.cfg.vision.arch or {}).get("model_type")
+        notes.append(
+            f"model.vision.kind=eva_clip was counted as {names['vision']}, the architecture that "
+            f"model.vision.arch (model_type {model_type}) describes, not an EVA-CLIP model"
+        )
+    return {"architectures": names, "notes": notes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,6 +82,11 @@ class TemporalConfig:
     stride: int = 2
     groups: int = 1
 
+    def steps(self, frames: int) -> int:
+        """Compressed time steps from `frames` frames: the time axis is padded at the end to whole
+        windows, so every frame reaches a step (ceil((frames - kernel) / stride) + 1, at least 1)."""
+        return -(-max(frames - self.kernel, 0) // self.stride) + 1
+
 
 @dataclass
 class ResidualConfig:
@@ -206,15 +211,13 @@ class DaMOConfig:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{where}.{key}: expected one of {', '.join(allowed)}, got {value!r}")
+        self._check_counts(where)
         root = int(round(self.residual.video_tokens**0.5))
         if root * root != self.residual.video_tokens:
             raise ConfigError(
                 f"{where}.residual.video_tokens: must be a square number (the patch grid pools to a "
                 f"square), got {self.residual.video_tokens}"
             )
-        for key in ("hidden", "heads"):
-            if getattr(self.fuseformer, key) <= 0:
-                raise ConfigError(f"{where}.fuseformer.{key}: must be > 0")
         if self.fuseformer.hidden % self.fuseformer.heads:
             raise ConfigError(
                 f"{where}.fuseformer.hidden ({self.fuseformer.hidden}) must be divisible by "
@@ -230,12 +233,15 @@ class DaMOConfig:
                 f"{where}.residual.temporal.groups ({self.residual.temporal.groups}) must divide "
                 f"fuseformer.hidden ({self.fuseformer.hidden})"
             )
-        if self.residual.temporal.kernel < 1 or self.residual.temporal.stride < 1:
-            raise ConfigError(f"{where}.residual.temporal: kernel and stride must be >= 1")
-        if self.residual.temporal.kernel > self.num_frames:
+        if self.residual.temporal.stride > self.residual.temporal.kernel:
             raise ConfigError(
-                f"{where}.residual.temporal.kernel ({self.residual.temporal.kernel}) exceeds "
-                f"num_frames ({self.num_frames})"
+                f"{where}.residual.temporal.stride ({self.residual.temporal.stride}) must be <= "
+                f"residual.temporal.kernel ({self.residual.temporal.kernel}): frames between windows would be skipped"
+            )
+        if self.fuseformer.kind == "concat" and self.audio.enabled and self.fuseformer.fusion_tokens < 2:
+            raise ConfigError(
+                f"{where}.fuseformer.fusion_tokens: the concat fusion with audio pools each modality into "
+                f"its own bins, so it needs >= 2, got {self.fuseformer.fusion_tokens}"
             )
         if self.fuseformer.depth < 1 and self.fuseformer.kind == "tfuseformer":
             raise ConfigError(f"{where}.fuseformer.depth: must be >= 1, got {self.fuseformer.depth}")
@@ -247,6 +253,29 @@ class DaMOConfig:
                 )
         if len(self.vision.mean) != 3 or len(self.vision.std) != 3:
             raise ConfigError(f"{where}.vision.mean/std: expected 3 values (RGB) each")
+
+    def _check_counts(self, where: str) -> None:
+        """Every count of tokens, items, heads and window sizes must be >= 1: a zero builds empty
+        tensors that fail far from the config (or a zero video_tokens passes the square check)."""
+        counts = {
+            "num_frames": self.num_frames,
+            "num_audio_segments": self.num_audio_segments,
+            "residual.video_tokens": self.residual.video_tokens,
+            "residual.audio_tokens": self.residual.audio_tokens,
+            "residual.temporal.kernel": self.residual.temporal.kernel,
+            "residual.temporal.stride": self.residual.temporal.stride,
+            "residual.temporal.groups": self.residual.temporal.groups,
+            "fuseformer.hidden": self.fuseformer.hidden,
+            "fuseformer.heads": self.fuseformer.heads,
+            "fuseformer.video_queries": self.fuseformer.video_queries,
+            "fuseformer.audio_queries": self.fuseformer.audio_queries,
+            "fuseformer.fusion_tokens": self.fuseformer.fusion_tokens,
+            "projector.queries": self.projector.queries,
+            "projector.heads": self.projector.heads,
+        }
+        for key, value in counts.items():
+            if value < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {value}")
 
 
 # ---------------------------------------------------------------------------------------------

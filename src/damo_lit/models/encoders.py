@@ -9,6 +9,7 @@ what the tower would produce.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,13 @@ def _run_on_valid(
     return TowerOutput(glob.view(b, n, dim), local.view(b, n, tokens, dim))
 
 
+def _pooler_output(out: Any) -> Tensor | None:
+    """The pooled output of a vision model's output (a ModelOutput, or a remote-code tuple)."""
+    if isinstance(out, tuple):
+        return out[1] if len(out) > 1 else None
+    return getattr(out, "pooler_output", None)
+
+
 class VisionTower(nn.Module):
     """A transformers vision model: uint8 frames in, CLS/pooled global + patch tokens out."""
 
@@ -129,16 +137,20 @@ class VisionTower(nn.Module):
         if self.kind == "resnet":
             out = self.model(pixel_values=pixels)
             return out.pooler_output.flatten(1), out.last_hidden_state.flatten(2).transpose(1, 2)
-        if self.kind == "eva_clip":
-            tower = getattr(self.model, "vision_model", self.model)
-            hidden = tower(pixel_values=pixels)[0]
-            return hidden[:, 0], hidden[:, 1:]
-        out = self.model(pixel_values=pixels)
-        hidden = out.last_hidden_state
-        if self.kind == "siglip":  # no CLS: the attention-pooled output is the global feature
-            pooled = out.pooler_output if out.pooler_output is not None else hidden.mean(1)
-            return pooled, hidden
-        return out.pooler_output, hidden[:, 1:]
+        # EVA-CLIP's remote code may wrap the vision transformer in a full CLIP-style model
+        tower = getattr(self.model, "vision_model", self.model) if self.kind == "eva_clip" else self.model
+        out = tower(pixel_values=pixels)
+        hidden, pooled = out[0], _pooler_output(out)
+        if self.kind == "siglip":
+            # No CLS; its last_hidden_state is already post-normed: the attention-pooling head's
+            # output, or (a tower without the head) the mean of the normed patch tokens.
+            return (pooled if pooled is not None else hidden.mean(1)), hidden
+        # CLIP and EVA-CLIP: the global feature is the post-normed CLS (their pooler_output), the
+        # local tokens the patch tokens after it.
+        if pooled is None:
+            post_norm = getattr(tower, "post_layernorm", None)
+            pooled = hidden[:, 0] if post_norm is None else post_norm(hidden[:, 0])
+        return pooled, hidden[:, 1:]
 
     def forward(self, frames: Tensor, frame_mask: Tensor | None = None) -> TowerOutput:
         """frames uint8 (B, N, 3, H, W) -> global (B, N, Dv), local (B, N, P, Dv)."""

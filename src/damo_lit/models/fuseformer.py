@@ -154,8 +154,20 @@ class TFuseformer(nn.Module):
         return out
 
 
+def share_bins(total: int, sizes: list[int]) -> list[int]:
+    """Split `total` pooling bins between one or two modalities in proportion to their token
+    counts, at least one bin each, so that no bin mixes the end of one with the start of another."""
+    if len(sizes) == 1:
+        return [total]
+    if len(sizes) != 2 or total < 2:
+        raise ValueError(f"fuseformer.fusion_tokens: {total} bins cannot give each of {len(sizes)} modalities its own")
+    first = min(max(round(total * sizes[0] / sum(sizes)), 1), total - 1)
+    return [first, total - first]
+
+
 class ConcatFusion(nn.Module):
-    """Ablation `fuseformer.kind=concat`: the streams concatenated and pooled to the token counts."""
+    """Ablation `fuseformer.kind=concat`: no attention, each stream average-pooled to the token
+    counts; the fusion tokens are each modality pooled into its own share of the bins, in time order."""
 
     def __init__(self, cfg: FuseformerConfig, audio: bool) -> None:
         super().__init__()
@@ -170,13 +182,14 @@ class ConcatFusion(nn.Module):
                 raise ValueError("audio stream given to a fusion built without audio (model.audio.enabled=false)")
             audio = _with_no_audio(audio, self.no_audio)
             streams.append(audio)
-        joined = Stream(*(torch.cat([getattr(s, f) for s in streams], dim=1) for f in ("tokens", "mask", "times")))
 
         def pool(stream: Stream, bins: int) -> tuple[Tensor, Tensor, Tensor | None]:
             pooled, mask, times = masked_adaptive_pool(stream.tokens, stream.mask, stream.times, bins)
             return self.norm(pooled), mask, times
 
-        fusion, f_mask, f_times = pool(joined, self.cfg.fusion_tokens)
+        shares = share_bins(self.cfg.fusion_tokens, [s.tokens.shape[1] for s in streams])
+        parts = [pool(stream, bins) for stream, bins in zip(streams, shares)]
+        fusion, f_mask, f_times = (torch.cat(list(field), dim=1) for field in zip(*parts))
         vid, v_mask, v_times = pool(video, self.cfg.video_queries)
         aud = a_mask = a_times = None
         if audio is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from damo_lit.models.config import DaMOConfig
+from damo_lit.models.config import DaMOConfig, TemporalConfig
 from damo_lit.models.layers import FeedForward, MaskedBatchNorm, relative_sinusoid, sinusoid
 from damo_lit.models.media import Stream
 
@@ -73,14 +73,19 @@ class GlobalResidual(nn.Module):
 class TemporalConv(nn.Module):
     """Grouped 2-D convolution over (time, token): compresses frames `stride`-fold.
 
-    Initialised as a temporal mean over each window, so it starts as plain pooling. A
+    The time axis is padded at the end to whole windows (the padding counts as masked frames),
+    so every frame reaches a compressed token whatever the frame count. Masked frames are zeroed
+    and each window's weighted sum is scaled by kernel / its valid frames, so that padding does
+    not shrink a window; initialised as a temporal mean, the convolution starts as the mean over
+    each window's valid frames. A window with no valid frame gives zeros and is masked. A
     compressed token's time is the mean time of the valid frames in its window.
     """
 
-    def __init__(self, dim: int, kernel: int, stride: int, groups: int) -> None:
+    def __init__(self, dim: int, window: TemporalConfig) -> None:
         super().__init__()
-        self.kernel, self.stride = kernel, stride
-        self.conv = nn.Conv2d(dim, dim, kernel_size=(kernel, 1), stride=(stride, 1), groups=groups)
+        self.window = window
+        kernel, groups = window.kernel, window.groups
+        self.conv = nn.Conv2d(dim, dim, kernel_size=(kernel, 1), stride=(window.stride, 1), groups=groups)
         with torch.no_grad():
             self.conv.weight.zero_()
             per_group = dim // groups
@@ -89,31 +94,59 @@ class TemporalConv(nn.Module):
             self.conv.bias.zero_()
 
     def forward(self, x: Tensor, times: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, N, L, D), times (B, N) seconds, mask (B, N) -> (B, N', L, D), (B, N'), (B, N')."""
-        x = x * mask[:, :, None, None].to(x.dtype)
-        y = self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        win_mask = mask.float().unfold(1, self.kernel, self.stride)  # (B, N', k)
-        win_times = times.float().unfold(1, self.kernel, self.stride)
+        """x (B, N, L, D), times (B, N) seconds, mask (B, N) -> (B, N', L, D), (B, N'), (B, N')
+        with N' = `TemporalConfig.steps(N)`."""
+        n = x.shape[1]
+        kernel, stride = self.window.kernel, self.window.stride
+        pad = (self.window.steps(n) - 1) * stride + kernel - n
+        mask = F.pad(mask.bool(), (0, pad), value=False)
+        times = F.pad(times.float(), (0, pad))
+        x = F.pad(x, (0, 0, 0, 0, 0, pad)) * mask[:, :, None, None].to(x.dtype)
+        weighted = F.conv2d(x.permute(0, 3, 1, 2), self.conv.weight, None, self.conv.stride, groups=self.conv.groups)
+        win_mask = mask.float().unfold(1, kernel, stride)  # (B, N', k)
         count = win_mask.sum(-1)
-        mean_time = (win_times * win_mask).sum(-1) / count.clamp(min=1.0)
-        return y, mean_time, count > 0
+        valid = count > 0
+        scale = torch.where(valid, kernel / count.clamp(min=1.0), torch.zeros_like(count))
+        y = weighted.permute(0, 2, 3, 1) * scale[:, :, None, None].to(x.dtype)
+        y = y + self.conv.bias * valid[:, :, None, None].to(x.dtype)
+        mean_time = (times.unfold(1, kernel, stride) * win_mask).sum(-1) / count.clamp(min=1.0)
+        return y, mean_time, valid
+
+
+# Absolute-seconds features of the learnable time embedding: a sinusoid with periods of about 6 s
+# to 10 min and log(1 + seconds), so that the MLP tells a minute from an hour as well.
+SECONDS_FEATURES = 6
+SECONDS_MAX_PERIOD = 1000.0
+LOG_SECONDS_SCALE = math.log1p(3600.0)
+
+
+def seconds_features(seconds: Tensor) -> Tensor:
+    """(...,) seconds -> (..., SECONDS_FEATURES + 1): a slow sinusoid and a log scale of them."""
+    seconds = seconds.float()
+    log_scale = torch.log1p(seconds.clamp(min=0.0)) / LOG_SECONDS_SCALE
+    return torch.cat([sinusoid(seconds, SECONDS_FEATURES, SECONDS_MAX_PERIOD), log_scale[..., None]], dim=-1)
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoid of absolute seconds + sinusoid of relative time + a learnable MLP over relative time."""
+    """Sinusoid of absolute seconds + sinusoid of relative time + a learnable MLP over both.
+
+    The MLP reads the relative time's sinusoid and a few features of the seconds themselves, so
+    the learned embedding, not only the fixed ones, knows real time (a 3 s event in a 10 s clip
+    and in a 10 min one are different things).
+    """
 
     def __init__(self, dim: int, features: int = 32) -> None:
         super().__init__()
         self.dim = dim
         self.features = features
-        self.mlp = nn.Sequential(nn.Linear(features, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(features + SECONDS_FEATURES + 1, dim), nn.GELU(), nn.Linear(dim, dim))
         self.gain = nn.Parameter(torch.full((2,), 0.5))
 
     def forward(self, seconds: Tensor, rel: Tensor) -> Tensor:
         """seconds, rel (B, L) -> (B, L, dim)."""
         absolute = sinusoid(seconds, self.dim, max_period=10_000.0)
         relative = relative_sinusoid(rel, self.dim)
-        learned = self.mlp(relative_sinusoid(rel, self.features))
+        learned = self.mlp(torch.cat([relative_sinusoid(rel, self.features), seconds_features(seconds)], dim=-1))
         return self.gain[0] * absolute + self.gain[1] * relative + learned
 
 
@@ -128,7 +161,7 @@ class MediaResidual(nn.Module):
         super().__init__()
         d, r = cfg.fuseformer.hidden, cfg.residual
         self.video = GlobalResidual(vision_dim, d, r.video_tokens, True, r.enabled, r.ffn_ratio, r.feature_norm)
-        self.temporal = TemporalConv(d, r.temporal.kernel, r.temporal.stride, r.temporal.groups)
+        self.temporal = TemporalConv(d, r.temporal)
         self.video_time = TimeEmbedding(d)
         self.audio = (
             GlobalResidual(audio_dim, d, r.audio_tokens, False, r.enabled, r.ffn_ratio, r.feature_norm) if audio_dim else None
