@@ -48,3 +48,24 @@ def test_torch_index_reaches_the_torch_install_only(repo_root):
     assert any(line.endswith("pip install -q torch==2.13.0") for line in plain)
     assert any(line.endswith(f"pip install -q torch==2.13.0 --index-url {url}") for line in chosen)
     assert [line for line in chosen if "torch==" not in line] == [line for line in plain if "torch==" not in line]
+
+
+def test_torch_is_installed_before_the_project(repo_root):
+    """torch==2.13.0 (CPU) goes in first, so that no dependency of the project can pull another build."""
+    done = subprocess.run(["make", "-n", "-B", ".venv/.installed"], cwd=repo_root, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    installs = [line for line in done.stdout.splitlines() if "pip install" in line and "--upgrade pip" not in line]
+    assert "torch==2.13.0" in installs[0] and "-e '.[test]'" in installs[1], installs
+    assert "--no-deps litdata" in installs[2], "litdata without its torchvision dependency"
+
+
+def test_make_help_lists_every_target_with_one_line(repo_root):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    done = subprocess.run(["make", "-s", "help"], cwd=repo_root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in done.stdout.splitlines() if line.strip()}
+    for target in ("demo", "test", "test-slow", "stage1", "stage2", "stage3", "stage4", "eval", "predict", "bench",
+                   "exp-fusion-depth", "exp-ablations", "exp-data-efficiency"):
+        assert len(listed.get(target, "")) > 10, f"make help: no line for {target}: {done.stdout}"

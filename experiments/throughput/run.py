@@ -13,8 +13,9 @@ machine, and written to OUT/throughput.json with a printed table (docs/scale.md)
   decoded), beside the raw decode rate of one process;
 - cache_speedup: stage-3 training step time on damo_tiny with frozen towers, decoding every
   batch vs reading the frozen-encoder feature cache (target >= 5), over synthetic clips at a
-  video's usual size and rate (224x224 px, 24 fps); cache_speedup_demo_clips the same over the
-  demo's 64x64 8 fps clips, which cost little to decode; the decoded .npz cache too;
+  Charades video's pixels and rate (320x320 px, 24 fps: cache_clip_size, cache_clip_fps);
+  cache_speedup_demo_clips the same over the demo's 64x64 8 fps clips, which cost little to
+  decode; the decoded .npz cache too;
 - cache_speedup_real_clips: the same two steps over real encodes (real_videos=DIR, by default
   the two clips of ../shared/data/videos): the synthetic 64x64 clips cost far less to decode
   than any real video, so they understate what the cache saves;
@@ -279,7 +280,7 @@ def build_features(cfg: Any, data: list[str], features: Path) -> dict[str, Any]:
 
 
 def bench_cache(cfg: Any, out: Path) -> dict[str, Any]:
-    # The target figure: synthetic clips at a video's usual frame size and rate (CLIP's 224 px, 24 fps),
+    # The target figure: synthetic clips at about a Charades video's pixels and rate (320 px, 24 fps),
     # so that decoding costs what it costs on a user's data; the demo's 64x64 8 fps clips beside it.
     size, fps = int(cfg.cache_clip_size), int(cfg.cache_clip_fps)
     sized = data_overrides(cfg, out / f"synth_{size}px_{fps}fps", size, fps)

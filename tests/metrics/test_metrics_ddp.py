@@ -119,7 +119,7 @@ def test_same_numbers_on_one_and_two_processes(tmp_path):
 
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     for rank in range(WORLD):
-        synced = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        synced = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert synced.keys() == single.keys()
         for key in ("grounding", "grounding_one_rank", "retrieval"):
             assert synced[key].keys() == single[key].keys(), key

@@ -173,7 +173,7 @@ def test_gather_concatenates_uneven_ranks_and_sends_gradients_back_to_the_local_
     whole = torch.cat([local_features(r) for r in range(WORLD)])
     total_weight = sum(weights(r) for r in range(WORLD))
     for rank in range(WORLD):
-        out = torch.load(tmp_path / f"rank{rank}.pt")
+        out = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(out["gathered"], whole, rtol=0, atol=0)
         offset = out["offset"]
         assert offset == sum(ROWS[:rank]), "the VTC targets of this rank's rows: their place in the gathered batch"
