@@ -3,9 +3,11 @@ fake OpenAI-compatible chat-completions server on 127.0.0.1 that can be told to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -111,13 +113,17 @@ def fake_reply(prompt: str) -> str:
 class FakeChatServer:
     """A chat-completions endpoint whose first replies follow `script`: an HTTP status ("408",
     "429", "500"), a 200 that is no chat-completions response ("html", "truncated",
-    "no_choices"), a model answer that is no JSON list ("malformed", "null_content"), or "ok"."""
+    "no_choices"), a model answer that is no JSON list ("malformed", "null_content"), or "ok".
+    Each request takes `delay` seconds; `max_in_flight` is the most requests it held at once."""
 
     url: str
     script: list[str] = field(default_factory=list)
     retry_after: str = "0"
     api_key: str | None = None
+    delay: float = 0.0
     requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
     prompts: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,9 +133,35 @@ class FakeChatServer:
             self.requests += 1
             return self.script.pop(0) if self.script else "ok"
 
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count one request in flight while it is answered (after `delay`)."""
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            yield
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
 
 @pytest.fixture()
 def chat_server() -> Iterator[FakeChatServer]:
+    with serve_chat() as state:
+        yield state
+
+
+@pytest.fixture()
+def other_chat_server() -> Iterator[FakeChatServer]:
+    """A second server, at another URL, that serves the same model names."""
+    with serve_chat() as state:
+        yield state
+
+
+@contextlib.contextmanager
+def serve_chat() -> Iterator[FakeChatServer]:
     state = FakeChatServer(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -148,6 +180,10 @@ def chat_server() -> Iterator[FakeChatServer]:
             self.wfile.write(raw)
 
         def do_POST(self) -> None:
+            with state.serving():
+                self._answer()
+
+        def _answer(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path != "/v1/chat/completions":
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})

@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from damo_lit.augment.backend import BackendError
 from damo_lit.augment.items import QuestionSpec
 from damo_lit.augment.openai_backend import OpenAIBackend, retry_after_seconds
-from damo_lit.augment.output import progress_path
+from damo_lit.augment.output import OutputError, progress_path
 from damo_lit.augment.pipeline import run_augment
 from damo_lit.augment.sources import load_videos
 from damo_lit.cli.augment import run
@@ -84,6 +85,48 @@ def test_malformed_replies_are_bounded(chat_server: FakeChatServer, anet_file: P
                           progress=False)
     assert chat_server.requests == 6  # 2 tries for each of the 3 videos, no more
     assert summary.records == 0 and summary.rejects == {"malformed_reply": 3}
+
+
+def test_a_reply_whose_content_is_not_text_is_cached_and_not_sent_again(
+    chat_server: FakeChatServer, anet_file: Path, tmp_path: Path
+) -> None:
+    chat_server.script = ["null_content"]  # the first video's first reply, then good ones
+    videos = load_videos(anet_file, "activitynet").videos[:1]
+    cache = tmp_path / "cache"
+    first = run_augment(videos, backend_for(chat_server, cache, api_key_env=None, concurrency=1), QuestionSpec(),
+                        tmp_path / "first.jsonl", source_format="activitynet", progress=False)
+    assert chat_server.requests == 2 and first.requests == 2  # the null content, then the re-ask
+    again = run_augment(videos, backend_for(chat_server, cache, api_key_env=None, concurrency=1), QuestionSpec(),
+                        tmp_path / "again.jsonl", source_format="activitynet", progress=False)
+    assert chat_server.requests == 2 and again.requests == 0 and again.cache_hits == 2
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "first.jsonl").read_text()
+
+
+def test_two_servers_of_one_model_name_share_neither_replies_nor_an_output(
+    chat_server: FakeChatServer, other_chat_server: FakeChatServer, anet_file: Path, tmp_path: Path
+) -> None:
+    videos = load_videos(anet_file, "activitynet").videos
+    cache, out = tmp_path / "cache", tmp_path / "one.jsonl"
+    run_augment(videos, backend_for(chat_server, cache, api_key_env=None), QuestionSpec(), out,
+                source_format="activitynet", progress=False)
+    other = backend_for(other_chat_server, cache, api_key_env=None)
+    summary = run_augment(videos, other, QuestionSpec(), tmp_path / "two.jsonl", source_format="activitynet",
+                          progress=False)
+    assert other_chat_server.requests == 3 and summary.cache_hits == 0
+    with pytest.raises(OutputError, match="other settings: backend.endpoint"):
+        run_augment(videos, other, QuestionSpec(), out, source_format="activitynet", progress=False)
+
+
+def test_requests_in_flight_never_exceed_the_concurrency(
+    chat_server: FakeChatServer, anet_file: Path, tmp_path: Path
+) -> None:
+    chat_server.delay = 0.1  # long enough for every worker's request to be held at once
+    source = load_videos(anet_file, "activitynet").videos
+    videos = [replace(v, video=f"{v.video}-{i}") for i in range(4) for v in source]
+    summary = run_augment(videos, backend_for(chat_server, None, api_key_env=None, concurrency=3), QuestionSpec(),
+                          tmp_path / "c.jsonl", source_format="activitynet", progress=False)
+    assert chat_server.requests == 12 and summary.videos_done_now == 12
+    assert chat_server.max_in_flight == 3
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,16 @@ def test_grounding_from_eval_output_and_damo_predictions(tmp_path):
     assert out["mIoU"] == 0.75 and out["R@0.5"] == 1.0
 
 
+def test_grounding_truth_records_may_give_a_window_end_first(grounding_files, tmp_path):
+    pred, gt = grounding_files
+    rows = [json.loads(line) for line in gt.read_text().splitlines()]
+    for row in rows:
+        if "spans" in row:
+            row["spans"] = [span[::-1] for span in row["spans"]]
+    reversed_gt = write_jsonl(tmp_path / "reversed.jsonl", rows)
+    assert ok_json("grounding", "--pred", pred, "--gt", reversed_gt) == ok_json("grounding", "--pred", pred, "--gt", gt)
+
+
 @pytest.mark.parametrize(
     "which, line, message",
     [
@@ -94,6 +104,9 @@ def test_grounding_from_eval_output_and_damo_predictions(tmp_path):
                '"turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "{span:0}"}]}',
          "lies outside the video"),
         ("gt", '{"id": "q9", "gt_spans": [[3, 3]]}', "'gt_spans' must hold"),
+        ("gt", '{"id": "q9", "video": "v.mp4", "duration": 5, "task": "grounding", "spans": [[3, 3]], '
+               '"turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "{span:0}"}]}',
+         "spans[0] is empty"),
         ("gt", '{"id": "q9", "gt_spans": [[1, 3]], "modality": "smell"}', "unknown modality 'smell'"),
     ],
 )

@@ -6,11 +6,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from damo_lit.cli.common import compose_run
+from damo_lit.cli.common import compose, compose_run
 from damo_lit.cli.train import run
+from damo_lit.data.timestamps import parse_spans
+
+QUIETED = ("Loading weights", "GPU available")  # transformers' and Lightning's noise, off in these commands
 
 
 @pytest.fixture(scope="module")
@@ -28,31 +32,71 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
 
 
+def _timestamps(run_dir: Path) -> str:
+    return json.loads((run_dir / "stage.json").read_text())["timestamps"]
+
+
+def _flat(pairs: list) -> list[float]:
+    return [value for pair in pairs for value in pair]
+
+
+def assert_spans_of_answer(spans: Any, answer: str, duration: float, fmt: str, digits: int | None = None) -> None:
+    """`spans` are [start, end] pairs inside the video, and exactly the ones the answer states
+    (so an answer that names a window can never come back with none, nor the reverse)."""
+    assert isinstance(spans, list) and all(isinstance(s, list) and len(s) == 2 for s in spans), spans
+    for start, end in spans:
+        assert 0 <= start <= end <= duration + 1e-6, (spans, duration)
+    expected = [[round(s, digits) if digits else s, round(e, digits) if digits else e]
+                for s, e in parse_spans(answer, duration, fmt)]
+    assert _flat(spans) == pytest.approx(_flat(expected), abs=0.01), answer
+
+
 def test_damo_eval_writes_predictions_and_metrics_that_damo_score_agrees_with(
         stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """Also: stdout is the metrics JSON alone (progress bars on stderr), and a record that the test
+    split drops (data.on_bad_record=drop) is counted in metrics.json and named on stderr."""
     out = tmp_path / "eval"
+    gt = synthetic_root / "annotations" / "test.jsonl"
+    test_grounding = [r for r in map(json.loads, gt.read_text().splitlines()) if r["task"] == "grounding"]
+    bad = dict(test_grounding[0], id="reversed-window", spans=[test_grounding[0]["spans"][0][::-1]])
+    with_bad = tmp_path / "test_with_bad.jsonl"
+    with_bad.write_text(gt.read_text() + json.dumps(bad) + "\n")
     done = _cli("damo_lit.cli.eval", f"ckpt={stage3_run}", f"data.root={synthetic_root}", "data.generate=null",
                 f"data.decoded_cache_dir={synthetic_root / 'decoded'}", "data.num_workers=0", "split=test",
-                f"out={out}", "accelerator=cpu")
+                f"data.splits.test={with_bad}", "data.on_bad_record=drop", f"out={out}", "accelerator=cpu")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    test_grounding = [json.loads(line) for line in (synthetic_root / "annotations" / "test.jsonl").read_text().splitlines()]
-    test_grounding = [r for r in test_grounding if r["task"] == "grounding"]
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in test_grounding)
     for row in rows:
         assert {"id", "question", "answer", "pred_spans", "gt_spans", "duration", "modality", "iou"} <= set(row)
         assert row["question"].startswith(("when", "at what time"))
+        assert_spans_of_answer(row["pred_spans"], row["answer"], row["duration"], _timestamps(stage3_run))
     report = json.loads((out / "metrics.json").read_text())
     assert report["stage"] == "stage3" and report["split"] == "test"
     metrics = report["metrics"]
     assert metrics["test/count"] == len(rows)
-    # The scorer reads the same file and must agree with the evaluation.
-    scored = _cli("damo_lit.cli.score", "grounding", "--pred", str(out / "predictions.jsonl"),
-                  "--gt", str(synthetic_root / "annotations" / "test.jsonl"))
+    assert json.loads(done.stdout) == metrics  # one JSON object, nothing else on stdout
+    assert "Predicting" in done.stderr and not any(noise in done.stderr for noise in QUIETED), done.stderr
+    assert report["fixes"]["record_malformed_dropped"] == 1 and sum(report["fixes"].values()) == 1
+    assert "fix-ups and drops: record_malformed_dropped=1" in done.stderr
+    # The scorer reads the same files and must agree with the evaluation.
+    scored = _cli("damo_lit.cli.score", "grounding", "--pred", str(out / "predictions.jsonl"), "--gt", str(gt))
     assert scored.returncode == 0, scored.stderr
     figures = json.loads(scored.stdout)
     for key in ("R@0.5", "mIoU", "parse_rate"):
         assert figures[key] == pytest.approx(metrics[f"test/{key}"], abs=1e-6)
+
+
+def test_decoding_progress_goes_to_stderr(synthetic_root: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    from damo_lit.data.cache import prepare
+    from damo_lit.data.decode import DecodeParams
+
+    video = sorted((synthetic_root / "videos").glob("test_*.mp4"))[0]
+    report = prepare([video], tmp_path / "decoded", DecodeParams(num_frames=4, frame_size=32), workers=1)
+    assert report.decoded == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "decoding 1 videos" in captured.err
 
 
 @pytest.mark.parametrize("clip,has_audio", [("dog_barking.mp4", True), ("silence_girl.mp4", False)])
@@ -60,12 +104,41 @@ def test_damo_predict_on_real_clips(stage3_run: Path, shared_data: Path, clip: s
     done = _cli("damo_lit.cli.predict", f"ckpt={stage3_run}", f"video={shared_data / 'videos' / clip}",
                 "question=when does the dog bark?")
     assert done.returncode == 0, done.stderr[-3000:]
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    answer = json.loads(done.stdout)  # one JSON object, nothing else on stdout
+    assert not any(noise in done.stderr for noise in QUIETED), done.stderr
     assert answer["has_audio"] is has_audio
-    assert isinstance(answer["answer"], str) and isinstance(answer["spans"], list)
+    assert isinstance(answer["answer"], str)
     assert answer["duration"] == pytest.approx({"dog_barking.mp4": 7.2, "silence_girl.mp4": 11.7}[clip], abs=0.3)
-    for start, end in answer["spans"]:
-        assert 0 <= start <= end <= answer["duration"] + 1e-6
+    # the 3-step checkpoint answers "" or a stray word: a parsed window is checked with a scripted answer below
+    assert_spans_of_answer(answer["spans"], answer["answer"], answer["duration"], _timestamps(stage3_run), digits=2)
+
+
+def test_damo_predict_returns_the_windows_an_answer_states(
+        stage3_run: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a trained checkpoint's answer turns into, with the answer scripted (the test's checkpoint
+    is too short-trained to name a window; training one that does would take minutes)."""
+    import damo_lit.cli.checkpoint as checkpoint
+    from damo_lit.cli.predict import predict
+    from damo_lit.data.timestamps import format_span
+
+    load = checkpoint.load_stage
+    fmt = _timestamps(stage3_run)
+
+    def scripted(*args: Any, **kwargs: Any) -> Any:
+        stage = load(*args, **kwargs)
+
+        def answer(batch: Any, embeds: Any, max_new_tokens: int) -> list[str]:
+            duration = float(batch["duration"][0])
+            return [f"it barks {format_span(1.0, 3.0, duration, fmt)}, again {format_span(6.5, 5.0, duration, fmt)}."]
+
+        stage.generate_text = answer
+        return stage
+
+    monkeypatch.setattr(checkpoint, "load_stage", scripted)
+    result = predict(compose("predict", [f"ckpt={stage3_run}", f"video={shared_data / 'videos' / 'dog_barking.mp4'}",
+                                         "question=when does the dog bark?", "accelerator=cpu"]))
+    assert _flat(result["spans"]) == pytest.approx([1.0, 3.0, 5.0, 6.5], abs=0.1)  # relative steps: 1% of 7.1 s
+    assert_spans_of_answer(result["spans"], result["answer"], result["duration"], fmt, digits=2)
 
 
 def test_damo_predict_names_a_missing_video(stage3_run: Path, tmp_path: Path) -> None:
@@ -84,6 +157,40 @@ def test_damo_eval_scores_the_tasks_the_stage_evaluated_in_training(stage: str) 
     assert stage_eval_tasks(stage.split("_")[0]) == expected
     if stage == "stage4_dialogue":
         assert expected == ["grounding", "dialogue"]
+
+
+def test_retrieval_rows_rank_each_caption_as_the_metric_does() -> None:
+    from damo_lit.cli.eval import retrieval_rows
+
+    queries = [("t0", "a dog", "v0"), ("t1", "a cat", "v1"), ("t2", "a car", "v2")]
+    sim = [[0.9, 0.1, 0.5], [0.2, 0.3, 0.3], [0.1, 0.8, 0.7]]  # t1 ties v2 with its own v1: rank 2
+    rows = retrieval_rows(queries, sim, top_k=2)
+    assert [r["rank"] for r in rows] == [1, 2, 2]
+    assert [r["top_videos"] for r in rows] == [["v0", "v2"], ["v1", "v2"], ["v1", "v2"]]
+    assert rows[1] == {"id": "t1", "caption": "a cat", "video": "v1", "rank": 2, "top_videos": ["v1", "v2"]}
+
+
+def test_stage1_test_keeps_every_captions_retrieval_result(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """damo-eval's stage 1 rows come from the test run's own embeddings: their ranks give the
+    figures the stage logs (16 training captions in 4 batches as the test set, the model untrained)."""
+    import lightning as L
+
+    from damo_lit.cli.eval import retrieval_callback
+    from damo_lit.cli.train import build_run
+
+    stage, datamodule, _ = build_run(compose_run("train", ["stage=stage1_align", *tiny_overrides], tmp_path))
+    datamodule.setup("fit")
+    rows = retrieval_callback()
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[rows], enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    (logged,) = trainer.test(stage, dataloaders=datamodule.train_dataloader(), verbose=False)
+    ranks = [row["rank"] for row in rows.rows]
+    assert len(ranks) == len({row["id"] for row in rows.rows}) == 16
+    assert logged["test/t2v_MnR"] == pytest.approx(sum(ranks) / 16, abs=1e-5)
+    assert logged["test/t2v_R@1"] == pytest.approx(sum(r == 1 for r in ranks) / 16, abs=1e-5)
+    for row in rows.rows:
+        assert len(row["top_videos"]) == 10 and row["caption"]
+        assert (row["video"] in row["top_videos"]) or row["rank"] > 10
 
 
 def test_grounding_figures_split_by_task_as_the_stage_logs_them() -> None:

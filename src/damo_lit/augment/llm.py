@@ -4,9 +4,10 @@ The prompt lists the video's moments with their windows in seconds and asks for 
 of items (type, question, answer, spans, events). Answers should use the placeholders; times
 written out in seconds that match a span are converted, others make the item a reject. A
 reply whose text is not a JSON list is asked again (a bounded number of times, each attempt
-cached under its own key) and then counted as a reject. A failure of the endpoint itself (it
-is down, or answers with something that is not a reply at all) is not the model's fault: the
-video is left undone, to be tried again by the next run.
+cached under its own key) and then counted as a reject. A reply is cached as it came, before
+it is read, so that a rerun re-asks nothing the model already answered, however badly. A
+failure of the endpoint itself (it is down, or answers with something that is not a reply at
+all) is not the model's fault: the video is left undone, to be tried again by the next run.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def parse_reply(text: str, tolerance: float = 0.25) -> tuple[list[GroundedItem],
 class Completion:
     """One reply from the model, and whether it came from the cache."""
 
-    text: str
+    raw: str  # as the backend received it; `LLMBackend.reply_text` reads the text out of it
     cached: bool
 
 
@@ -193,6 +194,7 @@ class LLMBackend(Backend):
         self.concurrency = max(1, int(concurrency))
         self.tolerance = float(tolerance)
         self.generator = f"{self.kind}:{self.model}"
+        self.endpoint: str | None = None  # a server's URL (set by HTTP backends); None for a local model
         # set by stop(): waits before a retry end at once, and no new request is sent
         self.stopping = threading.Event()
         self.sleep: Callable[[float], object] = self.stopping.wait  # tests replace it to record the waits
@@ -213,17 +215,27 @@ class LLMBackend(Backend):
         self.sleep(seconds)
         self._check_stopped()
 
+    def served_by(self) -> dict[str, str]:
+        """The endpoint, for the cache key and the resume fingerprint: two servers that serve the
+        same model name (a fine-tune, another quantisation) must not share replies or outputs."""
+        return {"endpoint": self.endpoint} if self.endpoint else {}
+
     def fingerprint(self) -> dict:
-        return {"generator": self.generator, "params": self.params}
+        return {"generator": self.generator, "params": self.params, **self.served_by()}
 
     @abstractmethod
     def _complete(self, messages: list[Message], attempt: int) -> str:
-        """Send one request and return the reply text (raise TransientFailure / RequestRejected /
-        BackendError / ReplyFormatError as the case may be)."""
+        """Send one request and return the raw reply, to be cached as it is (raise
+        TransientFailure / RequestRejected / BackendError as the case may be)."""
+
+    def reply_text(self, raw: str) -> str:
+        """The model's text in a raw reply (ReplyFormatError when there is none); the raw reply is the text here."""
+        return raw
 
     def complete(self, messages: list[Message], attempt: int = 0) -> Completion:
-        """The reply for (messages, attempt), from the cache when it is there."""
-        parts: dict[str, Any] = {"kind": self.kind, "model": self.model, "messages": messages, "params": self.params}
+        """The raw reply for (messages, attempt), from the cache when it is there."""
+        parts: dict[str, Any] = {"kind": self.kind, "model": self.model, "messages": messages, "params": self.params,
+                                 **self.served_by()}
         if attempt:
             parts["attempt"] = attempt
         key = cache_key(**parts)
@@ -231,9 +243,9 @@ class LLMBackend(Backend):
         if cached is not None:
             return Completion(cached, True)
         self._check_stopped()
-        text = self._complete(messages, attempt)
-        self.cache.put(key, text, model=self.model, attempt=attempt)
-        return Completion(text, False)
+        raw = self._complete(messages, attempt)
+        self.cache.put(key, raw, model=self.model, attempt=attempt, **self.served_by())
+        return Completion(raw, False)
 
     def generate(self, video: Video, spec: QuestionSpec) -> Generation:
         gen = Generation()
@@ -241,9 +253,6 @@ class LLMBackend(Backend):
         for attempt in range(self.max_parse_retries + 1):
             try:
                 reply = self.complete(messages, attempt)
-            except ReplyFormatError:
-                gen.requests += 1
-                continue
             except TransientFailure as err:
                 gen.complete, gen.error = False, str(err)
                 return gen
@@ -254,7 +263,7 @@ class LLMBackend(Backend):
             gen.cache_hits += reply.cached
             gen.requests += not reply.cached
             try:
-                items, malformed = parse_reply(reply.text, self.tolerance)
+                items, malformed = parse_reply(self.reply_text(reply.raw), self.tolerance)
             except ReplyFormatError:
                 continue
             if malformed:

@@ -4,7 +4,8 @@ POST {base_url}/chat/completions with a bounded number of retries and exponentia
 (with jitter) on 408, 429, 5xx, connection and read errors, and on a 200 whose body is not a
 chat-completions response (an HTML page from a gateway, truncated JSON, no `choices`); a
 Retry-After header is honoured up to `backoff_max`. A timeout per request; up to
-`concurrency` requests at once (the pipeline runs that many threads).
+`concurrency` requests at once (the pipeline runs that many threads). The reply is cached as
+the whole response body; the base URL is part of the cache key and of the resume fingerprint.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class OpenAIBackend(LLMBackend):
         super().__init__(model, params, cache_dir, max_parse_retries, concurrency, tolerance)
         if not base_url or not str(base_url).startswith(("http://", "https://")):
             raise ValueError(f"backend.base_url must be an http(s) URL, got {base_url!r}")
-        self.url = str(base_url).rstrip("/") + "/chat/completions"
+        self.endpoint = str(base_url).rstrip("/")
+        self.url = self.endpoint + "/chat/completions"
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
         self.max_retries = max(0, int(max_retries))
@@ -135,7 +137,7 @@ class OpenAIBackend(LLMBackend):
         raise TransientFailure(f"{self.url}: gave up after {self.max_retries + 1} tries (last: {last})")
 
     def _send(self, request: urllib.request.Request) -> str:
-        """One try: the reply text, or _Retry for what another try may fix; the errors that
+        """One try: the response body, or _Retry for what another try may fix; the errors that
         retrying cannot fix (bad key or model, a request the server refuses) are raised as they are."""
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -154,26 +156,33 @@ class OpenAIBackend(LLMBackend):
         except (http.client.HTTPException, OSError) as err:
             # refused or reset connections, timeouts, TLS errors, a body cut short (IncompleteRead)
             raise _Retry(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
-        return self._content(raw)
+        text = raw.decode("utf-8", "replace")
+        _message(text)  # a body that is no chat-completions response is retried, and never cached
+        return text
 
-    @staticmethod
-    def _content(raw: bytes) -> str:
-        """The message text of a chat-completions body. A body that is not one at all (a gateway's
-        HTML page, truncated JSON, no `choices`) is the endpoint's failure, retried like a 5xx; a
-        response whose content is not text is the model's (ReplyFormatError, asked again)."""
+    def reply_text(self, raw: str) -> str:
+        """The message text of a chat-completions body. Content that is not text (null, a list of
+        parts) is the model's fault: ReplyFormatError, asked again."""
         try:
-            payload = json.loads(raw)
-            message = payload["choices"][0]["message"]
-            if not isinstance(message, dict):
-                raise TypeError("message is not an object")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
-            start = raw[:80].decode("utf-8", "replace").strip()
-            raise _Retry(f"HTTP 200 but not a chat-completions response ({type(err).__name__}; "
-                         f"the body starts {start!r})") from None
-        content = message.get("content")
+            content = _message(raw).get("content")
+        except _Retry as err:  # a cache entry that is no body (edited by hand): the reply is unusable
+            raise ReplyFormatError(err.reason) from None
         if not isinstance(content, str):
             raise ReplyFormatError("the response's message content is not text")
         return content
+
+
+def _message(body: str) -> dict[str, Any]:
+    """The message of a chat-completions body. A body that is not one at all (a gateway's HTML
+    page, truncated JSON, no `choices`) is the endpoint's failure: _Retry, like a 5xx."""
+    try:
+        message = json.loads(body)["choices"][0]["message"]
+        if not isinstance(message, dict):
+            raise TypeError("message is not an object")
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+        raise _Retry(f"HTTP 200 but not a chat-completions response ({type(err).__name__}; "
+                     f"the body starts {body[:80].strip()!r})") from None
+    return message
 
 
 def _error_detail(err: urllib.error.HTTPError) -> str:

@@ -33,6 +33,30 @@ quiet_upstream_warnings()
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
 
 
+@contextlib.contextmanager
+def quiet_inference_logs() -> Iterator[None]:
+    """For the commands that print one JSON result (damo-eval, damo-predict): transformers' "Loading
+    weights" bar for every part of the model and Lightning's hardware lines ("GPU available: ...")
+    would bury it. Training keeps them, and so does a caller in the same process afterwards;
+    warnings and errors still show."""
+    import lightning  # noqa: F401  (importing it sets its loggers to INFO: after that, not before)
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers used by conf/: ${project_root:} is the folder that holds conf/."""
     if not OmegaConf.has_resolver("project_root"):

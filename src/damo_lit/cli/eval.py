@@ -5,7 +5,11 @@
 Stage 3 and 4 checkpoints generate an answer for every query, parse its spans and score them
 (predictions.jsonl: id, question, answer, pred_spans, gt_spans, duration, modality, iou; the
 format damo-score grounding reads). Stage 1 and 2 checkpoints report their test figures
-(retrieval, loss). The config is conf/eval.yaml; `damo-eval --help` prints this text.
+(retrieval, loss); stage 1 also writes each caption's text-to-video result (predictions.jsonl:
+id, caption, video, rank, top_videos). metrics.json also counts the split's annotation fix-ups
+(`fixes`, under data.on_bad_window / on_bad_record) and decode failures. stdout carries the
+metrics JSON alone; progress bars and notes go to stderr. The config is conf/eval.yaml;
+`damo-eval --help` prints this text.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from damo_lit.cli.common import CONF_DIR, compose, user_errors
+from damo_lit.cli.common import CONF_DIR, compose, quiet_inference_logs, user_errors
+
+TOP_VIDEOS = 10  # retrieved videos listed per stage 1 query
+
 
 def stage_eval_tasks(stage_name: str) -> list[str]:
     """The record tasks a stage evaluates in training (`data.eval_tasks` of conf/stage/<stage>_*.yaml),
@@ -36,6 +43,75 @@ def grounding_figures(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     metric.update([tuple(r["pred_spans"][0]) if r["pred_spans"] else None for r in rows],
                   [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
     return {k: round(float(v), 6) for k, v in metric.compute().items() if not math.isnan(float(v))}
+
+
+def retrieval_rows(queries: Sequence[tuple[str, str, str]], sim: Any, top_k: int = TOP_VIDEOS) -> list[dict[str, Any]]:
+    """One row per (id, caption, video) query of a text x video similarity matrix whose pairs are on
+    its diagonal: the rank of the query's own video (as RetrievalMetrics counts it, ties against
+    it) and the `top_k` best-scoring videos, best first."""
+    import numpy as np
+
+    from damo_lit.metrics.retrieval import gold_ranks
+
+    scores = np.asarray(sim, dtype=np.float64)
+    ranks = gold_ranks(scores)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return [{"id": qid, "caption": caption, "video": video, "rank": int(rank),
+             "top_videos": [queries[j][2] for j in top]}
+            for (qid, caption, video), rank, top in zip(queries, ranks, best)]
+
+
+def retrieval_callback() -> Any:
+    """A callback that keeps stage 1's per-query results in `.rows`, from the embeddings its
+    RetrievalMetrics gathered over the test set (nothing is encoded twice). Lightning runs a
+    callback's on_test_epoch_end before the module's, which scores the metric and resets it.
+    Built here so that importing this module (`--help`) does not import Lightning."""
+    from lightning.pytorch.callbacks import Callback
+
+    class RetrievalRows(Callback):
+        def __init__(self) -> None:
+            self.queries: list[tuple[str, str, str]] = []  # (id, caption, video) in the metric's row order
+            self.rows: list[dict[str, Any]] = []
+
+        def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                              dataloader_idx: int = 0) -> None:
+            real = [not p for p in batch["padding"].tolist()]  # EvalSampler's repeats are not scored
+            queries = zip(batch["sample_id"], batch["caption"], batch["video"])
+            self.queries += [query for query, keep in zip(queries, real) if keep]
+
+        def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            metric = getattr(pl_module, "retrieval", None)
+            if metric is not None and int(metric.dim):
+                self.rows = retrieval_rows(self.queries, paired_similarity(metric, len(self.queries)))
+
+    return RetrievalRows()
+
+
+def paired_similarity(metric: Any, queries: int) -> Any:
+    """The cosine text x video matrix of a RetrievalMetrics' gathered embeddings, as numpy."""
+    import torch.nn.functional as F
+
+    width = int(metric.dim)
+    text = F.normalize(metric.cat("text").reshape(-1, width), dim=-1)
+    video = F.normalize(metric.cat("video").reshape(-1, width), dim=-1)
+    if text.shape[0] != queries:
+        raise RuntimeError(f"damo-eval: the retrieval metric holds {text.shape[0]} rows for {queries} queries")
+    return (text @ video.T).cpu().numpy()
+
+
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with path.open("w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def split_fixes(datamodule: Any, split: str) -> dict[str, int]:
+    """The split's annotation fix-ups and drops by kind (zeros too), also named on stderr: an
+    evaluation set that a fix-up shrank or changed is never silently taken for the whole one."""
+    fixes = dict(datamodule.fixes().get(split, {}))
+    done = ", ".join(f"{kind}={n}" for kind, n in sorted(fixes.items()) if n)
+    print(f"data {datamodule.name} {split}: annotation fix-ups and drops: {done or 'none'}", file=sys.stderr)
+    return fixes
 
 
 def run_eval(cfg: Any) -> dict[str, Any]:
@@ -61,14 +137,14 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
     out = Path(cfg.out) if cfg.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval" / f"{datamodule.name}_{cfg.split}"
     out.mkdir(parents=True, exist_ok=True)
-    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, callbacks=[RichProgressBar()],
-                        enable_checkpointing=False, enable_model_summary=False)
+    retrieval = retrieval_callback()
+    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False,
+                        callbacks=[RichProgressBar(console_kwargs={"stderr": True}), retrieval])
     if hasattr(stage, "max_new_tokens"):
         stage.max_new_tokens = int(cfg.max_new_tokens)
         rows = [row for batch_rows in trainer.predict(stage, dataloaders=loader) for row in batch_rows]
-        with (out / "predictions.jsonl").open("w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
+        write_rows(out / "predictions.jsonl", rows)
         values = {f"{cfg.split}/{k}": v for k, v in grounding_figures(rows).items()}
         present = sorted({r["task"] for r in rows})
         if len(present) > 1:  # as the stage logs them: over all queries, and per task apart
@@ -78,9 +154,12 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     else:
         results = trainer.test(stage, dataloaders=loader, verbose=False)
         values = {k.replace("test/", f"{cfg.split}/"): round(float(v), 6) for k, v in results[0].items()}
+        if retrieval.rows:  # stage 1; stage 2's one figure is the LM loss, with nothing per query
+            write_rows(out / "predictions.jsonl", retrieval.rows)
     failures = datamodule.decode_failures()
     report = {"ckpt": str(ckpt), "stage": stage.stage_name, "data": datamodule.name, "split": cfg.split,
-              "tasks": tasks, "metrics": values, "decode_failures": {k: v for k, v in failures.items()}}
+              "tasks": tasks, "metrics": values, "decode_failures": {k: v for k, v in failures.items()},
+              "fixes": split_fixes(datamodule, cfg.split)}
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     print(json.dumps(values, sort_keys=True))
     print(f"predictions and metrics: {out}", file=sys.stderr)
@@ -92,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    with user_errors("damo-eval"):
+    with user_errors("damo-eval"), quiet_inference_logs():
         run_eval(compose("eval", argv))
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose, user_errors
+from damo_lit.cli.common import compose, quiet_inference_logs, user_errors
 
 
 def inference_device(accelerator: str) -> "torch.device":
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__)
         return
     # besides the common mistakes: an empty question, a GPU this machine lacks, a video that does not decode
-    with user_errors("damo-predict", ValueError, DecodeError):
+    with user_errors("damo-predict", ValueError, DecodeError), quiet_inference_logs():
         result = predict(compose("predict", argv))
     print(json.dumps(result))
 

@@ -112,12 +112,32 @@ def read_grounding_predictions(path: str | Path) -> dict[str, Span | None]:
     return preds
 
 
+def _in_time_order(span: Any) -> Any:
+    """[end, start] as [start, end]; anything that is not a pair of numbers is left for the schema to name."""
+    if not (isinstance(span, (list, tuple)) and len(span) == 2):
+        return span
+    try:
+        reversed_pair = float(span[0]) > float(span[1])
+    except (TypeError, ValueError):
+        return span
+    return [span[1], span[0]] if reversed_pair else span
+
+
+def _ordered_record(obj: dict[str, Any]) -> dict[str, Any]:
+    """A DaMO record with its 'spans' in time order: a window may come in either order here (as in
+    every other grounding input), while the schema refuses a reversed one."""
+    spans = obj.get("spans")
+    return {**obj, "spans": [_in_time_order(s) for s in spans]} if isinstance(spans, list) else obj
+
+
 def read_grounding_truth(path: str | Path, scorer: GroundingScorer) -> tuple[dict[str, GroundingTruth], int]:
     """(id -> GroundingTruth, number of non-grounding records skipped) from DaMO JSONL or eval output.
 
     A line with 'gt_spans' is damo-eval output; any other line must be a valid DaMO record
-    (src/damo_lit/data/schema.py), and only 'grounding' records are scored, against all of their
-    spans. The modality must be one that `scorer` knows.
+    (src/damo_lit/data/schema.py) once its spans are put in time order, and only 'grounding'
+    records are scored, against all of their spans. A ground-truth window of zero length is an
+    error naming file:line (a query needs a real window to be scored against). The modality
+    must be one that `scorer` knows.
     """
     truth: dict[str, GroundingTruth] = {}
     seen_at: dict[str, str] = {}
@@ -132,7 +152,7 @@ def read_grounding_truth(path: str | Path, scorer: GroundingScorer) -> tuple[dic
             modality = obj.get("modality")
         else:
             try:
-                record = Record.from_dict(obj, where)
+                record = Record.from_dict(_ordered_record(obj), where)
             except RecordError as err:
                 raise ScoreInputError(str(err)) from None
             if record.task != "grounding":

@@ -185,6 +185,7 @@ def prepare(
     paths: Iterable[str | Path], root: str | Path, params: DecodeParams, workers: int = 2
 ) -> PrepareReport:
     """Decode every file not yet in the cache at `root` (process pool, progress bar)."""
+    from rich.console import Console
     from rich.progress import Progress
 
     unique = sorted({str(Path(p)) for p in paths})
@@ -205,7 +206,7 @@ def prepare(
     if not todo:
         return report
     workers = max(1, min(workers, len(todo)))
-    with Progress(transient=False) as progress:
+    with Progress(console=Console(stderr=True), transient=False) as progress:  # stdout may carry a command's JSON
         task = progress.add_task(f"decoding {len(todo)} videos into {root}", total=len(todo))
         if workers == 1:
             results: Iterable[tuple[str, str, str]] = (_prepare_one(p, str(root), params) for p in todo)
