@@ -127,6 +127,13 @@ class Outcome:
         return float(value) if value is not None and math.isfinite(float(value)) else None
 
     @property
+    def commit(self) -> str:
+        """The commit the run's code was at ('+' when src/ or conf/ had uncommitted changes; '?' for
+        a summary made before summaries recorded it)."""
+        code = (self.summary or {}).get("code") or {}
+        return f"{code['commit']}{'+' if code.get('dirty') else ''}" if code.get("commit") else "?"
+
+    @property
     def minutes(self) -> float | None:
         seconds = (self.summary or {}).get("seconds", {}).get("total")
         return None if seconds is None else seconds / 60.0
@@ -513,17 +520,36 @@ def write_results(outcomes: Sequence[Outcome], opts: Options, title: str, column
     parts = [f"# {title}", "", table, ""]
     parts += [*notes, ""] if notes else []
     parts += ["Runs without figures:", *failures, ""] if failures else []
+    parts += [code_note(outcomes), ""]
     parts += [f"Figures: test split, final stage of each run (stage4, else stage3). Runs in {opts.out}"
               + (" (--quick budgets: not results)" if opts.quick else "") + "."]  # fmt: skip
     markdown = "\n".join(parts) + "\n"
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "results.md").write_text(markdown)
     rows = [{"name": o.run.name, "label": o.run.label, "status": o.status, "out_dir": str(o.out_dir),
-             "final_stage": o.final_stage, "minutes": o.minutes, "metrics": o.metrics, "error": o.error}
+             "final_stage": o.final_stage, "minutes": o.minutes, "metrics": o.metrics, "error": o.error,
+             "commit": o.commit}
             for o in outcomes]  # fmt: skip
     (opts.out / "results.json").write_text(json.dumps({"experiment": opts.name, "quick": opts.quick,
                                                        "extra": opts.extra, "runs": rows}, indent=2))  # fmt: skip
     return markdown
+
+
+def code_note(outcomes: Sequence[Outcome]) -> str:
+    """Which commits the rows come from: a run is reused while its configs stay the same (the
+    recipe), even when the code changed since; `--force` runs it again at this checkout."""
+    from damo_lit.cli.demo import code_version
+
+    here = code_version() or {}
+    by_commit: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if outcome.summary:
+            by_commit.setdefault(outcome.commit, []).append(outcome.run.name)
+    made = "; ".join(f"{commit}: {', '.join(names)}" for commit, names in by_commit.items())
+    current = here.get("commit", "?") + ("+" if here.get("dirty") else "")
+    stale = any(commit != current for commit in by_commit)
+    return (f"Code of each run (git commit; + = uncommitted changes, ? = not recorded): {made or 'none'}. "
+            f"This checkout: {current}" + (" (rows from other commits: --force reruns them here)." if stale else "."))
 
 
 def finish(outcomes: Sequence[Outcome], opts: Options, markdown: str) -> int:

@@ -58,6 +58,12 @@ def test_stages_3_and_4_read_a_cache_made_with_stage_2s_towers(calls: list[list[
         assert _word(cmd, "model.vision.trainable") == "false" and _word(cmd, "model.audio.trainable") == "false"
     assert _word(calls[4], "stage.init_from") == str(out / "stage3")
     assert set(summary["seconds"]) >= {"stage1", "stage2", "features", "stage3", "stage4", "total"}
+    # The code the figures come from: this checkout's commit (a clean clone in CI; None outside git).
+    head = demo.subprocess.run(["git", "-C", str(demo.PROJECT_ROOT), "rev-parse", "--short=7", "HEAD"],
+                               capture_output=True, text=True)  # fmt: skip
+    if head.returncode == 0:
+        assert summary["code"]["commit"] == head.stdout.strip() and isinstance(summary["code"]["dirty"], bool)
+    assert json.loads((out / "summary.json").read_text())["code"] == summary["code"]
 
 
 def test_the_cache_follows_skipped_stages_and_can_be_turned_off(calls: list[list[str]], tmp_path: Path) -> None:

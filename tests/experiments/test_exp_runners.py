@@ -259,3 +259,24 @@ def test_data_efficiency_on_the_whole_set_is_the_full_run(runner, fake_demo, tmp
                                            "data.generate=null"]) == 0  # fmt: skip
     assert argv_of(out / "videos4")[1:] == [f"data.root={full}", "data.generate=null"]
     assert argv_of(out / "videos4_no_stage1")[-1] == "demo.skip=[stage1]" and not (out / "data_4").exists()
+
+
+def test_results_name_the_commit_of_each_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A run is reused while the configs stay the same, even after the code changed: the notes say
+    which commit each row comes from, and that --force reruns rows made at another one."""
+    from damo_lit.cli import demo
+
+    monkeypatch.setattr(demo, "code_version", lambda root=None: {"commit": "abc1234", "dirty": False})
+    run = common.Run("full", {"run": "full"})
+
+    def outcome(name: str, code: dict | None) -> common.Outcome:
+        summary = {"stages": {"stage4": {"test/R@0.5": 0.6}}, "seconds": {"total": 60}, "code": code}
+        return common.Outcome(common.Run(name, {"run": name}), tmp_path / name, "reused", summary)
+
+    here = [outcome("a", {"commit": "abc1234", "dirty": False}), outcome("b", {"commit": "abc1234", "dirty": False})]
+    assert common.code_note(here).endswith("This checkout: abc1234.")
+    assert "abc1234: a, b" in common.code_note(here)
+    mixed = [*here, outcome("c", {"commit": "0ff0ff0", "dirty": True}), outcome("d", None)]
+    note = common.code_note(mixed)
+    assert "0ff0ff0+: c" in note and "?: d" in note and "--force reruns them here" in note
+    assert common.Outcome(run, tmp_path, "missing").commit == "?"

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose, overrides_under
+from damo_lit.cli.common import PROJECT_ROOT, compose, overrides_under
 
 USAGE = __doc__
 
@@ -84,6 +84,22 @@ def _call(key: str, cmd: Sequence[str], out_dir: Path, summary: dict[str, Any], 
         raise SystemExit(f"demo: {key} failed with exit code {code}; its log is in {where}")
 
 
+def code_version(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
+    """The checkout a run was made with: its git commit, and whether src/ or conf/ had changes not
+    committed (then the commit alone does not say what ran). None outside a git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=7", "HEAD")
+    if not commit:
+        return None
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--", "src", "conf"))}
+
+
 def run_pipeline(demo_overrides: Sequence[str] = (), stage_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the configured stages; write and return the summary."""
     cfg = compose("demo", demo_overrides)
@@ -92,7 +108,7 @@ def run_pipeline(demo_overrides: Sequence[str] = (), stage_overrides: Sequence[s
     unknown = set(cfg.skip) - set(cfg.stages)
     if unknown:
         raise SystemExit(f"demo.skip: unknown stage(s) {sorted(unknown)}; expected some of {list(cfg.stages)}")
-    summary: dict[str, Any] = {"stages": {}, "seconds": {}}
+    summary: dict[str, Any] = {"stages": {}, "seconds": {}, "code": code_version()}
     previous: Path | None = None
     started = time.time()
     order = list(cfg.stages)
