@@ -42,3 +42,19 @@ def test_eval_sampler_gives_every_index_once_and_marks_the_padding() -> None:
     assert sorted(real) == [0, 1, 2, 3, 4] and len({len(share) for share in ranks}) == 1
     assert list(EvalSampler(5)) == [0, 1, 2, 3, 4]
     assert list(EvalSampler(7, num_replicas=4, rank=3)) == [3, 7]  # 7 -> index 0, padding
+
+
+def test_stage1_two_process_cpu_ddp_mines_vtm_negatives_across_ranks(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """Stage 1 under DDP gathers VTC features, captions and fused tokens across ranks for its VTM
+    negatives; a step runs on both ranks and every loss is finite."""
+    import csv
+    import math
+
+    cmd = [sys.executable, "-m", "damo_lit.cli.train", "stage=stage1_align", f"hydra.run.dir={tmp_path / 'run'}",
+           *tiny_overrides, "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=2",
+           "trainer.limit_val_batches=0", "test_after_fit=false", "trainer.log_every_n_steps=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/loss_vtm")]
+    assert len(rows) == 2 and all(math.isfinite(float(r["train/loss_vtm"])) for r in rows)

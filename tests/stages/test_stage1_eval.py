@@ -3,10 +3,12 @@ the tiny model, VTM's hard-negative mining, and the VTC feature gather across DD
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import lightning as L
 import pytest
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from damo_lit.cli.common import compose_run
 from damo_lit.cli.train import build_run
 from damo_lit.metrics.retrieval import retrieval_metrics
-from damo_lit.stages.align import AlignStage, hard_negatives
+from damo_lit.stages.align import AlignStage, hard_negatives, same_tokens
 
 WORLD = 2
 
@@ -78,13 +80,22 @@ def test_stage1_leaves_evaluation_padding_out_of_retrieval(tiny_overrides: list[
 
 
 # -- hard negatives --------------------------------------------------------------------------------
+def same_captions(captions: list[str]) -> torch.Tensor:
+    return torch.tensor([[a == b for b in captions] for a in captions])
+
+
+def local_negatives(sim: torch.Tensor, captions: list[str], generator: torch.Generator | None = None):
+    """hard_negatives over one process's batch: its videos x texts matrix and its transpose."""
+    return hard_negatives(sim, sim.T, same_captions(captions), generator=generator)
+
+
 def draws(sim: torch.Tensor, captions: list[str], times: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(negative text per video, negative video per text), `times` draws each: (times, B), -1 for none."""
     generator = torch.Generator().manual_seed(0)
     size = sim.shape[0]
     texts_of, videos_of = torch.full((times, size), -1), torch.full((times, size), -1)
     for t in range(times):
-        videos, neg_text, texts, neg_video = hard_negatives(sim, captions, generator=generator)
+        videos, neg_text, texts, neg_video = local_negatives(sim, captions, generator=generator)
         texts_of[t, videos], videos_of[t, texts] = neg_text, neg_video
     return texts_of, videos_of
 
@@ -122,11 +133,11 @@ def test_hard_negatives_are_drawn_by_similarity() -> None:
 
 
 def test_an_anchor_whose_batch_mates_all_share_its_caption_gets_no_negative() -> None:
-    videos, neg_text, texts, neg_video = hard_negatives(torch.randn(3, 3), ["same", "same", "other"])
+    videos, neg_text, texts, neg_video = local_negatives(torch.randn(3, 3), ["same", "same", "other"])
     assert videos.tolist() == texts.tolist() == [0, 1, 2]
     for negatives in (neg_text.tolist(), neg_video.tolist()):
         assert negatives[:2] == [2, 2] and negatives[2] in (0, 1)
-    alone = hard_negatives(torch.randn(2, 2), ["same", "same"])
+    alone = local_negatives(torch.randn(2, 2), ["same", "same"])
     assert all(len(part) == 0 for part in alone)
 
 
@@ -135,6 +146,7 @@ class GatherProbe(L.LightningModule):
     """The stage's gather on a bare module (no model to build in each process)."""
 
     gather = AlignStage.gather
+    distributed = AlignStage.distributed
 
 
 ROWS = (2, 3)  # rank 1 holds one row more (a failed decode can shrink one rank's batch)
@@ -149,21 +161,28 @@ def weights(rank: int) -> torch.Tensor:
     return torch.arange(3 * sum(ROWS), dtype=torch.float32).reshape(sum(ROWS), 3) * (rank + 1)
 
 
-def _gather_worker(rank: int, port: int, out_dir: str) -> None:
+@contextlib.contextmanager
+def probe_on_rank(probe_class: type[L.LightningModule], rank: int, port: int) -> Iterator[L.LightningModule]:
+    """A bare probe module as one of WORLD gloo ranks, with the trainer attributes the stage reads."""
     from lightning.pytorch.strategies import DDPStrategy
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        probe = GatherProbe()
+        probe = probe_class()
         probe.trainer = SimpleNamespace(world_size=WORLD, global_rank=rank, strategy=DDPStrategy())
+        yield probe
+    finally:
+        dist.destroy_process_group()
+
+
+def _gather_worker(rank: int, port: int, out_dir: str) -> None:
+    with probe_on_rank(GatherProbe, rank, port) as probe:
         features = local_features(rank).requires_grad_()
         gathered, offset = probe.gather(features)
         (gathered * weights(rank)).sum().backward()
         torch.save({"gathered": gathered.detach(), "grad": features.grad, "offset": offset},
                    Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_gather_concatenates_uneven_ranks_and_sends_gradients_back_to_the_local_rows(tmp_path: Path) -> None:
@@ -179,3 +198,49 @@ def test_gather_concatenates_uneven_ranks_and_sends_gradients_back_to_the_local_
         assert offset == sum(ROWS[:rank]), "the VTC targets of this rank's rows: their place in the gathered batch"
         # every rank's loss reads this rank's rows: their gradient is the sum over ranks
         torch.testing.assert_close(out["grad"], total_weight[offset : offset + ROWS[rank]], rtol=0, atol=0)
+
+
+# -- VTM negatives mined across ranks ---------------------------------------------------------------
+class MiningProbe(L.LightningModule):
+    """The stage's caption and feature gathers on a bare module."""
+
+    gather = AlignStage.gather
+    gather_captions = AlignStage.gather_captions
+    distributed = AlignStage.distributed
+    text_tokenizer = SimpleNamespace(pad_token_id=0)
+
+
+CAPTION_TOKENS = ([5, 6], [7, 8, 9])  # each rank's one caption, of its own length; rank r has ROWS[r] copies
+
+
+def _mining_worker(rank: int, port: int, out_dir: str) -> None:
+    with probe_on_rank(MiningProbe, rank, port) as probe:
+        ids = torch.tensor([CAPTION_TOKENS[rank]] * ROWS[rank])
+        ids, mask, ids_all, mask_all = probe.gather_captions(ids, torch.ones_like(ids))
+        torch.manual_seed(rank)
+        video, text = F.normalize(torch.randn(ROWS[rank], 4), dim=-1), F.normalize(torch.randn(ROWS[rank], 4), dim=-1)
+        video_all, _ = probe.gather(video)
+        text_all, offset = probe.gather(text)
+        same = same_tokens(ids, mask, ids_all, mask_all)
+        videos, neg_text, texts, neg_video = hard_negatives(video @ text_all.T, text @ video_all.T, same)
+        torch.save({"ids_all": ids_all, "mask_all": mask_all, "offset": offset, "same": same, "videos": videos,
+                    "neg_text": neg_text, "texts": texts, "neg_video": neg_video}, Path(out_dir) / f"mine{rank}.pt")
+
+
+def test_vtm_negatives_come_from_other_ranks_when_a_rank_holds_one_caption(tmp_path: Path) -> None:
+    """Each rank's batch repeats one caption: mined within the rank, VTM would get no negative at
+    all; mined across ranks, every anchor gets one, from the other rank's rows."""
+    from tests.metrics.test_metrics_ddp import free_port
+
+    mp.spawn(_mining_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    padded = [tokens + [0] * (3 - len(tokens)) for tokens in CAPTION_TOKENS]
+    expected_ids = torch.tensor([padded[r] for r in range(WORLD) for _ in range(ROWS[r])])
+    for rank in range(WORLD):
+        out = torch.load(tmp_path / f"mine{rank}.pt", weights_only=True)
+        torch.testing.assert_close(out["ids_all"], expected_ids, rtol=0, atol=0)
+        assert out["mask_all"][:ROWS[0], 2].tolist() == [0] * ROWS[0], "rank 0's shorter caption is padding there"
+        mine = range(out["offset"], out["offset"] + ROWS[rank])
+        assert out["same"].sum(1).tolist() == [ROWS[rank]] * ROWS[rank], "the same caption: this rank's rows only"
+        assert out["videos"].tolist() == out["texts"].tolist() == list(range(ROWS[rank])), "every anchor has one"
+        for negatives in (out["neg_text"], out["neg_video"]):
+            assert all(n not in mine for n in negatives.tolist()), "negatives come from the other rank"

@@ -4,7 +4,7 @@
   with the features gathered across DDP ranks so that every rank contrasts against the global
   batch;
 - VTM: binary video-text matching on the fused tokens, with hard negatives drawn from the VTC
-  similarity matrix (identical captions never count as negatives);
+  similarities of this rank's items to every rank's (identical captions never count as negatives);
 - VTG: video-grounded caption generation through the projector and the LLM.
 Validation reports text-to-video and video-to-text retrieval R@1/5/10 and median rank.
 """
@@ -43,21 +43,21 @@ class MatchingHead(nn.Module):
         return self.classify((fused * weights).sum(1) / weights.sum(1).clamp(min=1))
 
 
-def hard_negatives(sim: Tensor, captions: Sequence[str], generator: torch.Generator | None = None,
+def hard_negatives(sim_v2t: Tensor, sim_t2v: Tensor, same: Tensor, generator: torch.Generator | None = None,
                    sharpness: float = 20.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One hard negative per video and per text for VTM, BLIP-2 style: drawn (not the arg max, so
     that one near-duplicate does not become every epoch's negative) with probability
-    softmax(sharpness * sim) over the batch's other items. An item whose caption equals the
-    anchor's (the anchor's own pair included) is never drawn: it is no negative.
+    softmax(sharpness * sim) over the candidates. A candidate whose caption equals the anchor's
+    (the anchor's own pair included) is never drawn: it is no negative.
 
-    sim: (B, B) video x text similarities (row i, column i: one pair). Returns (videos, their
-    negative texts, texts, their negative videos) as row indices; an anchor whose batch-mates all
-    share its caption gets none.
+    sim_v2t: (B, W) this rank's videos x all ranks' texts; sim_t2v: (B, W) this rank's texts x all
+    ranks' videos; same: (B, W) whether candidate j's caption equals anchor i's. Returns (videos, their
+    negative texts, texts, their negative videos): anchors as local rows, negatives as candidate
+    columns. An anchor whose candidates all share its caption gets none.
     """
-    same = torch.tensor([[a == b for b in captions] for a in captions], device=sim.device)
     with torch.no_grad():
-        weights_v2t = F.softmax(sim.float() * sharpness, dim=1).masked_fill(same, 0)
-        weights_t2v = F.softmax(sim.float().T * sharpness, dim=1).masked_fill(same, 0)
+        weights_v2t = F.softmax(sim_v2t.float() * sharpness, dim=1).masked_fill(same, 0)
+        weights_t2v = F.softmax(sim_t2v.float() * sharpness, dim=1).masked_fill(same, 0)
 
     def draw(weights: Tensor) -> tuple[Tensor, Tensor]:
         anchors = (weights.sum(1) > 0).nonzero().squeeze(1)
@@ -68,6 +68,14 @@ def hard_negatives(sim: Tensor, captions: Sequence[str], generator: torch.Genera
     videos, neg_text = draw(weights_v2t)
     texts, neg_video = draw(weights_t2v)
     return videos, neg_text, texts, neg_video
+
+
+def same_tokens(ids: Tensor, mask: Tensor, ids_all: Tensor, mask_all: Tensor) -> Tensor:
+    """(B, W): whether caption j of all ranks tokenises exactly as local caption i (same tokens,
+    same length): the same caption, which is never a negative of its own."""
+    local = ids.masked_fill(mask == 0, -1)
+    every = ids_all.masked_fill(mask_all == 0, -1)
+    return (local[:, None, :] == every[None, :, :]).all(-1)
 
 
 class AlignStage(DaMOStage):
@@ -103,18 +111,34 @@ class AlignStage(DaMOStage):
     def text_states(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.model.text_encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
 
-    def gather(self, x: Tensor) -> tuple[Tensor, int]:
-        """All ranks' rows in rank order (gradients flow back to this rank's rows), and where this
-        rank's rows start among them. Ranks may hold different numbers of rows (a video that fails
-        to decode drops its sample from one rank's batch): the collective runs on rows padded to
-        the largest count, and the padding is cut out of the result."""
-        if self._trainer is None or self._trainer.world_size == 1:
+    @property
+    def distributed(self) -> bool:
+        return self._trainer is not None and self._trainer.world_size > 1
+
+    def gather(self, x: Tensor, grads: bool = True) -> tuple[Tensor, int]:
+        """All ranks' rows in rank order (with `grads`, gradients flow back to this rank's rows), and
+        where this rank's rows start among them. Ranks may hold different numbers of rows (a video
+        that fails to decode drops its sample from one rank's batch): the collective runs on rows
+        padded to the largest count, and the padding is cut out of the result."""
+        if not self.distributed:
             return x, 0
         counts = [int(n) for n in self.all_gather(torch.tensor(x.shape[0], device=x.device)).flatten().tolist()]
         padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])
-        gathered = self.all_gather(padded, sync_grads=True)  # (world, max rows, ...)
+        gathered = self.all_gather(padded, sync_grads=grads)  # (world, max rows, ...)
         rank = self._trainer.global_rank
         return torch.cat([gathered[r, :n] for r, n in enumerate(counts)]), sum(counts[:rank])
+
+    def gather_captions(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(local ids, local mask, all ranks' ids, all ranks' masks), every one padded to the longest
+        caption of any rank, so that local and gathered captions go through the text encoder alike."""
+        length = ids.shape[1]
+        if self.distributed:
+            length = int(self.all_gather(torch.tensor(length, device=ids.device)).max())
+        pad = length - ids.shape[1]
+        ids = F.pad(ids, (0, pad), value=int(self.text_tokenizer.pad_token_id or 0))
+        mask = F.pad(mask, (0, pad), value=0)
+        both, _ = self.gather(torch.stack([ids, mask], dim=1), grads=False)
+        return ids, mask, both[:, 0], both[:, 1]
 
     def losses(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         media = self.media(batch)
@@ -129,22 +153,32 @@ class AlignStage(DaMOStage):
         sim_v2t = scale * video @ text_all.T
         sim_t2v = scale * text @ video_all.T
         out = {"vtc": (F.cross_entropy(sim_v2t, targets) + F.cross_entropy(sim_t2v, targets)) / 2}
-        out["vtm"] = self.matching_loss(batch["caption"], ids, mask, media.fusion, video @ text.T)
+        out["vtm"] = self.matching_loss(ids, mask, media.fusion, video.detach(), text.detach(),
+                                        video_all.detach(), text_all.detach())
         if self.loss_weights["vtg"] > 0:
             out["vtg"], _ = self.lm_loss(batch, self.soft_prompt(batch, media))
         return out
 
-    def matching_loss(self, captions: Sequence[str], ids: Tensor, mask: Tensor, fusion: Tensor,
-                      sim: Tensor) -> Tensor:
-        """VTM with one hard negative text per video and one hard negative video per text."""
-        size = sim.shape[0]
-        videos, neg_text, texts, neg_video = hard_negatives(sim, captions)
+    def matching_loss(self, ids: Tensor, mask: Tensor, fusion: Tensor, video: Tensor, text: Tensor,
+                      video_all: Tensor, text_all: Tensor) -> Tensor:
+        """VTM with one hard negative text per video and one hard negative video per text, mined
+        from the similarities of this rank's items to every rank's (BLIP-2 mines across the world
+        batch too): the negatives' fused tokens and captions come from whichever rank holds them."""
+        ids, mask, ids_all, mask_all = self.gather_captions(ids, mask)
+        fusion_all, _ = self.gather(fusion)
+        same = same_tokens(ids, mask, ids_all, mask_all)
+        videos, neg_text, texts, neg_video = hard_negatives(video @ text_all.T, text @ video_all.T, same)
         states = self.text_states(ids, mask)
-        pairs_text = [states, states[neg_text], states[texts]]
-        pairs_mask = [mask, mask[neg_text], mask[texts]]
-        pairs_media = [fusion, fusion[videos], fusion[neg_video]]
-        labels = torch.cat([torch.ones(size, dtype=torch.long, device=sim.device),
-                            torch.zeros(len(videos) + len(texts), dtype=torch.long, device=sim.device)])
+        if not self.distributed:  # the candidates are this process's own captions
+            neg_states = states[neg_text]
+        else:
+            neg_states = self.text_states(ids_all[neg_text], mask_all[neg_text])
+        pairs_text = [states, neg_states, states[texts]]
+        pairs_mask = [mask, mask_all[neg_text], mask[texts]]
+        pairs_media = [fusion, fusion[videos], fusion_all[neg_video]]
+        size = ids.shape[0]
+        labels = torch.cat([torch.ones(size, dtype=torch.long, device=ids.device),
+                            torch.zeros(len(videos) + len(texts), dtype=torch.long, device=ids.device)])
         logits = self.vtm_head(torch.cat(pairs_text), torch.cat(pairs_mask), torch.cat(pairs_media))
         return F.cross_entropy(logits, labels)
 
