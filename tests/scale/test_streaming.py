@@ -1,7 +1,9 @@
-"""litdata streaming: MP4 bytes decode as the files do; two gloo ranks see disjoint samples in
-equal batch counts; a loader resumed from its state_dict continues where it stopped; a features
-stream gives the feature cache's batches; a stream whose index.json names a pickling serializer
-is refused unopened; a sub-stream whose write did not finish is written again, never kept."""
+"""litdata streaming: MP4 bytes decode as the files do; two gloo ranks streaming two tasks with a
+worker each see disjoint samples in equal batch counts; a fit resumed from a checkpoint (a real
+stage 2 run among them) continues the stream where it stopped, with and without workers; a
+changed loader restarts the saved epoch; a features stream gives the feature cache's batches; a
+stream whose index.json names a pickling serializer is refused unopened; a sub-stream whose write
+did not finish is written again, never kept."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from safetensors.torch import load_file
 
 from damo_lit.cli.common import compose
 from damo_lit.cli.model import read_tiny_vocab
@@ -95,22 +100,6 @@ def test_a_stream_asked_for_tasks_it_lacks_names_them(video_stream: Path) -> Non
     streamed = _datamodule([f"data.streaming_dir={video_stream}", "data.train_tasks=[caption]"])
     with pytest.raises(ValueError, match=r"no train samples of tasks \['caption'\]"):
         streamed.train_dataloader()
-
-
-def test_two_gloo_ranks_disjoint_equal_and_resumable(video_stream: Path, tmp_path: Path) -> None:
-    run_gloo_ranks(WORKER, ["--stream", str(video_stream), "--out", str(tmp_path), "--stop", "1"])
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    total = json.loads((video_stream / "damo_stream.json").read_text())["samples"]["train"]["grounding"]
-
-    seen = [{i for batch in r["full"] for i in batch} for r in ranks]
-    assert not seen[0] & seen[1], "each sample is streamed to one rank only"
-    assert len(ranks[0]["full"]) == len(ranks[1]["full"]) == ranks[0]["len"] == ranks[1]["len"] >= 2
-    per_rank = (total // 2) // 4 * 4  # drop_last under DDP: whole batches only, the same on every rank
-    assert len(seen[0]) == len(seen[1]) == per_rank, "every rank streams the same number of samples"
-    for r in ranks:
-        assert all(len(batch) == 4 for batch in r["full"])
-        assert r["first"] == r["full"][:1], "a fresh loader repeats the epoch exactly (same seed)"
-        assert r["rest"] == r["full"][1:], "the resumed loader continues where the state_dict stopped"
 
 
 def test_a_features_stream_gives_the_feature_cache_batches(
@@ -232,3 +221,150 @@ def test_a_write_that_leaves_no_samples_fails_loudly(
                                          r".*index\.json: 0 samples in 0 chunks, expected 20"):  # fmt: skip
         _write([*data_overrides, f"out={tmp_path}", *VIDEO_STREAM])
     assert not (tmp_path / "train" / "grounding" / "damo_written.json").exists()
+
+
+# -- two tasks (CombinedStreamingDataset), as stages 2 and 4 train ------------------------------------------------
+TWO_TASKS = ["data.train_tasks=[caption,qa]", *FROZEN]
+
+
+@pytest.fixture(scope="module")
+def two_task_stream(feature_cache: Path, data_overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A features stream of stage 2's tasks (caption, qa): cheap to read, streamed together."""
+    out = tmp_path_factory.mktemp("stream") / "two-tasks"
+    report = _write([*data_overrides, *FROZEN, f"data.features={feature_cache}", f"out={out}", "tasks=[caption,qa]",
+                     "splits=[train]", "num_workers=1", "data.max_samples_per_split=16"])  # fmt: skip
+    assert report["samples"]["train"] == {"caption": 12, "qa": 16}
+    return out
+
+
+# When the training loader is built relative to the checkpoint's restore: by configure_optimizers
+# (estimated_stepping_batches, as DaMOStage does), by the fit loop, or restored after setup (as FSDP is).
+ORDERS = ("built-by-optimizers", "built-by-fit-loop", "restored-after-setup")
+
+
+class SampleIds(L.LightningModule):
+    """Records each training batch's sample ids; one weight so that checkpoints have something."""
+
+    def __init__(self, stepping_batches: bool) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.stepping_batches = stepping_batches
+        self.seen: list[list[str]] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen.append(list(batch["sample_id"]))
+        return self.weight.sum() * 0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.stepping_batches:
+            assert self.trainer.estimated_stepping_batches > 0
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class RestoreAfterSetup(L.pytorch.strategies.SingleDeviceStrategy):
+    """Restores the checkpoint after the strategy's setup, as FSDP does."""
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
+
+
+def _fit_ids(stream: Path, out: Path, workers: int, order: str = ORDERS[0], resume: Path | None = None,
+             extra: tuple[str, ...] = ()) -> tuple[list[list[str]], L.Trainer]:  # fmt: skip
+    """The sample ids of every batch of a 2-epoch fit over `stream` (resumed from `resume`)."""
+    datamodule = _datamodule([f"data.streaming_dir={stream}", f"data.num_workers={workers}", *TWO_TASKS, *extra])
+    every_step = L.pytorch.callbacks.ModelCheckpoint(out, "s{step}", every_n_train_steps=1, save_top_k=-1,
+                                                     auto_insert_metric_name=False)  # fmt: skip
+    strategy = RestoreAfterSetup("cpu") if order == "restored-after-setup" else "auto"
+    trainer = L.Trainer(accelerator="cpu", strategy=strategy, max_epochs=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[every_step], default_root_dir=out)  # fmt: skip
+    module = SampleIds(stepping_batches=order != "built-by-fit-loop")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    return module.seen, trainer
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_resumed_fit_continues_the_stream_where_it_stopped(
+    two_task_stream: Path, tmp_path: Path, workers: int, order: str
+) -> None:
+    full, trainer = _fit_ids(two_task_stream, tmp_path / "full", workers, order)
+    per_epoch = trainer.num_training_batches
+    assert len(full) == 2 * per_epoch and per_epoch == 7  # 12 captions + 16 questions in batches of 4
+    for step in (2, per_epoch + 1):  # mid-epoch in the first epoch and in the second
+        checkpoint = tmp_path / "full" / f"s{step}.ckpt"
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["StreamingDataModule"]
+        position = saved["train_position"]
+        assert (position["epoch"], position["batches"], position["samples"]) == (*divmod(step, per_epoch), 28)
+        assert "train_loader" in saved
+        resumed, _ = _fit_ids(two_task_stream, tmp_path / f"resumed{step}", workers, order, checkpoint)
+        assert resumed == full[step:], f"resumed after step {step}"
+
+
+def test_two_gloo_ranks_two_tasks_with_workers_disjoint_equal_and_resumable(two_task_stream: Path,
+                                                                           tmp_path: Path) -> None:
+    run_gloo_ranks(WORKER, ["--stream", str(two_task_stream), "--out", str(tmp_path), "--stop", "2", *TWO_TASKS,
+                            "data.num_workers=1"])  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    samples = json.loads((two_task_stream / "damo_stream.json").read_text())["samples"]["train"]
+
+    seen = [[i for batch in r["full"] for i in batch] for r in ranks]
+    assert all(len(ids) == len(set(ids)) for ids in seen), "no sample twice in a rank's epoch"
+    assert not set(seen[0]) & set(seen[1]), "each sample is streamed to one rank only"
+    assert {i.rsplit("-", 1)[1][:2] for i in seen[0]} == {"ca", "qa"}, "both tasks stream together"
+    assert len(ranks[0]["full"]) == len(ranks[1]["full"]) == ranks[0]["len"] == ranks[1]["len"] == 3
+    # drop_last under DDP, per task: whole batches only, the same on every rank
+    per_rank = sum((count // 2) // 4 * 4 for count in samples.values())
+    assert len(seen[0]) == len(seen[1]) == per_rank, "every rank streams the same number of samples"
+    for r in ranks:
+        assert all(len(batch) == 4 for batch in r["full"])
+        assert r["first"] == r["full"][:2], "a fresh loader repeats the epoch exactly (same seed)"
+        assert r["rest"] == r["full"][2:], "the restored datamodule's loader continues where its state stopped"
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """The tiny model trains twenty times slower when torch's threads spin against another process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("change", ["data.batch_size=2", "data.num_workers=2"])
+def test_a_changed_loader_restarts_the_saved_epoch(two_task_stream: Path, tmp_path: Path, change: str) -> None:
+    _fit_ids(two_task_stream, tmp_path / "full", 0)
+    fresh, trainer = _fit_ids(two_task_stream, tmp_path / "fresh", 0, extra=(change,))
+    was = {"data.batch_size=2": "batch_size 4 -> 2", "data.num_workers=2": "num_workers 1 -> 2"}[change]
+    with pytest.warns(RuntimeWarning, match=rf"changed since the checkpoint \({was}\), so its 2 trained batch"):
+        resumed, _ = _fit_ids(two_task_stream, tmp_path / "resumed", 0, resume=tmp_path / "full" / "s2.ckpt",
+                              extra=(change,))  # fmt: skip
+    # Epoch 0 starts again from its first batch (Lightning still counts the 2 batches trained), epoch 1 follows.
+    per_epoch = trainer.num_training_batches
+    assert len(fresh) == 2 * per_epoch and resumed == fresh[: per_epoch - 2] + fresh[per_epoch:]
+
+
+def test_a_resumed_streaming_stage_sees_the_uninterrupted_batches_and_weights(
+    two_task_stream: Path, train_overrides: list[str], tmp_path: Path, one_thread: None
+) -> None:
+    from damo_lit.cli.common import compose_run
+    from damo_lit.cli.train import build_run, fit
+    from tests.reliability.test_resume import BatchLog, assert_same_weights
+
+    def train(out: Path, resume: Path | None = None) -> list:
+        overrides = [*train_overrides, "stage=stage2_bridge", "data=streaming", f"data.streaming_dir={two_task_stream}",
+                     *FROZEN, "data.num_workers=1", "trainer.max_epochs=2", "trainer.limit_val_batches=0",
+                     "test_after_fit=false", "callbacks.model_checkpoint.every_n_train_steps=3",
+                     "callbacks.model_checkpoint.save_top_k=-1"]  # fmt: skip
+        stage, datamodule, trainer = build_run(compose_run("train", overrides, out))
+        log = BatchLog()
+        trainer.callbacks.append(log)
+        fit(trainer, stage, datamodule, str(resume) if resume else None)
+        return log.batches
+
+    full = train(tmp_path / "full")
+    assert len(full) == 14 and [b[2] for b in full[:7]] != [b[2] for b in full[7:]]
+    resumed = train(tmp_path / "resumed", tmp_path / "full" / "checkpoints" / "step000009.ckpt")  # epoch 1, batch 2
+    assert resumed == full[9:]
+    weights = {run: load_file(str(tmp_path / run / "weights.safetensors")) for run in ("full", "resumed")}
+    assert_same_weights(weights["resumed"], weights["full"])

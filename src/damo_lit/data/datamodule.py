@@ -328,21 +328,31 @@ class DaMODataModule(L.LightningDataModule):
         sampler = EpochSampler(size, num_replicas=world, rank=rank, seed=self.seed, shuffle=True, groups=groups)
         saved = self._resume
         if saved is not None:
-            now = TrainPosition(saved.epoch, saved.batches, self.batch_size, size, world, self.seed,
-                                int(self.group_by_video))
-            changed = saved.mismatch(now)
-            if changed:
-                warnings.warn(
-                    f"resuming: the training data changed since the checkpoint ({', '.join(changed)}), so its "
-                    f"{saved.batches} trained batch(es) of epoch {saved.epoch} cannot be skipped exactly; that epoch "
-                    "starts again from its first batch",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+            if self._resume_changes(size):
                 sampler.set_epoch(saved.epoch)
             else:
                 sampler.resume_at(saved.epoch, saved.batches * self.batch_size)
         return sampler
+
+    def _resume_changes(self, samples: int, also: Sequence[str] = ()) -> list[str]:
+        """What changed since the checkpoint's training position (`samples`: this run's training
+        samples; `also`: changes a subclass found) that makes skipping its trained batches wrong;
+        warns that the epoch restarts then."""
+        saved = self._resume
+        if saved is None:
+            return []
+        world, _ = self._ranks()
+        changed = saved.mismatch(TrainPosition(saved.epoch, saved.batches, self.batch_size, samples, world, self.seed,
+                                               int(self.group_by_video))) + list(also)  # fmt: skip
+        if changed:
+            warnings.warn(
+                f"resuming: the training data changed since the checkpoint ({', '.join(changed)}), so its "
+                f"{saved.batches} trained batch(es) of epoch {saved.epoch} cannot be skipped exactly; that epoch "
+                "starts again from its first batch",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return changed
 
     def train_dataloader(self) -> DataLoader:
         return self._dataloader("train", shuffle=True)
@@ -360,8 +370,8 @@ class DaMODataModule(L.LightningDataModule):
     def train_position(self) -> TrainPosition | None:
         """Where the attached trainer stands in training: the epoch and the batches of it trained
         (a finished epoch counts as the start of the next). None outside of training."""
-        trainer = self.trainer
-        if trainer is None or "train" not in self.datasets:
+        trainer, samples = self.trainer, self._train_samples()
+        if trainer is None or samples is None:
             return None
         loop = trainer.fit_loop
         batches = int(loop.epoch_loop.batch_progress.current.processed)
@@ -370,8 +380,12 @@ class DaMODataModule(L.LightningDataModule):
         if math.isfinite(total) and batches >= total:
             epoch, batches = epoch + 1, 0
         world, _ = self._ranks()
-        return TrainPosition(epoch, batches, self.batch_size, len(self.datasets["train"]), world, self.seed,
-                             int(self.group_by_video))
+        return TrainPosition(epoch, batches, self.batch_size, samples, world, self.seed, int(self.group_by_video))
+
+    def _train_samples(self) -> int | None:
+        """The training samples of an epoch (all ranks); None until the training data is set up."""
+        dataset = self.datasets.get("train")
+        return len(dataset) if dataset is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every Lightning checkpoint: the training position (plain ints)."""

@@ -22,13 +22,15 @@ litdata's StreamingDataset: MP4 bytes are decoded through the data layer's own d
 (`decode_video`, from a memory-backed temporary file), text goes through the same prompt and
 token code as the map-style dataset, and the same Collator makes the batch contract. Under DDP
 every rank streams a disjoint share with the same number of batches (litdata's drop_last), and
-the StreamingDataLoader's `state_dict()` resumes mid-epoch (Lightning saves it in checkpoints).
+a resumed run continues the epoch where its checkpoint stopped: the datamodule's state_dict holds
+the training StreamingDataLoader's state and applies it to the next training loader.
 A stage that trains on several tasks streams their datasets together (CombinedStreamingDataset,
 iterating over all of them).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -341,6 +343,39 @@ class StreamingRecords:
                            video_key=item.get("key"))
 
 
+@functools.cache
+def resumable_loader_class() -> type:
+    """litdata's StreamingDataLoader, whose restored epoch is replayed once (the class is made on
+    first use: litdata is optional)."""
+    from litdata import StreamingDataLoader
+
+    class ResumableStreamingDataLoader(StreamingDataLoader):
+        """litdata replays a loaded state in every epoch until one is iterated to its end, but Lightning
+        stops after len(loader) batches without exhausting the iterator: every epoch after a resumed
+        one would repeat its rest. Here the epoch after a resumed one starts afresh."""
+
+        _resumed_ran = False
+
+        def load_state_dict(self, obj: dict[str, Any]) -> None:
+            super().load_state_dict(obj)
+            self._resumed_ran = False
+            # litdata takes len() of a CombinedStreamingDataset there, which sets its datasets' batch
+            # size and workers to 1: unlike the saved state's, so they would resume on another order
+            # (its "elastic" path) unless something calls len(loader) before iterating.
+            self.dataset.set_batch_size(self.batch_size)
+            self.dataset.set_num_workers(self.num_workers)
+
+        def __iter__(self) -> Any:
+            if self._resumed_ran:
+                self.restore = self._resumed_ran = False
+            resuming = self.restore
+            for batch in super().__iter__():
+                self._resumed_ran = resuming
+                yield batch
+
+    return ResumableStreamingDataLoader
+
+
 class StreamingDataModule(DaMODataModule):
     """The datamodule over a folder written by `damo-cache kind=stream` (conf/data/streaming.yaml).
 
@@ -364,6 +399,8 @@ class StreamingDataModule(DaMODataModule):
                 except FeatureCacheError as err:
                     raise FeatureCacheError(f"data.streaming_dir={self.streaming_dir}: {err}; write it again with "
                                             f"`damo-cache kind=stream ... out={self.streaming_dir}`") from None
+        self._train_loader: Any = None  # the StreamingDataLoader this fit trains on; its state goes in checkpoints
+        self._loader_state: dict[str, Any] | None = None  # a restored checkpoint's, for the next training loader
 
     def feature_cache_signature(self) -> tuple[str, dict[str, Any]] | None:
         if self.meta["kind"] != "features":
@@ -394,11 +431,71 @@ class StreamingDataModule(DaMODataModule):
     def setup(self, stage: str | None = None) -> None:
         """Datasets are made per DataLoader (a StreamingDataset is an iterable with its own state)."""
 
+    def teardown(self, stage: str | None = None) -> None:
+        """A later fit builds its own training loader: this one's state is not where that run stands."""
+        if stage in (None, "fit"):
+            self._train_loader = None
+
+    def train_dataloader(self) -> Any:
+        """The training loader, continuing a restored checkpoint's epoch where it stopped.
+
+        Lightning puts its own copy of the loader state only into a loader built after the checkpoint
+        is restored; the stages build theirs earlier (configure_optimizers reads
+        estimated_stepping_batches, litdata issue #775), so the datamodule's state carries it."""
+        self._train_loader = self._dataloader("train", shuffle=True)
+        self._restore_loader()
+        return self._train_loader
+
+    def _train_samples(self) -> int | None:
+        """The samples of the stream's training tasks, once training streams them."""
+        return sum(self._stream_counts("train").values()) if self._train_loader is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training position and the training StreamingDataLoader's state (plain containers)."""
+        state = super().state_dict()
+        loader = self._train_loader.state_dict() if self._train_loader is not None else self._loader_state
+        if loader is not None:
+            state["train_loader"] = loader
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored before the fit loop starts: the training loader continues from the saved state. A
+        loader built already (strategies that restore after setup, e.g. FSDP) is restored at once."""
+        super().load_state_dict(state_dict)
+        self._loader_state = state_dict.get("train_loader")
+        if self._train_loader is not None:
+            self._restore_loader()
+
+    def _restore_loader(self) -> None:
+        """Apply a restored loader state once; when the training data changed since (batch size,
+        samples, ranks, seed, workers) its epoch starts again from the first batch, as the map-style
+        data does (litdata would refuse a multi-task state, or re-stripe a single-task one)."""
+        state, self._loader_state = self._loader_state, None
+        if state is None:
+            return
+        if self._resume_changes(sum(self._stream_counts("train").values()), self._worker_changes(state)):
+            # litdata's next __iter__ counts one epoch on from current_epoch: land on the saved one.
+            self._train_loader.current_epoch = max(int(state["current_epoch"]) - 1, 0)
+        else:
+            self._train_loader.load_state_dict(state)
+
+    def _worker_changes(self, state: Mapping[str, Any]) -> list[str]:
+        """A litdata loader state is per worker process (0 workers count as 1)."""
+        dataset = state.get("dataset") or {}
+        first = dataset if "num_workers" in dataset else next(iter(dataset.values()), {})  # one task, or several
+        saved, now = max(int(first.get("num_workers", 1)), 1), max(self.num_workers, 1)
+        return [f"num_workers {saved} -> {now}"] if saved != now else []
+
+    def _stream_counts(self, split: str) -> dict[str, int]:
+        """Samples per task, of the split's tasks that the stream holds."""
+        have = self.meta["samples"].get(split, {})
+        return {task: int(have[task]) for task in self.tasks_for(split) if task in have}
+
     def _datasets(self, split: str, shuffle: bool) -> Any:
         from litdata import CombinedStreamingDataset, StreamingDataset
 
         have = self.meta["samples"].get(split, {})
-        tasks = [t for t in self.tasks_for(split) if t in have]
+        tasks = list(self._stream_counts(split))
         if not tasks:
             raise ValueError(
                 f"data.streaming_dir={self.streaming_dir} has no {split} samples of tasks {list(self.tasks_for(split))} "
@@ -419,18 +516,19 @@ class StreamingDataModule(DaMODataModule):
         return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
 
     def _dataloader(self, split: str, shuffle: bool) -> Any:
-        from litdata import StreamingDataLoader
-
         if self.tokenizer is None:
             raise RuntimeError("StreamingDataModule has no tokenizer: call set_tokenizer(tokenizer) first")
         workers = self.num_workers
-        return StreamingDataLoader(
+        return resumable_loader_class()(
             self._datasets(split, shuffle),
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             num_workers=workers,
             collate_fn=Collator(self.tokenizer.pad_token_id),
             multiprocessing_context=worker_context() if workers > 0 else None,
-            persistent_workers=workers > 0,
+            # Fresh workers each epoch: a persistent worker keeps its copy of the dataset, so the state
+            # the loader resets between epochs (a CombinedStreamingDataset's samples yielded, restored on
+            # resume) would shift its next epoch's mixing there.
+            persistent_workers=False,
         )
 
     def train_span_prior(self) -> SpanPrior:
