@@ -345,3 +345,86 @@ def test_llm_families_take_lora_and_media(tmp_path: Path, model_type: str) -> No
     assert torch.isfinite(lm(ids, mask, ids.masked_fill(ids == 0, -100), media).loss)
     new = lm.generate(ids, mask, media, max_new_tokens=3, eos_token_id=None)
     assert new.shape == (2, 3)
+
+
+# A stand-in for an EVA-CLIP checkpoint on the hub: the model class ships as code beside the
+# weights (auto_map), a full CLIP-style model whose vision half returns a plain tuple without a
+# pooled output and keeps its final norm as `post_layernorm`.
+REMOTE_EVA_CODE = '''
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class TinyEvaConfig(PretrainedConfig):
+    model_type = "tiny_eva_clip"
+
+    def __init__(self, hidden_size=32, image_size=32, patch_size=8, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size, self.image_size, self.patch_size = hidden_size, image_size, patch_size
+
+
+class TinyEvaVision(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.patch = nn.Conv2d(3, d, config.patch_size, config.patch_size)
+        self.cls = nn.Parameter(torch.randn(d))
+        self.block = nn.TransformerEncoderLayer(d, 2, 2 * d, batch_first=True, dropout=0.0)
+        self.post_layernorm = nn.LayerNorm(d)
+
+    def forward(self, pixel_values):
+        x = self.patch(pixel_values).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1)
+        return (self.block(x),)
+
+
+class TinyEvaClipModel(PreTrainedModel):
+    config_class = TinyEvaConfig
+    base_model_prefix = "eva"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.vision_model = TinyEvaVision(config)
+        self.text_projection = nn.Linear(config.hidden_size, 16)
+        self.post_init()
+
+    def forward(self, pixel_values):
+        return self.vision_model(pixel_values)
+'''
+
+
+def test_eva_clip_loads_remote_code_and_takes_the_post_normed_cls(tmp_path: Path, monkeypatch) -> None:
+    """kind=eva_clip goes through AutoModel with trust_remote_code, offline, from a folder whose
+    config maps to code shipped beside the weights; the global feature is the CLS after the
+    tower's final norm, the local ones the patch tokens."""
+    import sys
+
+    import transformers.dynamic_module_utils as remote_code
+
+    # transformers copies remote code into its modules cache ($HF_HOME, under $HOME): a test's own
+    monkeypatch.setattr(remote_code, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    folder = tmp_path / "eva"
+    folder.mkdir()
+    (folder / "modeling_tiny_eva.py").write_text(REMOTE_EVA_CODE)
+    monkeypatch.syspath_prepend(str(folder))
+    import modeling_tiny_eva
+
+    monkeypatch.delitem(sys.modules, "modeling_tiny_eva")
+    model = modeling_tiny_eva.TinyEvaClipModel(modeling_tiny_eva.TinyEvaConfig())
+    model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modeling_tiny_eva.TinyEvaConfig", "AutoModel": "modeling_tiny_eva.TinyEvaClipModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ConfigError, match="model.vision.trust_remote_code"):
+        VisionTower(_vision_cfg(kind="eva_clip", name_or_path=str(folder)))
+    tower = VisionTower(_vision_cfg(kind="eva_clip", name_or_path=str(folder), trust_remote_code=True)).eval()
+    assert type(tower.model).__name__ == "TinyEvaClipModel" and tower.num_tokens == 16 and tower.dim == 32
+    assert _states_equal(model, tower.model)
+    frames = torch.randint(0, 256, (1, 2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = tower(frames)
+        hidden = tower.model.vision_model(tower.preprocess(frames[0]))[0]
+    torch.testing.assert_close(out.global_[0], tower.model.vision_model.post_layernorm(hidden[:, 0]))
+    torch.testing.assert_close(out.local[0], hidden[:, 1:])
