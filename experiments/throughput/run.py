@@ -20,7 +20,8 @@ machine, and written to OUT/throughput.json with a printed table (docs/scale.md)
   the two clips of ../shared/data/videos): the synthetic 64x64 clips cost far less to decode
   than any real video, so they understate what the cache saves;
 - fuse_time_192_over_24: residual + T-Fuseformer + projector forward time at 192 vs 24 frames
-  (target <= 10) and llm_tokens at 24, 48, 96, 192 frames (constant);
+  (target <= 10), beside one plain self-attention layer over every stream token at the same frame
+  counts (plain_attention_time_192_over_24), and llm_tokens at 24, 48, 96, 192 frames (constant);
 - tower_chunk_memory_ratio: the peak memory a frozen CLIP-style tower's forward adds over
   `chunk_frames` frames at once vs `model.vision.chunk_size` frames at a time (each in a fresh
   process: the RSS high-water mark, reset right before the forward, on the CPU; max_memory_allocated
@@ -390,7 +391,7 @@ def bench_fuse(cfg: Any, out: Path) -> dict[str, Any]:
 
     frames = [int(n) for n in cfg.fuse_frames]
     b = int(cfg.fuse_batch)
-    times, tokens = {}, {}
+    times, tokens, plain, stream_tokens = {}, {}, {}, {}
     gen = torch.Generator().manual_seed(int(cfg.seed))
     for n in frames:
         model_cfg = OmegaConf.to_container(compose("cache", [*FROZEN, f"model.num_frames={n}"]).model, resolve=True)
@@ -417,14 +418,41 @@ def bench_fuse(cfg: Any, out: Path) -> dict[str, Any]:
 
         times[str(n)] = median_time(forward, int(cfg.fuse_repeats))
         tokens[str(n)] = int(forward().shape[1])
+        plain[str(n)], stream_tokens[str(n)] = plain_attention_time(damo, feats, times_kw, int(cfg.fuse_repeats))
     lo, hi = str(min(frames)), str(max(frames))
     return {
         f"fuse_time_{hi}_over_{lo}": times[hi] / times[lo],
+        # side by side: what one plain self-attention layer over every stream token costs at the same
+        # frame counts (the quadratic growth the Fuseformer's query compression avoids)
+        f"plain_attention_time_{hi}_over_{lo}": plain[hi] / plain[lo],
         "fuse_forward_s": times,
+        "plain_attention_s": plain,
+        "stream_tokens": stream_tokens,
         "llm_tokens": tokens,
         "fuse_setup": f"damo_tiny residual + T-Fuseformer + projector, batch {b}, random tower features, "
         f"{m} audio segments",
     }
+
+
+def plain_attention_time(damo: Any, feats: dict[str, torch.Tensor], times_kw: dict[str, torch.Tensor],
+                         repeats: int) -> tuple[float, int]:
+    """(median seconds, tokens) of one self-attention layer at the Fuseformer's width over every token
+    of the residual streams (video after the temporal conv, and audio): the reference the
+    Fuseformer's per-modality query compression is measured against."""
+    with torch.no_grad():
+        video = damo.residual.video_stream(feats["vision_global"], feats["vision_local"], times_kw["frame_times"],
+                                           torch.ones_like(times_kw["frame_times"], dtype=torch.bool),
+                                           times_kw["duration"])  # fmt: skip
+    count = int(video.tokens.shape[1]) + int(feats["audio_local"].shape[1] * damo.cfg.residual.audio_tokens)
+    width, heads = damo.cfg.fuseformer.hidden, damo.cfg.fuseformer.heads
+    attention = torch.nn.MultiheadAttention(width, heads, batch_first=True).eval()
+    x = torch.randn(video.tokens.shape[0], count, width)
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return attention(x, x, x, need_weights=False)[0]
+
+    return median_time(forward, repeats), count
 
 
 # -- tower_chunk_memory_ratio ---------------------------------------------------------------------

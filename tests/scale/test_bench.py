@@ -26,7 +26,8 @@ def test_bench_decoding_and_fusion_figures(tmp_path: Path) -> None:
     for clip in result["sparse_vs_full_clips"]:
         assert clip["same_frames_mean_abs_diff"] < 2.0, "decord and PyAV decode the same frames"
     assert set(result["llm_tokens"]) == {"8", "16"} and len(set(result["llm_tokens"].values())) == 1
-    assert result["fuse_time_16_over_8"] > 0
+    assert result["fuse_time_16_over_8"] > 0 and result["plain_attention_time_16_over_8"] > 0
+    assert result["stream_tokens"]["16"] > result["stream_tokens"]["8"], "plain attention sees every stream token"
     assert "cache_speedup" not in result and "loader_samples_per_s" not in result
 
 
