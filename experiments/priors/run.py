@@ -31,10 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from damo_lit.data.schema import Record, read_jsonl  # noqa: E402
-from damo_lit.metrics.spans import best_iou  # noqa: E402
+from damo_lit.metrics.spans import best_iou, best_relative_span  # noqa: E402
 
 THRESHOLDS = (0.3, 0.5, 0.7)
-GRID = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 DURATION_BINS = 4
 
 Prior = Callable[[float], tuple[float, float]]
@@ -83,9 +82,7 @@ def duration_prior(train: Sequence[Query], bins: int = DURATION_BINS) -> Prior:
     best: list[tuple[float, float]] = []
     for b in range(bins):
         group = [q for q in train if int(np.searchsorted(edges, q.duration, side="right")) == b]
-        candidates = [(s, e) for s in GRID for e in GRID if e > s]
-        scores = [recall(lambda d, s=s, e=e: (s * d, e * d), group) for s, e in candidates]
-        best.append(candidates[int(np.nanargmax(scores))] if group else (0.0, 1.0))
+        best.append(best_relative_span([q.span for q in group], [q.duration for q in group]) if group else (0.0, 1.0))
 
     def prior(d: float) -> tuple[float, float]:
         s, e = best[int(np.searchsorted(edges, d, side="right"))]

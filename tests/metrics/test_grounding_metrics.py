@@ -123,3 +123,24 @@ def test_empty_metric_gives_nan_rates():
     scorer = GroundingScorer()
     out = scorer.summarize(scorer.score_queries([], []))
     assert out["count"] == 0 and math.isnan(out["R@0.5"]) and math.isnan(out["mIoU"])
+
+
+def test_best_relative_span_is_the_constant_guess_with_the_most_hits() -> None:
+    """Events that start anywhere: the mean relative span (0.5 wide, centred) hits few of them,
+    the fitted span hits the most. IoU is taken in seconds, as the metric takes it."""
+    from damo_lit.data.datamodule import SpanPrior
+    from damo_lit.metrics.spans import best_relative_span, temporal_iou
+
+    durations = [10.0, 20.0, 10.0, 10.0, 40.0, 10.0]
+    spans = [(0.0, 2.0), (0.0, 4.0), (0.0, 2.5), (8.0, 10.0), (0.0, 8.0), (4.0, 6.0)]  # five of six at the start
+    best = best_relative_span(spans, durations)
+    hits = lambda rel: sum(  # noqa: E731
+        temporal_iou([[rel[0] * d, rel[1] * d]], [span])[0, 0] >= 0.5 for span, d in zip(spans, durations))
+    grid = [(s / 20, e / 20) for s in range(21) for e in range(21) if e > s]
+    assert hits(best) == max(hits(c) for c in grid) == 4
+    assert best == (0.0, 0.15), "the earliest of the spans with the most hits ((0, 0.1) hits three)"
+    prior = SpanPrior.fit(spans, durations)
+    assert (prior.best_start, prior.best_end) == best and prior.count == 6
+    assert hits((prior.start, prior.end)) < hits(best)
+    with pytest.raises(ValueError, match="no spans"):
+        best_relative_span([], [])

@@ -117,6 +117,7 @@ def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str]
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert "test/baseline_parse_rate" not in metrics, "the constant span always parses: no figure"
+    assert 0.0 <= metrics["test/baseline_best_R@0.5"] <= 1.0 and "test/baseline_best_parse_rate" not in metrics
     assert (tmp_path / "adapter" / "adapter_config.json").is_file(), "LoRA adapter saved in peft format"
 
     # Every metric of the run is {split}/{name} (Lightning's own epoch and step columns aside), the

@@ -197,6 +197,8 @@ def run(cfg: Any) -> dict[str, float]:
         if hasattr(stage, "span_prior"):
             prior = datamodule.train_span_prior()
             stage.span_prior = (prior.start, prior.end) if prior is not None else None
+            best = prior is not None and prior.best_start is not None
+            stage.best_span_prior = (prior.best_start, prior.best_end) if best else None
         trainer.test(stage, datamodule=datamodule)
         metrics.update(_plain_metrics(dict(trainer.callback_metrics)))
     if trainer.is_global_zero:

@@ -54,12 +54,25 @@ __all__ = ["BATCH_KEYS", "Collator", "DaMODataModule", "EpochSampler", "RecordDa
 
 @dataclass(frozen=True)
 class SpanPrior:
-    """The mean relative span (start / duration, end / duration) of the training grounding records:
-    the constant-span baseline."""
+    """Constant-span baselines fitted on the training grounding records, as shares of the video's
+    length: the mean relative span (start, end; the runs' `test/baseline_*`) and the one relative
+    span with the best training R@0.5 (best_start, best_end; `test/baseline_best_*`), which is the
+    stronger guess where events start anywhere in a video. None for a prior saved before it existed."""
 
     start: float
     end: float
     count: int
+    best_start: float | None = None
+    best_end: float | None = None
+
+    @classmethod
+    def fit(cls, spans: Sequence[tuple[float, float]], durations: Sequence[float]) -> "SpanPrior":
+        """Both priors from the first span (seconds) of each training grounding record and its video's duration."""
+        from damo_lit.metrics.spans import best_relative_span
+
+        rel = np.asarray(spans, dtype=np.float64) / np.asarray(durations, dtype=np.float64)[:, None]
+        best = best_relative_span(spans, durations)
+        return cls(float(rel[:, 0].mean()), float(rel[:, 1].mean()), len(spans), *best)
 
     def span(self, duration: float) -> tuple[float, float]:
         return self.start * duration, self.end * duration
@@ -402,11 +415,11 @@ class DaMODataModule(L.LightningDataModule):
     def train_span_prior(self) -> SpanPrior:
         """Mean (start / duration, end / duration) over the training split's grounding records."""
         loaded = load_split(self.specs, "train", ("grounding",))
-        rel = [(s / r.duration, e / r.duration) for r in (x.record for x in loaded.samples) for s, e in r.spans[:1]]
-        if not rel:
+        firsts = [(r.spans[0], r.duration) for r in (x.record for x in loaded.samples) if r.spans]
+        if not firsts:
             raise ValueError(f"data source {self.name}: the training split has no grounding records for a span prior")
-        starts, ends = zip(*rel)
-        return SpanPrior(float(np.mean(starts)), float(np.mean(ends)), len(rel))
+        spans, durations = zip(*firsts)
+        return SpanPrior.fit(spans, durations)
 
     def decode_failures(self) -> dict[str, list[str]]:
         """Files that failed to decode so far, in every worker process: path -> the reason, once per
