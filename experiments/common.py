@@ -130,8 +130,9 @@ class Outcome:
     def commit(self) -> str:
         """The commit the run's code was at ('+' when src/ or conf/ had uncommitted changes; '?' for
         a summary made before summaries recorded it)."""
-        code = (self.summary or {}).get("code") or {}
-        return f"{code['commit']}{'+' if code.get('dirty') else ''}" if code.get("commit") else "?"
+        from damo_lit.cli.demo import commit_label
+
+        return commit_label((self.summary or {}).get("code"))
 
     @property
     def minutes(self) -> float | None:
@@ -538,15 +539,14 @@ def write_results(outcomes: Sequence[Outcome], opts: Options, title: str, column
 def code_note(outcomes: Sequence[Outcome]) -> str:
     """Which commits the rows come from: a run is reused while its configs stay the same (the
     recipe), even when the code changed since; `--force` runs it again at this checkout."""
-    from damo_lit.cli.demo import code_version
+    from damo_lit.cli.demo import code_version, commit_label
 
-    here = code_version() or {}
     by_commit: dict[str, list[str]] = {}
     for outcome in outcomes:
         if outcome.summary:
             by_commit.setdefault(outcome.commit, []).append(outcome.run.name)
     made = "; ".join(f"{commit}: {', '.join(names)}" for commit, names in by_commit.items())
-    current = here.get("commit", "?") + ("+" if here.get("dirty") else "")
+    current = commit_label(code_version())
     stale = any(commit != current for commit in by_commit)
     return (f"Code of each run (git commit; + = uncommitted changes, ? = not recorded): {made or 'none'}. "
             f"This checkout: {current}" + (" (rows from other commits: --force reruns them here)." if stale else "."))

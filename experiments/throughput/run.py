@@ -37,7 +37,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -614,11 +613,9 @@ SECTIONS = {"sparse": bench_sparse, "loader": bench_loader, "cache": bench_cache
 
 
 def environment() -> dict[str, Any]:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, check=False).stdout.strip()  # fmt: skip
-    except OSError:
-        rev = ""
+    from damo_lit.cli.demo import code_version, commit_label
+
+    rev = commit_label(code_version())
     return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "git": rev,
             "load_average_at_start": list(os.getloadavg()), "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip

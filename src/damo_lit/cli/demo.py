@@ -100,6 +100,14 @@ def code_version(root: Path = PROJECT_ROOT) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--", "src", "conf"))}
 
 
+def commit_label(code: dict[str, Any] | None) -> str:
+    """`code_version`'s answer as one word: the commit, '+' when src/ or conf/ had uncommitted
+    changes; '?' when it is not known."""
+    if not code or not code.get("commit"):
+        return "?"
+    return f"{code['commit']}{'+' if code.get('dirty') else ''}"
+
+
 def run_pipeline(demo_overrides: Sequence[str] = (), stage_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the configured stages; write and return the summary."""
     cfg = compose("demo", demo_overrides)

@@ -88,15 +88,11 @@ def retrieval_callback() -> Any:
 
 
 def paired_similarity(metric: Any, queries: int) -> Any:
-    """The cosine text x video matrix of a RetrievalMetrics' gathered embeddings, as numpy."""
-    import torch.nn.functional as F
-
-    width = int(metric.dim)
-    text = F.normalize(metric.cat("text").reshape(-1, width), dim=-1)
-    video = F.normalize(metric.cat("video").reshape(-1, width), dim=-1)
-    if text.shape[0] != queries:
-        raise RuntimeError(f"damo-eval: the retrieval metric holds {text.shape[0]} rows for {queries} queries")
-    return (text @ video.T).cpu().numpy()
+    """The text x video matrix a RetrievalMetrics scores (its gathered embeddings), as numpy."""
+    sim = metric.similarity()
+    if sim.shape[0] != queries:
+        raise RuntimeError(f"damo-eval: the retrieval metric holds {sim.shape[0]} rows for {queries} queries")
+    return sim.cpu().numpy()
 
 
 def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -108,9 +104,11 @@ def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def split_fixes(datamodule: Any, split: str) -> dict[str, int]:
     """The split's annotation fix-ups and drops by kind (zeros too), also named on stderr: an
     evaluation set that a fix-up shrank or changed is never silently taken for the whole one."""
+    from damo_lit.data.sources.base import describe_fixes
+
     fixes = dict(datamodule.fixes().get(split, {}))
-    done = ", ".join(f"{kind}={n}" for kind, n in sorted(fixes.items()) if n)
-    print(f"data {datamodule.name} {split}: annotation fix-ups and drops: {done or 'none'}", file=sys.stderr)
+    print(f"data {datamodule.name} {split}: annotation fix-ups and drops: {describe_fixes(fixes) or 'none'}",
+          file=sys.stderr)
     return fixes
 
 

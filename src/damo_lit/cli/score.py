@@ -113,14 +113,10 @@ def read_grounding_predictions(path: str | Path) -> dict[str, Span | None]:
 
 
 def _in_time_order(span: Any) -> Any:
-    """[end, start] as [start, end]; anything that is not a pair of numbers is left for the schema to name."""
-    if not (isinstance(span, (list, tuple)) and len(span) == 2):
-        return span
-    try:
-        reversed_pair = float(span[0]) > float(span[1])
-    except (TypeError, ValueError):
-        return span
-    return [span[1], span[0]] if reversed_pair else span
+    """A usable window in time order (`clean_span`'s rule, as for predictions); anything else is left
+    as it is, for the schema to name."""
+    window = clean_span(span)
+    return list(window) if window is not None else span
 
 
 def _ordered_record(obj: dict[str, Any]) -> dict[str, Any]:

@@ -182,6 +182,29 @@ def _read_frames(path: Path, num_frames: int, width: int, height: int) -> tuple[
     return batch, stamps, duration
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says of its length, in seconds (None where it says nothing)."""
+
+    container: float | None  # spans the longest stream
+    video: float | None  # the first video stream's own
+    streams: int
+
+
+def read_header(path: str | Path) -> Header | None:
+    """The header's durations (no decoding), or None when PyAV cannot open the file."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            video = float(stream.duration * stream.time_base) if stream and stream.duration and stream.time_base else None
+            whole = float(container.duration) / 1_000_000 if container.duration else None
+            return Header(whole, video, len(container.streams))
+    except av.error.FFmpegError:
+        return None
+
+
 def header_video_duration(path: str | Path) -> float | None:
     """The video stream's duration as the header states it, in seconds; None when it does not.
 
@@ -189,20 +212,12 @@ def header_video_duration(path: str | Path) -> float | None:
     stream, and audio may outlast the video. A container that keeps no per-stream duration
     (Matroska, WebM) is trusted only when the video is its sole stream.
     """
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return None
-            stream = container.streams.video[0]
-            if stream.duration and stream.time_base:
-                return float(stream.duration * stream.time_base)
-            if len(container.streams) == 1 and container.duration:
-                return float(container.duration) / 1_000_000
-    except av.error.FFmpegError:
+    header = read_header(path)
+    if header is None:
         return None
-    return None
+    if header.video is not None:
+        return header.video
+    return header.container if header.streams == 1 else None
 
 
 def check_not_truncated(path: Path, frames_end: float, frame_interval: float) -> None:
@@ -394,16 +409,10 @@ def decode_video(path: str | Path, params: DecodeParams) -> DecodedVideo:
 
 
 def probe_duration(path: str | Path) -> float | None:
-    """The container's duration in seconds (header only), or None when it cannot be read."""
-    import av
-
+    """The container's duration in seconds (header only; else the video stream's), or None when it
+    cannot be read."""
     try:
-        with av.open(str(check_file(path))) as container:
-            if container.duration:
-                return float(container.duration) / 1_000_000
-            stream = container.streams.video[0] if container.streams.video else None
-            if stream is not None and stream.duration and stream.time_base:
-                return float(stream.duration * stream.time_base)
-    except (DecodeError, av.error.FFmpegError):
+        header = read_header(check_file(path))
+    except DecodeError:
         return None
-    return None
+    return None if header is None else header.container or header.video

@@ -244,8 +244,8 @@ class RetrievalMetrics(CatStateMetric):
         self.append("text", text_emb)
         self.append("video", video_emb)
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """Both directions over all pairs seen on all ranks."""
+    def similarity(self) -> torch.Tensor:
+        """The (N, N) text x video similarity of all pairs seen on all ranks (row i, column i: a pair)."""
         width = int(self.dim)
         if width == 0:
             raise ValueError("RetrievalMetrics.compute() called before any update()")
@@ -253,5 +253,9 @@ class RetrievalMetrics(CatStateMetric):
         video = self.cat("video").reshape(-1, width)
         if self.normalize:
             text, video = F.normalize(text, dim=-1), F.normalize(video, dim=-1)
-        result = paired_retrieval_metrics(text @ video.T, self.ks)
+        return text @ video.T
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Both directions over all pairs seen on all ranks."""
+        result = paired_retrieval_metrics(self.similarity(), self.ks)
         return {key: torch.tensor(value, dtype=torch.float32) for key, value in result.items()}

@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from damo_lit.data.sources.base import describe_fixes
 from damo_lit.stages.base import NonFiniteLossError
 from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.weights import clean_name, save_stage_weights, stage_state
@@ -70,10 +71,9 @@ class DecodeFailureReport(L.Callback):
         if fixes is None or not trainer.is_global_zero:
             return
         for split, counts in fixes().items():
-            done = {k: n for k, n in counts.items() if n}
+            done = describe_fixes(counts)
             if done:
-                log.warning("data %s: annotation fix-ups and drops: %s", split,
-                            ", ".join(f"{k}={n}" for k, n in sorted(done.items())))
+                log.warning("data %s: annotation fix-ups and drops: %s", split, done)
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         datamodule = trainer.datamodule

@@ -39,6 +39,10 @@ class TemporalStage(DaMOStage):
         })
         self.prediction_log = PredictionLog()
 
+    def baselines(self) -> dict[str, tuple[float, float] | None]:
+        """The constant relative spans the test scores beside the model, by metric prefix."""
+        return {"baseline": self.span_prior, "baseline_best": self.best_span_prior}
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self.lm_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
@@ -81,7 +85,7 @@ class TemporalStage(DaMOStage):
                 self.metrics[f"{split}_{task}"].update([preds[i] for i in mine], [rows[i]["gt_spans"] for i in mine],
                                                        [rows[i]["modality"] for i in mine])
         if split == "test":
-            for name, prior in (("baseline", self.span_prior), ("baseline_best", self.best_span_prior)):
+            for name, prior in self.baselines().items():
                 if prior is not None:
                     base = [(prior[0] * r["duration"], prior[1] * r["duration"]) for r in rows]
                     self.metrics[name].update(base, [r["gt_spans"] for r in rows], [r["modality"] for r in rows])
@@ -124,7 +128,7 @@ class TemporalStage(DaMOStage):
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
-        for name, prior in (("baseline", self.span_prior), ("baseline_best", self.best_span_prior)):
+        for name, prior in self.baselines().items():
             if prior is None:
                 continue
             values = self.metrics[name].compute()

@@ -76,6 +76,12 @@ class Fixes:
         return sum(self.counts.values())
 
 
+def describe_fixes(counts: dict[str, int]) -> str:
+    """The fix-ups that happened, as `kind=n, ...` (sorted), or '' when none did: one wording for
+    the training log and damo-eval."""
+    return ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items()) if n)
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """One annotation source, as a data config (or one entry of `data.sources`) describes it."""
