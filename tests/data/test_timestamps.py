@@ -7,6 +7,7 @@ import random
 import pytest
 
 from damo_lit.data.timestamps import (
+    clock_seconds,
     format_span,
     from_relative,
     parse_spans,
@@ -93,6 +94,29 @@ def assert_spans(got: list[tuple[float, float]], expected: list[tuple[float, flo
 )
 def test_parse_spans_reads_clock_times_and_rejects_negative_ones(text, fmt, expected):
     assert_spans(parse_spans(text, 100.0, fmt), expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("46", 46.0),
+        (" 3.5 ", 3.5),
+        ("-3", -3.0),  # a plain number keeps its sign: the caller decides what a negative bound means
+        ("1:05", 65.0),
+        ("00:00:46.000", 46.0),
+        ("1:02:03.5", 3723.5),
+        ("1:75", None),  # seconds of 60 or more
+        ("1:60:00", None),  # minutes of 60 or more
+        ("-1:05", None),  # a negative clock field
+        ("1:2:3:4", None),  # more than hh:mm:ss
+        ("1:xx", None),
+        ("", None),
+        ("inf", None),
+        ("nan", None),
+    ],
+)
+def test_clock_seconds_reads_numbers_and_clock_times(text, expected):
+    assert clock_seconds(text) == expected
 
 
 def test_parse_spans_survives_garbage():

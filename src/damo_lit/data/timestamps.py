@@ -120,19 +120,32 @@ def parse_spans(text: object, duration: float | None, fmt: str) -> list[tuple[fl
         return []
 
 
-def _time_value(token: str, fmt: str) -> float | None:
-    """A time token's value: a number, or a clock time's seconds (only in `seconds`); None when
-    it is not a valid time (a clock in `relative`, minutes or seconds of 60 or more, not finite)."""
-    parts = token.split(":")
-    if len(parts) > 1 and fmt != "seconds":
+def clock_seconds(text: str) -> float | None:
+    """Seconds from a number or a clock time `[[hh:]mm:]ss[.fff]` ("46", "1:05", "00:00:46.000");
+    None when it is neither: more than three fields, a field that is no number, a negative field
+    or minutes / seconds of 60 or more in a clock time, a value that is not finite. The one reading
+    of a time for the span parser and for annotation columns (InternVid's clip bounds)."""
+    parts = text.strip().split(":")
+    if len(parts) > 3:
         return None
-    values = [float(part) for part in parts]
-    if any(value >= 60 for value in values[1:]):
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        return None
+    if len(values) > 1 and (any(v < 0 for v in values) or any(v >= 60 for v in values[1:])):
         return None
     total = 0.0
     for value in values:
         total = total * 60 + value
     return total if math.isfinite(total) else None
+
+
+def _time_value(token: str, fmt: str) -> float | None:
+    """A time token's value: a number, or a clock time's seconds (only in `seconds`: in
+    `relative` the values are integers 0-99 and a clock time is no time)."""
+    if ":" in token and fmt != "seconds":
+        return None
+    return clock_seconds(token)
 
 
 def _span(match: re.Match[str], duration: float | None, fmt: str) -> tuple[float, float] | None:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterator
 from damo_lit.data.schema import Record, RecordError, json_lines, read_jsonl
 from damo_lit.data.sources.base import Draft, SourceSpec, grounding_build
 from damo_lit.data.sources.events import iter_activitynet_captions, iter_charades_sta, read_charades_durations
+from damo_lit.data.timestamps import clock_seconds
 
 Item = Draft | Record | RecordError
 Reader = Callable[[SourceSpec, Path], Iterator[Item]]
@@ -173,21 +173,6 @@ def _text(row: dict[str, Any], column: str | None) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _seconds(value: str) -> float | None:
-    """Seconds from a number or a clock time `[[hh:]mm:]ss[.fff]` (InternVid: 00:00:46.000); None if neither."""
-    parts = value.split(":")
-    if len(parts) > 3:
-        return None
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        return None
-    if len(parts) > 1 and any(n < 0 for n in numbers):
-        return None
-    seconds = sum(n * 60**i for i, n in enumerate(reversed(numbers)))
-    return seconds if math.isfinite(seconds) else None
-
-
 Window = tuple[float, float]
 
 
@@ -198,7 +183,7 @@ def _clip_window(row: dict[str, Any], cols: dict[str, str | None], where: str) -
         return None
     if not start or not end:
         return RecordError(where, f"a clip needs both a start ({cols['start']!r}) and an end ({cols['end']!r})")
-    window = (_seconds(start), _seconds(end))
+    window = (clock_seconds(start), clock_seconds(end))
     if window[0] is None or window[1] is None:
         return RecordError(where, f"clip start/end must be seconds or hh:mm:ss.mmm, got {start!r} and {end!r}")
     return window[0], window[1]
