@@ -205,7 +205,6 @@ def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, 
     import torch
     from safetensors.torch import load_file
 
-    from damo_lit.cli.checkpoint import DCP_METADATA, check_sharded_checkpoint
     from damo_lit.stages.fsdp import uses_fsdp
     from damo_lit.stages.weights import WEIGHTS_FILE, stage_state
 
@@ -243,8 +242,6 @@ def resume_phase(cfg: Any, phase: str, tokenizer: Path, out: Path) -> dict[str, 
     ckpt = checkpoints / "last.ckpt"
     if not saving and not ckpt.exists():
         raise FileNotFoundError(f"{ckpt}: the save phase left no checkpoint")
-    if not saving and (ckpt / DCP_METADATA).is_file():  # as damo-train's resume_from checks a sharded folder
-        check_sharded_checkpoint(ckpt, f"resume {ckpt}")
     began = time.perf_counter()
     trainer.fit(stage, train_dataloaders=loader_for(cfg, run_cfg, stage, batch),
                 ckpt_path=None if saving else str(ckpt), weights_only=True)  # fmt: skip

@@ -127,13 +127,26 @@ def test_a_sharded_checkpoint_is_checked_before_torch_unpickles_it(tmp_path: Pat
     assert not marker.exists()
 
 
-def test_resume_refuses_a_sharded_checkpoint_with_planted_metadata(clean_root: Path, tmp_path: Path) -> None:
+def test_the_fsdp_strategy_refuses_a_sharded_checkpoint_with_planted_metadata(tmp_path: Path) -> None:
+    """Every restore under FSDP (resume_from, ckpt_path=, SLURM's hpc_ckpt after a requeue) goes
+    through the strategy's load_checkpoint: a planted `.metadata` is refused before torch reads it."""
     import pickle
 
+    from damo_lit.stages.fsdp import fsdp_strategy
+
     marker = tmp_path / "unpickled"
-    folder = _sharded_checkpoint(tmp_path / "last.ckpt")
+    folder = _sharded_checkpoint(tmp_path / "hpc_ckpt_1.ckpt")
     (folder / ".metadata").write_bytes(pickle.dumps(Planted(marker)))
-    cfg = compose_run("train", run_overrides(clean_root, "trainer.max_steps=1", f"resume_from={folder}"), tmp_path / "run")
-    with pytest.raises(UnsafeCheckpointError, match=rf"resume_from={folder}: refused to load it"):
-        run(cfg)
+    strategy = fsdp_strategy(["damo_lit.models.fuseformer.FuseformerBlock"])
+    with pytest.raises(UnsafeCheckpointError, match=rf"checkpoint {folder}: refused to load it: .*\(io\.open\)"):
+        strategy.load_checkpoint(folder, weights_only=True)
     assert not marker.exists()
+
+
+def test_resume_from_a_sharded_checkpoint_without_fsdp_says_which_trainer_reads_it(
+    clean_root: Path, tmp_path: Path
+) -> None:
+    folder = _sharded_checkpoint(tmp_path / "last.ckpt")
+    cfg = compose_run("train", run_overrides(clean_root, "trainer.max_steps=1", f"resume_from={folder}"), tmp_path / "run")
+    with pytest.raises(ValueError, match=rf"resume_from={folder} is a sharded checkpoint folder.*trainer=fsdp"):
+        run(cfg)

@@ -111,11 +111,14 @@ def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> N
     process with PREEMPTED_EXIT_CODE once the interrupt checkpoint is written."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from damo_lit.cli.checkpoint import DCP_METADATA, UnsafeCheckpointError, check_sharded_checkpoint
+    from damo_lit.cli.checkpoint import DCP_METADATA, UnsafeCheckpointError
     from damo_lit.stages.callbacks import interrupt_checkpoint
+    from damo_lit.stages.fsdp import uses_fsdp
 
-    if resume_from is not None and (Path(resume_from) / DCP_METADATA).is_file():  # a sharded (FSDP) folder
-        check_sharded_checkpoint(resume_from, f"resume_from={resume_from}")
+    # A sharded (FSDP) folder: the FSDP strategy checks it for pickled objects before loading it.
+    if resume_from is not None and (Path(resume_from) / DCP_METADATA).is_file() and not uses_fsdp(trainer):
+        raise ValueError(f"resume_from={resume_from} is a sharded checkpoint folder, which only FSDP reads: "
+                         "resume it with trainer=fsdp (and the devices it was saved with)")
     try:
         with warnings.catch_warnings():
             # Lightning warns that a plain DataLoader cannot resume mid-epoch; the datamodule's

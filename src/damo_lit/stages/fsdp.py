@@ -144,6 +144,19 @@ class DaMOFSDPStrategy(FSDPStrategy):
             self.checkpoint_once(model)
         return super()._setup_model(model)
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Every restore goes through here (`ckpt_path=`, damo-train's resume_from, SLURM's
+        hpc_ckpt after a requeue): a sharded folder is checked (check_sharded_checkpoint) before
+        torch.distributed.checkpoint unpickles its `.metadata` and non-tensor items unrestricted."""
+        from pathlib import Path
+
+        from damo_lit.cli.checkpoint import DCP_METADATA, check_sharded_checkpoint
+
+        path = Path(self.broadcast(checkpoint_path))
+        if (path / DCP_METADATA).is_file():
+            check_sharded_checkpoint(path, f"checkpoint {path}")
+        return super().load_checkpoint(path, weights_only)
+
     def checkpoint_once(self, model: nn.Module) -> list[str]:
         """With FSDP's activation checkpointing on, turn off the transformers models' own
         gradient checkpointing (model.llm.gradient_checkpointing, on in damo_paper): both wrap the
