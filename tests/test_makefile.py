@@ -30,6 +30,30 @@ def test_stage3_forwards_overrides_in_order(repo_root):
     assert argv[1:] == ["stage=stage3_temporal", "a.b=1", "c=2", "d=x y"]
 
 
+@pytest.mark.parametrize(
+    ("target", "command"),
+    [
+        ("demo", ["-m", "damo_lit.cli.demo"]),
+        ("eval", ["damo-eval"]),
+        ("predict", ["damo-predict"]),
+        ("bench", ["experiments/throughput/run.py"]),
+        ("exp-fusion-depth", ["experiments/fusion_depth/run.py"]),
+        ("exp-ablations", ["experiments/ablations/run.py"]),
+        ("exp-data-efficiency", ["experiments/data_efficiency/run.py"]),
+    ],
+)
+def test_every_forwarding_target_runs_its_program_with_the_overrides(repo_root, target: str, command: list[str]):
+    """Each target that forwards key=value words runs the program it names (which exists), overrides last."""
+    argv = _make(repo_root, target, "exp.jobs=2", "model.fuseformer.depth=1,2")
+    program, args = argv[: len(argv) - 2], argv[len(argv) - 2 :]
+    assert args == ["exp.jobs=2", "model.fuseformer.depth=1,2"]
+    assert program[-len(command) :] == command or program[-1].endswith("/" + command[-1]), program
+    if command[-1].endswith(".py"):
+        assert (repo_root / command[-1]).is_file()
+    else:
+        assert os.access(program[0], os.X_OK), program
+
+
 def test_make_variables_and_args_are_not_mixed_up(repo_root):
     argv = _make(repo_root, "stage1", "z=1", "PYTEST_ARGS=-x", "ARGS=~logger +k='v w'", "y.q=$HOME")
     assert argv[1:] == ["stage=stage1_align", "z=1", "y.q=$HOME", "~logger", "+k=v w"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -117,6 +120,38 @@ def test_lora_adapter_save_and_reload_gives_identical_logits(make_damo, tmp_path
     bare.eval()
     with torch.no_grad():
         torch.testing.assert_close(bare(b.input_ids, b.attention_mask, None, embeds).logits, before, rtol=0, atol=0)
+
+
+def _lora_layers(damo: DaMO) -> list[torch.nn.Module]:
+    """The peft LoRA layers wrapped around the LLM's target projections."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in damo.llm.model.modules() if isinstance(m, LoraLayer)]
+
+
+@pytest.mark.parametrize("alpha", [16, 24])
+def test_lora_alpha_is_the_configured_one(make_damo, tmp_path: Path, alpha: int) -> None:
+    """model.llm.lora.alpha reaches peft: its config, every layer's scaling alpha / r (used in the
+    forward: layer(x) = base(x) + alpha / r * B(A(x))) and the saved adapter_config.json."""
+    damo = make_damo(f"llm.lora.alpha={alpha}")
+    r = damo.cfg.llm.lora.r
+    assert (r, damo.cfg.llm.lora.alpha) == (8, alpha)  # the tiny config's rank; alpha != r, so a swap shows
+    config = damo.llm.model.peft_config["default"]
+    assert (config.r, config.lora_alpha) == (r, alpha)
+    layers = _lora_layers(damo)
+    assert {n.rsplit(".", 1)[-1] for n, m in damo.llm.model.named_modules() if m in layers} == {"q_proj", "v_proj"}
+    assert all(layer.scaling["default"] == pytest.approx(alpha / r) for layer in layers)
+
+    layer = layers[0].eval()
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.1)  # B starts at zero, which would hide the scale
+        x = torch.randn(2, 3, layer.in_features)
+        delta = layer(x) - layer.base_layer(x)
+        torch.testing.assert_close(delta, alpha / r * layer.lora_B["default"](layer.lora_A["default"](x)))
+
+    damo.llm.save_lora(str(tmp_path / "adapter"))
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (saved["r"], saved["lora_alpha"]) == (r, alpha)
 
 
 def test_lora_off_has_no_lora_group(make_damo) -> None:

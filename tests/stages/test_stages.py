@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from damo_lit.cli.common import compose_run
 from damo_lit.cli.train import build_run, run
+from damo_lit.metrics.spans import best_iou
 from damo_lit.stages.schedule import warmup_cosine
 
 STAGES = ["stage1_align", "stage2_bridge", "stage3_temporal", "stage4_dialogue"]
@@ -119,6 +122,21 @@ def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str]
     assert "test/baseline_parse_rate" not in metrics, "the constant span always parses: no figure"
     assert 0.0 <= metrics["test/baseline_best_R@0.5"] <= 1.0 and "test/baseline_best_parse_rate" not in metrics
     assert (tmp_path / "adapter" / "adapter_config.json").is_file(), "LoRA adapter saved in peft format"
+
+    # The baselines, recomputed apart: the spans fitted on the training split, stretched to each
+    # test query's duration and scored against its ground truth.
+    datamodule = instantiate(cfg.data, timestamps=cfg.timestamps, _convert_="partial")
+    prior = datamodule.train_span_prior()
+    queries = [sample.record for sample in datamodule.load_split("test").samples]
+    assert metrics["test/count"] == len(queries) > 0
+    for name, (start, end) in {"baseline": (prior.start, prior.end),
+                               "baseline_best": (prior.best_start, prior.best_end)}.items():
+        hits = [best_iou((start * q.duration, end * q.duration), q.spans) >= 0.5 for q in queries]
+        assert metrics[f"test/{name}_R@0.5"] == pytest.approx(sum(hits) / len(hits)), name
+    # Every synthetic query carries the modality it needs, and the figures are split by it.
+    tags = Counter(q.modality for q in queries)
+    assert None not in tags and {tag: metrics[f"test/count_{tag}"] for tag in tags} == dict(tags)
+    assert all(f"test/R@0.5_{tag}" in metrics and f"test/mIoU_{tag}" in metrics for tag in tags)
 
     # Every metric of the run is {split}/{name} (Lightning's own epoch and step columns aside), the
     # learning rate included: train/lr, following the configured schedule step by step.
