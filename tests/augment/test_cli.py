@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,48 @@ def test_console_script_runs(anet_file: Path, tmp_path: Path) -> None:
     assert f"{len(lines)} records from 3 videos" in done.stderr
     assert "items per question type" in done.stderr and "source fixes" in done.stderr
     assert (tmp_path / "cli.jsonl.summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "name, text, said",
+    [
+        ("charades_sta_test.txt", "AO8RW 0.0 6.9##a person is putting a book on a shelf.\n",
+         "It looks like Charades-STA lines (VID start end##sentence): pass format=charades_sta durations="),
+        ("train.jsonl", json.dumps({"id": "a", "video": "a.mp4", "duration": 5, "task": "caption",
+                                    "caption": "x"}) + "\n" + json.dumps({"id": "b"}) + "\n",
+         "It looks like DaMO JSONL: pass format=damo"),
+        ("notes.md", "# notes\n", "not valid JSON"),
+    ],
+)
+def test_input_of_another_format_names_the_formats(tmp_path: Path, name: str, text: str, said: str) -> None:
+    # no format= given: the default (activitynet) cannot read the file, and the message says what to pass
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"input={path}", f"out={tmp_path / 'x.jsonl'}", "progress=false"])
+    message = str(exit_info.value)
+    assert said in message
+    assert "is not ActivityNet Captions JSON, which format=activitynet (the default) reads" in message
+    assert "format= is one of activitynet (the default), charades_sta, damo" in message
+
+
+def test_charades_file_read_as_damo_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "charades_sta_test.txt"
+    path.write_text("AO8RW 0.0 6.9##a person is putting a book on a shelf.\n")
+    with pytest.raises(SystemExit, match="not valid DaMO JSONL: .*pass format=charades_sta"):
+        main([f"input={path}", "format=damo", f"out={tmp_path / 'x.jsonl'}", "progress=false"])
+
+
+def test_a_run_that_writes_no_record_fails(tmp_path: Path) -> None:
+    # one event per video: nothing comes before it, so no "before" question can be asked
+    path = tmp_path / "one_event.json"
+    path.write_text(json.dumps({"v1": {"duration": 10.0, "timestamps": [[1.0, 4.0]], "sentences": ["A dog barks."]}}))
+    out = tmp_path / "none.jsonl"
+    args = [f"input={path}", f"out={out}", "progress=false", "questions.types=[before]",
+            "questions.dialogues_per_video=0"]
+    for _ in range(2):  # the video is marked done: the same command again fails the same way
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        message = str(exit_info.value)
+        assert f"no record written to {out}: no item was generated" in message and "overwrite=true" in message
+    assert out.read_text() == ""

@@ -8,6 +8,7 @@ import http.client
 import json
 import logging
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -23,7 +24,7 @@ from damo_lit.augment.openai_backend import OpenAIBackend, retry_after_seconds
 from damo_lit.augment.output import OutputError, progress_path
 from damo_lit.augment.pipeline import run_augment
 from damo_lit.augment.sources import load_videos
-from damo_lit.cli.augment import run
+from damo_lit.cli.augment import main, run
 from damo_lit.cli.common import compose
 
 from .conftest import ANET_CLEAN, FakeChatServer
@@ -326,3 +327,38 @@ def test_interrupted_run_resumes(chat_server: FakeChatServer, anet_file: Path, t
     # other settings on the same output are refused rather than mixed in
     with pytest.raises(SystemExit, match="other settings: backend.generator"):
         run(compose("augment", overrides + ["backend.model=other-llm"]))
+
+
+def test_videos_left_to_retry_fail_the_command_and_a_rerun_resumes(chat_server: FakeChatServer, anet_file: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "retry.jsonl"
+    args = [f"input={anet_file}", f"out={out}", "backend=openai", "progress=false", f"backend.base_url={chat_server.url}",
+            "backend.model=fake-llm", "backend.api_key_env=null", "backend.cache_dir=null", "backend.max_retries=0",
+            "backend.concurrency=1"]
+    chat_server.script = ["500"]  # the first video's only try fails; the other two are written
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value)
+    assert message.startswith("damo-augment: 1 of 3 video(s) not done (first: v_gym: ") and "HTTP 500" in message
+    assert f"{out} holds" in message and "from 2 video(s)" in message
+    assert "Run the same command again to resume" in message
+    assert {r.meta["source_video"] for r in read_valid(out)} == {"v_kitchen", "v_short"}
+
+    main(args)  # the rerun asks only for the video not done, leaves none to retry: exit status 0
+    assert chat_server.requests == 4
+    assert {r.meta["source_video"] for r in read_valid(out)} == set(ANET_CLEAN)
+
+
+def test_endpoint_not_listening_exits_non_zero(anet_file: Path, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "closed.jsonl"
+    with pytest.raises(SystemExit) as exit_info:  # SystemExit(message): the interpreter prints it, exits 1
+        main([f"input={anet_file}", f"out={out}", "backend=openai", "progress=false", "limit=1",
+              f"backend.base_url=http://127.0.0.1:{port}/v1", "backend.model=fake-llm", "backend.api_key_env=null",
+              "backend.cache_dir=null", "backend.max_retries=0"])
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("damo-augment: 1 of 1 video(s) not done (first: v_gym: ")
+    assert "Connection refused" in message and "0 record(s) from 0 video(s)" in message
+    assert "Run the same command again to resume" in message

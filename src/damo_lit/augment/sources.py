@@ -7,12 +7,15 @@ module only dispatches, groups DaMO JSONL records per video, and merges windows 
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from damo_lit.augment.describe import caption_events, question_description, strip_placeholders
 from damo_lit.augment.items import Moment, Video
-from damo_lit.data.schema import RecordError, read_jsonl
+from damo_lit.data.schema import PLACEHOLDER, Record, RecordError, read_jsonl
 from damo_lit.data.sources.base import ON_BAD_WINDOW, Fixes, fix_window
 from damo_lit.data.sources.events import (
     VideoEvents,
@@ -22,7 +25,14 @@ from damo_lit.data.sources.events import (
 )
 
 FORMATS = ("activitynet", "charades_sta", "damo")
+DEFAULT_FORMAT = "activitynet"  # conf/augment.yaml `format:`
+FORMAT_NAMES = {
+    "activitynet": "ActivityNet Captions JSON",
+    "charades_sta": "Charades-STA lines (VID start end##sentence)",
+    "damo": "DaMO JSONL",
+}
 _SPACES = re.compile(r"\s+")
+_CHARADES_LINE = re.compile(r"^\S+\s+[-+]?\d+(?:\.\d+)?\s+[-+]?\d+(?:\.\d+)?\s*##")
 
 
 class SourceError(ValueError):
@@ -39,55 +49,166 @@ class LoadedSource:
 
 def read_events(path: str | Path, fmt: str, durations: str | Path | None = None) -> list[VideoEvents]:
     """Read an annotation file of format `fmt` into per-video events (unfixed)."""
+    return [events for events, _ in _read(path, fmt, durations)]
+
+
+def _read(path: str | Path, fmt: str, durations: str | Path | None) -> list[tuple[VideoEvents, Counter]]:
+    """Per video: its events (unfixed), and what reading skipped (DAMO_SKIPS; only DaMO JSONL skips)."""
     path = Path(path)
     if fmt not in FORMATS:
         raise SourceError(f"format={fmt!r} is not supported; expected one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise SourceError(f"input={path}: no such file")
-    if fmt == "activitynet":
-        return read_activitynet_captions(path)
-    if fmt == "charades_sta":
-        if durations is None:
-            raise SourceError(
-                "format=charades_sta needs durations=FILE (a Charades_v1_*.csv whose 'length' column "
-                "gives each video's duration): Charades-STA lines carry no duration"
-            )
+    if fmt == "damo":
+        return read_damo_records(path)
+    return [(events, Counter()) for events in _read_public_format(path, fmt, durations)]
+
+
+def _read_public_format(path: Path, fmt: str, durations: str | Path | None) -> list[VideoEvents]:
+    if fmt == "charades_sta" and durations is None:
+        guess = sniff_format(path)
+        if guess not in (None, fmt):  # another format altogether: say that first
+            raise SourceError(f"input={path} is not Charades-STA{_format_hint(path, fmt)}")
+        raise SourceError(
+            "format=charades_sta needs durations=FILE (a Charades_v1_*.csv whose 'length' column "
+            "gives each video's duration): Charades-STA lines carry no duration"
+        )
+    try:
+        if fmt == "activitynet":
+            return read_activitynet_captions(path)
         if not Path(durations).is_file():
             raise SourceError(f"durations={durations}: no such file")
         return read_charades_sta(path, read_charades_durations(durations))
-    return read_damo_events(path)
+    except RecordError as err:
+        if not str(err.where).startswith(f"{path}:"):  # the durations CSV: nothing to say about format=
+            raise
+        file_level = fmt == "activitynet" and err.reason.startswith(("not valid JSON", "expected a JSON object"))
+        hint = _format_hint(path, fmt)
+        if not hint and not file_level:
+            raise  # one bad entry of a file in the right format: its file:line says it all
+        raise SourceError(f"input={path} is not {FORMAT_NAMES[fmt]}, which format={fmt}"
+                          f"{' (the default)' if fmt == DEFAULT_FORMAT else ''} reads: {err}"
+                          f"{hint or _formats_help()}") from None
 
 
-def read_damo_events(path: str | Path) -> list[VideoEvents]:
-    """Group the caption and grounding records of a DaMO JSONL file into events per video.
+def _formats_help() -> str:
+    listed = ", ".join(f"{name} (the default)" if name == DEFAULT_FORMAT else name for name in FORMATS)
+    return f". format= is one of {listed}; see damo-augment --help"
 
-    A caption record with spans gives (span, caption); a grounding record gives (span, text)
-    where the text is its `caption`, or its meta "query" / "sentence" / "description". Records
-    of other tasks and records without a span or a text are skipped; invalid lines raise.
+
+def sniff_format(path: str | Path) -> str | None:
+    """Which of FORMATS the start of the file looks like (for error messages only; None: no idea)."""
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            line = next((line.strip() for line in handle if line.strip()), "")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if _CHARADES_LINE.match(line):
+        return "charades_sta"
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:  # a JSON object over several lines: "{" or '{"v_QOlSCBRmfWY": {'
+        return "activitynet" if re.fullmatch(r'\{\s*(?:"[^"]*"\s*:\s*\{)?', line) else None
+    if isinstance(obj, dict) and {"video", "task"} <= obj.keys():
+        return "damo"
+    if isinstance(obj, dict) and obj and all(isinstance(v, dict) and "timestamps" in v for v in obj.values()):
+        return "activitynet"
+    return None
+
+
+def _format_hint(path: str | Path, fmt: str) -> str:
+    """'. It looks like Charades-STA lines ...: pass format=charades_sta ...', or '' when the file does
+    not look like another format."""
+    guess = sniff_format(path)
+    if guess is None or guess == fmt:
+        return ""
+    extra = " durations=Charades_v1_*.csv" if guess == "charades_sta" else ""
+    return f". It looks like {FORMAT_NAMES[guess]}: pass format={guess}{extra}{_formats_help()}"
+
+
+# what reading DaMO JSONL leaves out, counted with the source fixes of the summary
+DAMO_SKIPS = (
+    "damo_span_undescribed_skipped",  # a caption span that no sentence of the caption refers to
+    "damo_question_unreadable_skipped",  # a grounding span whose question states no event, and no caption describes
+)
+_META_TEXT = ("query", "sentence", "description")
+
+
+def _damo_record_events(rec: Record, skipped: Counter) -> list[tuple[float, float, str | None]]:
+    """The (start, end, text) events one DaMO record describes; text None: a grounding span whose
+    question states no event (the caller looks for it among the video's captions). Caption spans
+    that no sentence describes are counted in `skipped`."""
+    if rec.task == "caption" and rec.caption:
+        events, undescribed = caption_events(rec.caption, len(rec.spans))
+        skipped["damo_span_undescribed_skipped"] += len(undescribed)
+        return [(*rec.spans[i], text) for i, text in events.items()]
+    # grounding: the query as the source stated it, else a caption, else what the question states
+    text = next((rec.meta[k] for k in _META_TEXT if isinstance(rec.meta.get(k), str) and rec.meta[k].strip()), None)
+    if text is None and rec.caption:
+        text = strip_placeholders(rec.caption)
+    answer = ""
+    user = next((i for i, t in enumerate(rec.turns) if t.role == "user"), None)
+    if user is not None:
+        answer = rec.turns[user + 1].content if user + 1 < len(rec.turns) else ""
+        if text is None:
+            text = question_description(rec.turns[user].content)
+    # the spans the answer names (all of them when it names none, as grounding answers do)
+    named = sorted({int(m.group(2)) for m in PLACEHOLDER.finditer(answer)} & set(range(len(rec.spans))))
+    return [(*rec.spans[i], text) for i in (named or range(len(rec.spans)))]
+
+
+def read_damo_records(path: str | Path) -> list[tuple[VideoEvents, Counter]]:
+    """Per video of a DaMO JSONL file: its events, and what was skipped (DAMO_SKIPS kind -> count).
+
+    Caption records give one event per span, described by the sentence(s) of the caption that
+    refer to it (placeholders and ordering words like "first," / "then" removed: a plain
+    clause, as ActivityNet's sentences); a caption without placeholders describes its span when
+    it has exactly one. Grounding records give their spans, described by `meta.query` (or
+    "sentence" / "description") as the source stated it, else their `caption`, else their
+    question where it states the event word for word ("when does this happen: X?"). A grounding
+    span whose question states no event ("when does the red circle appear?", as the synthetic
+    set asks) is left to the captions of its video: already described there, it adds nothing;
+    described nowhere, it is skipped and counted. qa and dialogue records are not read: their
+    answers refer to a span through other turns ("it appears {span:0}"). An invalid line raises
+    SourceError.
     """
-    by_video: dict[str, list[tuple[float, float, str]]] = {}
+    by_video: dict[str, list[tuple[float, float, str | None]]] = {}
+    skipped: dict[str, Counter] = {}
     durations: dict[str, float] = {}
     for _lineno, rec in read_jsonl(path):
         if isinstance(rec, RecordError):
-            raise SourceError(f"input={path} is not valid DaMO JSONL: {rec}")
+            raise SourceError(f"input={path} is not valid DaMO JSONL: {rec}{_format_hint(path, 'damo')}")
         if rec.task not in ("caption", "grounding") or not rec.spans:
             continue
-        text = rec.caption
-        for key in ("query", "sentence", "description"):
-            if text is None and isinstance(rec.meta.get(key), str):
-                text = rec.meta[key]
-        if text is None:
-            continue
+        counts = skipped.setdefault(rec.video, Counter())
         durations.setdefault(rec.video, rec.duration)
-        events = by_video.setdefault(rec.video, [])
-        for start, end in rec.spans:
-            events.append((start, end, text))
-    return [VideoEvents(video=v, duration=durations[v], events=tuple(ev)) for v, ev in by_video.items()]
+        by_video.setdefault(rec.video, []).extend(_damo_record_events(rec, counts))
+    out = []
+    for video, found in by_video.items():
+        described = {(start, end) for start, end, text in found if text is not None}
+        undescribed = {(start, end) for start, end, text in found if text is None} - described
+        skipped[video]["damo_question_unreadable_skipped"] += len(undescribed)
+        events = tuple((start, end, text) for start, end, text in found if text is not None)
+        out.append((VideoEvents(video=video, duration=durations[video], events=events), skipped[video]))
+    return out
+
+
+def read_damo_events(path: str | Path) -> list[VideoEvents]:
+    """The events per video of a DaMO JSONL file (see `read_damo_records`)."""
+    return [events for events, _ in read_damo_records(path)]
 
 
 def clean_sentence(text: str) -> str:
-    """Collapse whitespace and drop the final full stop, so that a sentence can sit inside a question."""
-    text = _SPACES.sub(" ", str(text)).strip()
+    """Collapse whitespace and drop the final full stop, so that a sentence can sit inside a question.
+
+    A placeholder ({span:0}) or a stray brace in a source sentence is removed: inside a generated
+    question it would refer to a span of that item, not of the source."""
+    text = str(text)
+    if "{" in text or "}" in text:
+        text = strip_placeholders(text)
+    text = _SPACES.sub(" ", text).strip()
     return text.rstrip(". ").strip()
 
 
@@ -135,14 +256,18 @@ def load_videos(
         raise SourceError(f"on_bad_window must be one of {', '.join(ON_BAD_WINDOW)}, got {on_bad_window!r}")
     if "{video}" not in video_path:
         raise SourceError(f"video_path={video_path!r} must contain '{{video}}'")
-    raw = read_events(path, fmt, durations)
+    pairs = _read(path, fmt, durations)
     if limit is not None:
-        raw = raw[: int(limit)]
+        pairs = pairs[: int(limit)]
     fixes = Fixes()
+    skipped: Counter = Counter()
     videos = []
-    for events in raw:
+    for events, skips in pairs:
+        skipped.update(skips)
         record_path = events.video if fmt == "damo" else video_path.format(video=events.video)
         video = clean_video(events, record_path, fixes, on_bad_window)
         if video is not None:
             videos.append(video)
-    return LoadedSource(videos, {kind: n for kind, n in fixes.counts.items() if n})
+    counts = {kind: n for kind, n in fixes.counts.items() if n}
+    counts.update({kind: n for kind, n in skipped.items() if n})
+    return LoadedSource(videos, counts)

@@ -67,6 +67,30 @@ class Summary:
         summary.span_length_histogram = histogram(lengths)
         return summary
 
+    def problem(self) -> str | None:
+        """Why the run did not do its job, in one message (damo-augment then exits 1), or None.
+
+        Videos left to retry (an endpoint down, requests that kept failing) come first: a rerun
+        of the same command resumes and asks only for them. An output with no record at all
+        comes next: its videos are marked done, so only other input or settings help.
+        """
+        if self.videos_failed:
+            first = f" (first: {self.failures[0]})" if self.failures else ""
+            return (
+                f"{self.videos_failed} of {self.videos_total} video(s) not done{first}; {self.out} holds "
+                f"{self.records} record(s) from {self.videos_in_output} video(s). Run the same command again "
+                f"to resume: the videos already written are kept and only those not done are tried again"
+            )
+        if self.records == 0:
+            why = (f"every item was rejected ({', '.join(f'{k}={n}' for k, n in self.rejects.items())})"
+                   if self.rejects else "no item was generated")
+            return (
+                f"no record written to {self.out}: {why} for the {self.videos_in_output} video(s) of the input. "
+                f"They are marked done, so the same command again would write nothing: check the input "
+                f"(format=, the events it holds) and the question / validation settings, then rerun with overwrite=true"
+            )
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -141,9 +141,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     with user_errors("damo-augment"):
         cfg = compose("augment", args)
     try:
-        run(cfg)
+        summary = run(cfg)
     except KeyboardInterrupt:  # run_augment has said what was written and how to resume
         raise SystemExit(130) from None
+    problem = summary.problem()  # videos left to retry, or not one record: not a success
+    if problem:
+        raise _fail(problem)
 
 
 if __name__ == "__main__":
