@@ -1,7 +1,9 @@
 """Stage 3 at paper size under FSDP: tokens/s, peak GPU memory and the largest batch that fits.
 
-NEEDS GPUs (Lightning's FSDP is CUDA-only); on a machine without one it says so and exits 2.
+NEEDS GPUs (Lightning's FSDP is CUDA-only); on a machine without one it says so and exits 2
+(--help and check=true need none).
 
+    python experiments/throughput/fsdp_paper.py --help
     python experiments/throughput/fsdp_paper.py [devices=1] [batch_sizes=[1,8,32,64,128]] [steps=6]
     python experiments/throughput/fsdp_paper.py resume=true [resume_batch=8]   # save + resume at paper size
     python experiments/throughput/fsdp_paper.py check=true      # CPU: compose + build the strategy only
@@ -59,6 +61,47 @@ DEFAULTS: dict[str, Any] = {
     "extra": [],
     "resume": False, "resume_batch": 8, "phase": None, "keep_checkpoint": False,  # phase: the resume children
 }  # fmt: skip
+KEY_HELP = {
+    "out": "folder of the results, logs and the word tokenizer (fsdp_tokenizer/)",
+    "devices": "GPUs per run (trainer.devices)",
+    "batch_sizes": "batch sizes per device, tried smallest first until one runs out of memory",
+    "steps": "timed steps per batch size", "warmup": "untimed steps before them",
+    "text_tokens": "text tokens per sample", "check": "true: compose the recipe and build the strategy only (CPU)",
+    "one": "run a single batch size in this process (what the driver's children get)",
+    "build_on": "where the random weights are initialised: cuda, or cpu",
+    "extra": "Hydra overrides added to every run, e.g. [trainer.precision=32-true]",
+    "resume": "true: the sharded save + resume check instead of the batch sizes",
+    "resume_batch": "batch size per device of the resume check",
+    "phase": "save or resume: one half of the resume check (its children)",
+    "keep_checkpoint": "true: keep the resume check's checkpoint",
+}
+
+
+def usage() -> str:
+    """--help: the docstring, every key with its default and meaning, and what a run writes.
+    Needs no GPU, writes nothing."""
+    def show(value: Any) -> str:  # as a KEY=VALUE word takes it
+        return "null" if value is None else json.dumps(value, separators=(",", ":")) if isinstance(value, list) else \
+            str(value).lower() if isinstance(value, bool) else str(value)
+
+    words = {key: f"{key}={show(value)}" for key, value in DEFAULTS.items()}
+    width = max(len(word) for word in words.values() if len(word) < 40)
+    lines = [__doc__.rstrip(), "", "keys (KEY=VALUE words, each shown with its default):"]
+    lines += [f"  {word:<{width}}  {KEY_HELP.get(key, '')}".rstrip() for key, word in words.items()]
+    lines += ["", "writes OUT/fsdp_paper.json and OUT/fsdp_paper_b{B}.log (resume=true: OUT/fsdp_resume.json and",
+              "OUT/fsdp_resume_{save,resume}.log); OUT/fsdp_tokenizer/ is made once and reused."]
+    return "\n".join(lines)
+
+
+def settings(words: list[str]) -> Any:
+    """DEFAULTS merged with the key=value words; an unknown key is an error naming the known ones."""
+    cli = OmegaConf.from_dotlist(words)
+    unknown = sorted(set(cli) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"fsdp_paper: unknown key(s) {unknown}; expected some of {sorted(DEFAULTS)} (see --help)")
+    return OmegaConf.merge(OmegaConf.create(DEFAULTS), cli)
+
+
 RANDOM_WEIGHTS = ["model.vision.name_or_path=null", "model.audio.name_or_path=null",
                   "model.text_encoder.name_or_path=null", "model.llm.name_or_path=null"]  # fmt: skip
 
@@ -311,8 +354,11 @@ def resume_check(cfg: Any, argv: list[str], out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None
-                                                                                   else argv)))  # fmt: skip
+    words = list(sys.argv[1:] if argv is None else argv)
+    if any(word in ("-h", "--help") for word in words):
+        print(usage())
+        return 0
+    cfg = settings(words)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = word_tokenizer(out / "fsdp_tokenizer", 32064)
@@ -327,7 +373,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    words = list(sys.argv[1:] if argv is None else argv)
     resuming = bool(cfg.resume) or cfg.phase is not None
     cpu_resume = resuming and "trainer.accelerator=cpu" in cfg.extra  # the tests' CPU FSDP strategy
     if not torch.cuda.is_available() and not cpu_resume:

@@ -1,7 +1,7 @@
 """make bench: the throughput study. Every figure is measured side by side in one run, on this
 machine, and written to OUT/throughput.json with a printed table (docs/scale.md).
 
-    python experiments/throughput/run.py [out=outputs/bench] [quick=true]
+    python experiments/throughput/run.py [--help] [out=outputs/bench] [quick=true]
                                       [sections=[sparse,loader,cache,cache_real,fuse,tower_chunks,lm_head]]
                                       [real_videos=DIR]
     make bench [quick=true]
@@ -99,6 +99,26 @@ FROZEN = ["model.vision.trainable=false", "model.audio.trainable=false"]
 WARMUP_STEPS = 2  # the first training steps allocate and warm up; they are not the steady state
 
 log = logging.getLogger("bench")
+
+
+HELP_WORDS = ("-h", "--help")
+
+
+def usage() -> str:
+    """--help: what the study measures (the docstring), every key with its default, what
+    quick=true changes and what the run writes. Needs no GPU and measures nothing."""
+    def show(value: Any) -> str:  # as a KEY=VALUE word takes it
+        return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else \
+            str(value).lower() if isinstance(value, bool) else str(value)
+
+    lines = [__doc__.rstrip(), "", "keys (KEY=VALUE words, default after '='; nested dicts replace the default whole):"]
+    lines += [f"  {key}={show(value)}" for key, value in DEFAULTS.items()]
+    lines += ["", "quick=true (the smoke test) sets instead: " + " ".join(f"{k}={show(v)}" for k, v in QUICK.items()),
+              "", f"sections: {', '.join(SECTIONS)} (all by default, in that order)",
+              "", "writes OUT/throughput.json (every figure, the settings, the machine and its load at start and end),",
+              "prints the table of figures with their targets, and keeps its work files under OUT (clips/, synth/,",
+              "runs/, features*/, synth*/, decoded/, real/): a later run reuses the clips and the synthetic sets."]
+    return "\n".join(lines)
 
 
 def settings(argv: list[str]) -> Any:
@@ -655,7 +675,11 @@ def table(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = settings(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    if any(word in HELP_WORDS for word in words):
+        print(usage())
+        return 0
+    cfg = settings(words)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

@@ -72,3 +72,82 @@ def test_console_script_exit_code(tmp_path):
     bad.write_text('{"id": "a"}\n')
     proc = subprocess.run([sys.executable, "-m", "damo_lit.cli.data", "validate", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 1 and f"{bad}:1: missing required key 'video'" in proc.stderr
+
+
+def _synth(out, videos: int, *more: str) -> int:
+    return main(["synth", "--out", str(out), "--videos", str(videos), "--seed", "1", "--workers", "1", *more])
+
+
+def _listed_videos(out) -> set[str]:
+    files = (out / "annotations").glob("*.jsonl")
+    return {json.loads(line)["video"] for f in files for line in f.read_text().splitlines()}
+
+
+def test_synth_refuses_a_folder_holding_another_set_unless_forced(tmp_path, capsys):
+    out = tmp_path / "set"
+    assert _synth(out, 4) == 0
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # other parameters: refused, nothing touched (was: 4 MP4s left while the annotations listed 2)
+    assert _synth(out, 2) == 1
+    err = capsys.readouterr().err
+    assert (f"damo-data synth: {out} already holds a synthetic set made with other parameters "
+            "(videos: 4 there, 2 asked)") in err
+    assert "--force" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # the same parameters (another number of workers): the set is there already, as data.generate treats it
+    assert main(["synth", "--out", str(out), "--videos", "4", "--seed", "1", "--workers", "2"]) == 0
+    assert "already holds this set" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    # --force: the old videos/ and annotations/ go, nothing else in the folder does
+    (out / "notes.txt").write_text("mine")
+    (out / "extra").mkdir()
+    (out / "extra" / "clip.mp4").write_bytes(b"mine too")
+    assert _synth(out, 2, "--force") == 0
+    assert "wrote 2 videos" in capsys.readouterr().out
+    on_disk = {f"videos/{p.name}" for p in (out / "videos").glob("*.mp4")}
+    assert on_disk == _listed_videos(out) and len(on_disk) == 2
+    assert (out / "notes.txt").read_text() == "mine" and (out / "extra" / "clip.mp4").read_bytes() == b"mine too"
+    assert json.loads((out / "synth.json").read_text())["config"]["videos"] == 2
+
+
+def test_synth_refuses_an_unfinished_set(tmp_path, capsys):
+    out = tmp_path / "set"
+    (out / "annotations").mkdir(parents=True)
+    (out / "annotations" / "train.jsonl").write_text("{}\n")  # a run cut short: no synth.json
+    assert _synth(out, 2) == 1
+    assert "an unfinished or unknown set" in capsys.readouterr().err
+    assert _synth(out, 2, "--force") == 0
+    assert _listed_videos(out) == {f"videos/{p.name}" for p in (out / "videos").glob("*.mp4")}
+
+
+def test_generate_removes_the_manifest_first(tmp_path, monkeypatch):
+    """A generation cut short under an old synth.json must not look finished (is_generated)."""
+    import damo_lit.data.synthetic as synthetic
+
+    out = tmp_path / "set"
+    synthetic.generate(out, synthetic.SynthConfig(videos=2, seed=1, workers=1))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_render_all", crash)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.generate(out, synthetic.SynthConfig(videos=3, seed=1, workers=1))
+    assert not synthetic.is_generated(out)
+
+
+def test_validate_a_folder_or_an_empty_file_fails(tmp_path, capsys):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "train.jsonl").write_text("")
+    assert main(["validate", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    found = tmp_path / "annotations" / "train.jsonl"
+    assert f"{tmp_path}: is a folder; expected a DaMO .jsonl file such as {found}" in err
+    assert "file not found" not in err
+    for text in ("", "\n\n  \n"):
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text(text)
+        assert main(["validate", str(empty)]) == 1
+        captured = capsys.readouterr()
+        assert f"{empty}: no records" in captured.err and "records OK" not in captured.out

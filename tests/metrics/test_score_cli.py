@@ -194,3 +194,87 @@ def test_help_is_useful(sub, words):
     assert proc.returncode == 0
     for word in words:
         assert word in proc.stdout, word
+
+
+# ---------------------------------------------------------------- the command line's own edges (in process)
+def _qvh_unequal_sets(tmp_path):
+    gt = write_jsonl(tmp_path / "gt.jsonl", [
+        {"qid": 1, "duration": 20, "relevant_windows": [[0, 4]], "relevant_clip_ids": [0],
+         "saliency_scores": [[4, 4, 4]]},
+        {"qid": 2, "duration": 20, "relevant_windows": [[4, 8]], "relevant_clip_ids": [2],
+         "saliency_scores": [[3, 3, 3]]},
+    ])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"qid": 1, "pred_relevant_windows": [[0, 4, 0.9]]}])
+    return pred, gt
+
+
+def test_qvhighlights_unequal_sets_name_the_flag_on_the_command_line(tmp_path, capsys):
+    from damo_lit.cli.score import main
+    from damo_lit.metrics.qvhighlights import QVHighlightsError, QVHPrediction, QVHTarget, evaluate_qvhighlights
+
+    pred, gt = _qvh_unequal_sets(tmp_path)
+    assert main(["qvhighlights", "--pred", str(pred), "--gt", str(gt)]) == 2
+    err = capsys.readouterr().err
+    assert "different queries" in err and "score the shared ones with --allow-partial" in err
+    assert "match_number" not in err  # an argument of the Python API, not a flag of damo-score
+    # the API still names its own argument
+    preds = [QVHPrediction.from_dict(json.loads(line), "p") for line in pred.read_text().splitlines()]
+    targets = [QVHTarget.from_dict(json.loads(line), "g") for line in gt.read_text().splitlines()]
+    with pytest.raises(QVHighlightsError, match="score the shared ones with match_number=False"):
+        evaluate_qvhighlights(preds, targets)
+
+
+def test_help_examples_use_the_paths_the_project_writes():
+    from damo_lit.cli.common import PROJECT_ROOT, compose
+    from damo_lit.cli.score import EPILOG
+
+    eval_cfg = compose("eval", ["ckpt=outputs/demo/stage3"])
+    # damo-eval writes <ckpt folder>/eval/<data name>_<split>/predictions.jsonl (cli/eval.py)
+    assert f"--pred outputs/demo/stage3/eval/{eval_cfg.data.name}_{eval_cfg.split}/predictions.jsonl" in EPILOG
+    annotations = Path(eval_cfg.data.annotations).relative_to(PROJECT_ROOT)  # the synthetic set's own folder
+    assert f"--gt {annotations}/test.jsonl" in EPILOG
+    assert "outputs/eval/test_predictions.jsonl" not in EPILOG  # a path nothing writes
+
+
+def test_a_closed_stdout_ends_quietly(grounding_files, tmp_path):
+    """`damo-score ... | head`: the reader has gone; no BrokenPipeError traceback, --out still written."""
+    import os
+
+    pred, gt = grounding_files
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "damo_lit.cli.score", "grounding", "--pred", str(pred), "--gt",
+                               str(gt), "--out", str(tmp_path / "m.json")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode == 128 + 13  # as the shell reports a Unix tool stopped by SIGPIPE
+    assert json.loads((tmp_path / "m.json").read_text())["count"] == 4
+
+
+def test_an_unwritable_out_is_named(grounding_files, tmp_path, capsys):
+    from damo_lit.cli.score import main
+
+    pred, gt = grounding_files
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out, reason in ((tmp_path, "is a folder"), (blocker / "m.json", f"{blocker} is a file, not a folder")):
+        assert main(["grounding", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert f"damo-score grounding: --out {out}: cannot write it ({reason})" in captured.err, captured.err
+
+
+@pytest.mark.parametrize("ks", [["0"], ["1", "-5"]])
+def test_retrieval_cut_offs_below_one_are_refused(tmp_path, capsys, ks):
+    from damo_lit.cli.score import main
+
+    npy = tmp_path / "sim.npy"
+    np.save(npy, np.array(SIM))
+    with pytest.raises(SystemExit) as info:
+        main(["retrieval", "--pred", str(npy), "--ks", *ks])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --ks" in err and "must be at least 1" in err and "Traceback" not in err

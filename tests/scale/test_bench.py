@@ -100,3 +100,33 @@ def test_bench_every_section(tmp_path: Path) -> None:
     assert "clips of 96x96 px at 12 fps" in result["cache_setup"]
     assert set(result["section_seconds"]) == {"sparse", "loader", "cache", "cache_real", "fuse", "tower_chunks",
                                               "lm_head"}
+
+
+FSDP_SCRIPT = SCRIPT.parent / "fsdp_paper.py"
+
+
+@pytest.mark.parametrize("script, words", [
+    (SCRIPT, ["sections=", "quick=true", "clip_size=128", "real_videos=", "throughput.json", "lm_head"]),
+    (FSDP_SCRIPT, ["batch_sizes=[1,8,32,64,128]", "resume=false", "build_on=cuda", "fsdp_paper.json",
+                   "fsdp_resume.json", "check=true"]),
+])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_throughput_runners_print_help_without_a_gpu(tmp_path: Path, script: Path, words: list[str], flag: str) -> None:
+    """experiments/README.md: every runner takes --help (keys, defaults, what it writes), on any machine."""
+    import os
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), flag, f"out={out}"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "unknown key" not in done.stderr and "needs a CUDA GPU" not in done.stderr
+    for word in words:
+        assert word in done.stdout, word
+    assert not out.exists(), "--help measures and writes nothing"
+
+
+def test_fsdp_paper_unknown_key_is_an_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(FSDP_SCRIPT), f"out={tmp_path / 'out'}", "batch_size=8"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "unknown key(s) ['batch_size']" in done.stderr and "batch_sizes" in done.stderr
+    assert not (tmp_path / "out").exists()

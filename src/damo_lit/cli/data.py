@@ -1,7 +1,7 @@
 """damo-data: generate the synthetic set, validate DaMO JSONL files, count what a data config reads.
 
     damo-data synth --out DIR --videos N --seed S [--fps 8 --size 64 --min-seconds 8 --max-seconds 20 --workers 2
-                                                   --faults 0.1]
+                                                   --faults 0.1] [--force]
     damo-data validate FILE [FILE ...]
     damo-data stats data=NAME [hydra overrides ...]
 """
@@ -36,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     synth = sub.add_parser(
         "synth",
         help="generate synthetic MP4s (H.264 + AAC) and DaMO JSONL annotations",
-        description="Write DIR/videos/*.mp4 and DIR/annotations/{train,val,test}.jsonl (80/10/10 of --videos). "
-        "The same --seed gives identical annotations and pixels.",
+        description="Write DIR/videos/*.mp4 and DIR/annotations/{train,val,test}.jsonl (80/10/10 of --videos) and "
+        "DIR/synth.json. The same --seed gives identical annotations and pixels. A DIR that already holds the set "
+        "these parameters make is left as it is (as training's data.generate does); one that holds a set made "
+        "with other parameters (or an unfinished one) is refused unless --force.",
     )
     synth.add_argument("--out", required=True, type=Path, help="output folder")
     synth.add_argument("--videos", type=int, default=1000, help="number of videos over all splits (default 1000)")
@@ -50,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--faults", type=float, default=0.0,
                        help="share of each split's videos to break (garbage bytes, zero bytes, missing file, no audio "
                        "stream; named in DIR/synth.json) for reliability tests (default 0)")
+    synth.add_argument("--force", action="store_true",
+                       help="generate again even when DIR holds a set: remove DIR/videos/, DIR/annotations/ and "
+                       "DIR/synth.json first (nothing else in DIR)")
 
     validate = sub.add_parser(
         "validate",
@@ -70,8 +75,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def existing_set_refusal(out: Path, cfg: Any, force: bool) -> tuple[bool, str] | None:
+    """What to do about a set already in `out` before generating `cfg` there: None to generate
+    (nothing there, or --force, after which the old set has been removed), else (True, why) when
+    the very set is there already (nothing to do), or (False, why) to refuse."""
+    from damo_lit.data.synthetic import clear_set, holds_a_set, is_generated, manifest_path, set_differences
+
+    if not holds_a_set(out):
+        return None
+    if is_generated(out):
+        differences = set_differences(out, cfg)
+        if not differences and not force:
+            return True, (f"{out} already holds this set ({cfg.videos} videos, seed {cfg.seed}); nothing written "
+                          "(--force generates it again)")
+        what = f"a synthetic set made with other parameters ({'; '.join(differences)})"
+    else:
+        what = f"an unfinished or unknown set (videos/ or annotations/ without a complete {manifest_path(out).name})"
+    if not force:
+        return False, (f"{out} already holds {what}; generating into it would mix the two sets. Use another --out, "
+                       "or add --force to remove its videos/, annotations/ and synth.json first")
+    clear_set(out)
+    return None
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
-    from damo_lit.data.synthetic import SynthConfig, generate
+    from damo_lit.data.synthetic import SynthConfig, generation_lock, generate
 
     try:
         cfg = SynthConfig(
@@ -87,8 +115,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"damo-data synth: {err}", file=sys.stderr)
         return 2
-    start = time.time()
-    result = generate(args.out, cfg)
+    with generation_lock(args.out):  # not beside a training run generating into the same folder
+        refusal = existing_set_refusal(args.out, cfg, args.force)
+        if refusal is not None:
+            done, message = refusal
+            print(f"damo-data synth: {message}", file=sys.stdout if done else sys.stderr)
+            return 0 if done else 1
+        start = time.time()
+        result = generate(args.out, cfg)
     size = sum(p.stat().st_size for p in (args.out / "videos").glob("*.mp4"))
     print(
         f"wrote {result.videos} videos ({size / 1e6:.0f} MB) and "
@@ -104,16 +138,32 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def unreadable_file(path: Path) -> str | None:
+    """Why `path` is not a DaMO JSONL file to check (a folder, nothing there, no record in it), or None."""
+    from damo_lit.data.schema import json_lines
+
+    if path.is_dir():
+        found = sorted(path.glob("*.jsonl")) or sorted(path.glob("annotations/*.jsonl"))
+        hint = f" such as {', '.join(map(str, found[:3]))}" if found else ""
+        return f"{path}: is a folder; expected a DaMO .jsonl file{hint}"
+    if not path.is_file():
+        return f"{path}: file not found"
+    if next(iter(json_lines(path)), None) is None:
+        return f"{path}: no records (the file is empty or holds only blank lines)"
+    return None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from damo_lit.data.schema import validate_files
 
-    missing = [path for path in args.files if not path.is_file()]
-    for path in missing:
-        print(f"{path}: file not found", file=sys.stderr)
-    good, errors = validate_files(path for path in args.files if path.is_file())
+    problems = [(path, unreadable_file(path)) for path in args.files]
+    for _, problem in problems:
+        if problem is not None:
+            print(problem, file=sys.stderr)
+    good, errors = validate_files(path for path, problem in problems if problem is None)
     for error in errors:
         print(str(error), file=sys.stderr)
-    bad = len(missing) + len(errors)
+    bad = sum(problem is not None for _, problem in problems) + len(errors)
     if bad:
         print(f"{bad} bad record(s), {good} good", file=sys.stderr)
         return 1

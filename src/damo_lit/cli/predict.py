@@ -1,6 +1,11 @@
 """damo-predict: answer one question about one video; print the answer and its spans as JSON.
 
     damo-predict ckpt=outputs/demo/stage4 video=clip.mp4 question="when does the dog bark?"
+    damo-predict ckpt=outputs/demo/stage4 "video=my clip (1).mp4" "question=when's the first bark (and why)?"
+
+`video=` and `question=` are taken literally: everything after the first '=' is the value (commas,
+quotes, apostrophes, brackets, '=' and spaces included; quote the word for the shell only), not
+parsed as Hydra overrides. Every other word is a Hydra override of conf/predict.yaml.
 
 Works on any MP4, including one without an audio track (the audio is masked, not an error).
 Spans are in seconds, parsed from the answer in the checkpoint's timestamp format. Other keys:
@@ -34,7 +39,28 @@ def inference_device(accelerator: str) -> "torch.device":
     return torch.device("cuda" if choice in ("gpu", "cuda") else "cpu")
 
 
-def predict(cfg: Any) -> dict[str, Any]:
+# Words whose value is taken as it is, outside Hydra's override grammar (which would choke on a
+# question's commas, quotes and brackets, or on a file name with spaces and parentheses).
+LITERAL_KEYS = ("video", "question")
+
+
+def split_words(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The command line as (literal values, Hydra overrides): a `video=` or `question=` word
+    (`+`/`++` forms too) gives everything after its first '=' as the value, unparsed; every other
+    word is a Hydra override. A key given twice keeps its last value."""
+    literal: dict[str, str] = {}
+    overrides: list[str] = []
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if sep and key.lstrip("+") in LITERAL_KEYS:
+            literal[key.lstrip("+")] = value
+        else:
+            overrides.append(word)
+    return literal, overrides
+
+
+def predict(cfg: Any, video: str | None = None, question: str | None = None) -> dict[str, Any]:
+    """Answer `question` about `video` (either one, when not given, from the config's key)."""
     import torch
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
@@ -42,7 +68,8 @@ def predict(cfg: Any) -> dict[str, Any]:
     from damo_lit.data.decode import DecodeParams
     from damo_lit.data.inference import question_batch
 
-    video = Path(cfg.video)
+    video = Path(cfg.video if video is None else video)
+    question = str(cfg.question if question is None else question)
     if not video.is_file():
         raise FileNotFoundError(f"video={video}: no such file")
     device = inference_device(cfg.accelerator)
@@ -52,14 +79,14 @@ def predict(cfg: Any) -> dict[str, Any]:
                           num_audio_segments=model_cfg["num_audio_segments"],
                           audio_segment_frames=model_cfg["audio"]["segment_frames"],
                           n_mels=model_cfg["audio"]["n_mels"])
-    batch = question_batch(video, str(cfg.question), stage.tokenizer, params, prompt_style=cfg.get("prompt_style", "plain"))
+    batch = question_batch(video, question, stage.tokenizer, params, prompt_style=cfg.get("prompt_style", "plain"))
     batch = move_data_to_device(batch, device)
     with torch.no_grad():
         embeds = stage.soft_prompt(batch)
         answer = stage.generate_text(batch, embeds, int(cfg.max_new_tokens))[0]
     duration = float(batch["duration"][0])
     spans = stage.span_parser(answer, duration)
-    return {"video": str(video), "question": str(cfg.question), "answer": answer,
+    return {"video": str(video), "question": question, "answer": answer,
             "spans": [[round(s, 2), round(e, 2)] for s, e in spans], "duration": round(duration, 3),
             "has_audio": bool(batch["has_audio"][0])}
 
@@ -72,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(__doc__)
         return
     # besides the common mistakes: an empty question, a GPU this machine lacks, a video that does not decode
+    literal, overrides = split_words(argv)
     with user_errors("damo-predict", ValueError, DecodeError), quiet_inference_logs():
-        result = predict(compose("predict", argv))
+        result = predict(compose("predict", overrides), **literal)
     print(json.dumps(result))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from damo_lit.metrics.retrieval import DEFAULT_KS, paired_retrieval_metrics, ran
 from damo_lit.metrics.spans import Span, clean_span
 
 MAX_LISTED_IDS = 20
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE: stdout closed by its reader (`damo-score ... | head`)
 
 
 class ScoreInputError(ValueError):
@@ -211,8 +213,10 @@ def _read_qvh(path: str | Path, build: Callable[[dict[str, Any], str], Any]) -> 
     return items
 
 
-def score_qvhighlights(pred_path: str | Path, gt_path: str | Path, match_number: bool = True) -> dict[str, Any]:
-    """The official QVHighlights evaluation ('brief' + nested figures) of a submission file."""
+def score_qvhighlights(pred_path: str | Path, gt_path: str | Path, match_number: bool = True,
+                       partial_hint: str = "match_number=False") -> dict[str, Any]:
+    """The official QVHighlights evaluation ('brief' + nested figures) of a submission file.
+    `partial_hint`: what the error over unequal query sets tells the caller to use instead."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -226,7 +230,8 @@ def score_qvhighlights(pred_path: str | Path, gt_path: str | Path, match_number:
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("score", total=parts * shared)
         try:
-            return dict(evaluate_qvhighlights(preds, targets, match_number, lambda: progress.advance(task)))
+            return dict(evaluate_qvhighlights(preds, targets, match_number, lambda: progress.advance(task),
+                                              partial_hint=partial_hint))
         except QVHighlightsError as err:
             raise ScoreInputError(f"{pred_path} against {gt_path}: {err}") from None
 
@@ -390,10 +395,23 @@ def score_retrieval(pred_path: str | Path, gt_path: str | Path | None, ks: Seque
 
 # ---------------------------------------------------------------- command line
 EPILOG = """examples:
-  damo-score grounding --pred outputs/eval/test_predictions.jsonl --gt data/synthetic/test.jsonl
+  damo-score grounding --pred outputs/demo/stage3/eval/synthetic_test/predictions.jsonl \
+      --gt outputs/data/synthetic/annotations/test.jsonl
+      (damo-eval ckpt=CKPT data=D split=S writes CKPT/eval/D_S/predictions.jsonl)
   damo-score qvhighlights --pred sample_val_preds.jsonl --gt highlight_val_release.jsonl --out metrics.json
   damo-score retrieval --pred msrvtt_sim.npz
 File formats: docs/metrics.md."""
+
+
+def cut_off(word: str) -> int:
+    """A --ks value: a whole number of candidates, at least 1 (R@0 would be 0 for every query)."""
+    try:
+        k = int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{word!r} is not a whole number") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"{k}: a cut-off k of R@k must be at least 1 (the top k candidates)")
+    return k
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gold candidates per query (optional for a square paired matrix)",
         gt_required=False,
     )
-    retrieval.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), metavar="K",
+    retrieval.add_argument("--ks", type=cut_off, nargs="+", default=list(DEFAULT_KS), metavar="K",
                            help="cut-offs for R@K (default: 1 5 10)")
     return parser
 
@@ -472,24 +490,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.task == "grounding":
         return score_grounding(args.pred, args.gt, args.thresholds)
     if args.task == "qvhighlights":
-        return score_qvhighlights(args.pred, args.gt, match_number=not args.allow_partial)
+        return score_qvhighlights(args.pred, args.gt, match_number=not args.allow_partial,
+                                  partial_hint="--allow-partial")
     return score_retrieval(args.pred, args.gt, args.ks)
 
 
+def write_out(path: Path, text: str) -> None:
+    """Write the JSON to --out (its folder made when missing); a path that cannot be written is a
+    ScoreInputError naming it."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+    except OSError as err:
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking is not None else (err.strerror or str(err))
+        raise ScoreInputError(f"--out {path}: cannot write it ({reason})") from None
+
+
+def print_to_stdout(text: str) -> bool:
+    """Print `text`; False when stdout was closed under us (`damo-score ... | head`): then stdout
+    is pointed at /dev/null, so that the interpreter's own flush at exit cannot raise again."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # no real file descriptor behind sys.stdout: nothing to flush at exit
+            pass
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `damo-score`: one JSON object on stdout, exit status 2 on bad input."""
+    """Entry point of `damo-score`: one JSON object on stdout, exit status 2 on bad input.
+
+    A reader that closes stdout early (`| head`) ends the command quietly with status 141 (128 +
+    SIGPIPE, what the shell reports for a Unix tool stopped that way), after --out was written.
+    """
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
+        text = json.dumps(json_safe(result), indent=2, allow_nan=False)
+        if args.out is not None:
+            write_out(args.out, text)
     except (ScoreInputError, ValueError) as err:
         print(f"damo-score {args.task}: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(json_safe(result), indent=2, allow_nan=False)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
+    return 0 if print_to_stdout(text) else EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -623,8 +623,12 @@ def manifest_path(out: str | Path) -> Path:
 
 
 def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
-    """Write out/videos/*.mp4 and out/annotations/{train,val,test}.jsonl (and out/synth.json)."""
+    """Write out/videos/*.mp4 and out/annotations/{train,val,test}.jsonl (and out/synth.json).
+
+    The manifest is written last and removed first, so that a run cut short never leaves a set
+    that `is_generated` takes for finished under an older manifest."""
     out = Path(out)
+    manifest_path(out).unlink(missing_ok=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     plans: list[VideoPlan] = []
     counts: dict[str, int] = {}
@@ -653,7 +657,7 @@ def is_generated(out: str | Path) -> bool:
 
 
 @contextmanager
-def _generation_lock(out: Path) -> Iterator[None]:
+def generation_lock(out: Path) -> Iterator[None]:
     """Hold an inter-process lock on `out` while generating into it: two runs started side by
     side on a fresh clone (e.g. `exp.jobs=2`) would otherwise render the same files at once."""
     from filelock import FileLock, Timeout
@@ -671,6 +675,52 @@ def _generation_lock(out: Path) -> Iterator[None]:
         lock.release()
 
 
+# What a generated set consists of in its folder (`clear_set` removes these and nothing else).
+SET_FOLDERS = ("videos", "annotations")
+
+
+def holds_a_set(out: str | Path) -> bool:
+    """True when `out` holds a synthetic set, finished or not: a manifest, or any file under
+    videos/ or annotations/."""
+    out = Path(out)
+    return manifest_path(out).is_file() or any(
+        (out / name).is_dir() and any((out / name).iterdir()) for name in SET_FOLDERS
+    )
+
+
+def set_differences(out: str | Path, cfg: SynthConfig) -> list[str]:
+    """How the finished set in `out` differs from what `cfg` would generate, one phrase each
+    (empty: the same set). The number of workers is not a difference (it changes no byte); a
+    key the manifest lacks (added since the set was made) counts as its default; an older
+    generator layout is a difference."""
+    manifest = json.loads(manifest_path(out).read_text())
+    layout = int(manifest.get("layout", 1))
+    found = []
+    if layout != LAYOUT_VERSION:
+        found.append(f"made by an older generator (layout {layout}, now {LAYOUT_VERSION})")
+    defaults = {f.name: f.default for f in fields(SynthConfig)}
+    existing, wanted = manifest.get("config", {}), asdict(cfg)
+    for key in sorted(wanted):
+        there = existing.get(key, defaults[key])
+        if key != "workers" and there != wanted[key]:
+            found.append(f"{key}: {there} there, {wanted[key]} asked")
+    return found
+
+
+def clear_set(out: str | Path) -> None:
+    """Remove the set in `out`: its videos/ and annotations/ folders and its manifest, nothing else."""
+    import shutil
+
+    out = Path(out)
+    manifest_path(out).unlink(missing_ok=True)  # first: a half-removed set is never taken for finished
+    for name in SET_FOLDERS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> SynthResult | None:
     """Generate the set into `out` unless it is already there ("generate when absent").
 
@@ -682,7 +732,7 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
     except TypeError as err:
         raise ValueError(f"data.generate: {err} (keys: {', '.join(SynthConfig.__dataclass_fields__)})") from None
     if not is_generated(out):
-        with _generation_lock(Path(out)):
+        with generation_lock(Path(out)):
             if not is_generated(out):  # another process may have finished it while we waited
                 return generate(out, cfg)
     manifest = json.loads(manifest_path(out).read_text())

@@ -323,6 +323,7 @@ def evaluate_qvhighlights(
     targets: Sequence[QVHTarget],
     match_number: bool = True,
     progress: Callable[[], None] | None = None,
+    partial_hint: str = "match_number=False",
 ) -> "OrderedDict[str, Any]":
     """The evaluator's output: {'brief': {...}, 'HL-min-Fair': ..., 'full': ..., 'long': ..., ...}.
 
@@ -330,6 +331,8 @@ def evaluate_qvhighlights(
     script demands); without it only the queries present in both are scored. Moment retrieval
     is scored when the predictions carry windows, highlights when they carry clip scores
     (decided, as there, by the first prediction). `progress` is called once per query and part.
+    `partial_hint` is how the error over unequal sets tells the caller to score the shared queries
+    (a command line names its flag, e.g. damo-score's --allow-partial).
     """
     preds, targets = list(preds), list(targets)
     pred_qids, gt_qids = {p.qid for p in preds}, {t.qid for t in targets}
@@ -338,7 +341,7 @@ def evaluate_qvhighlights(
             f"the predictions and the ground truth cover different queries: {len(pred_qids - gt_qids)} "
             f"predicted qids are not annotated (e.g. {sorted(map(str, pred_qids - gt_qids))[:5]}), "
             f"{len(gt_qids - pred_qids)} annotated qids have no prediction "
-            f"(e.g. {sorted(map(str, gt_qids - pred_qids))[:5]}); score the shared ones with match_number=False"
+            f"(e.g. {sorted(map(str, gt_qids - pred_qids))[:5]}); score the shared ones with {partial_hint}"
         )
     shared = pred_qids & gt_qids
     preds = [p for p in preds if p.qid in shared]
