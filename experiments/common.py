@@ -141,6 +141,30 @@ class Outcome:
 
 
 # --- the command line ------------------------------------------------------------------------
+def key_word(value: Any) -> str:
+    """A default as a KEY=VALUE word of the command line takes it (for --help): null, true /
+    false, JSON for lists and dicts, else the plain value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def key_words(prog: str, words: Sequence[str], defaults: Mapping[str, Any]) -> Any:
+    """A script's KEY=VALUE words as an OmegaConf config; a key that `defaults` lacks stops the
+    script with a message naming the known ones."""
+    from omegaconf import OmegaConf
+
+    cli = OmegaConf.from_dotlist(list(words))
+    unknown = sorted(set(cli) - set(defaults))
+    if unknown:
+        raise SystemExit(f"{prog}: unknown key(s) {unknown}; expected some of {sorted(defaults)} (see --help)")
+    return cli
+
+
 def _coerce(key: str, raw: str, default: Any) -> Any:
     if isinstance(default, str):
         return raw

@@ -53,6 +53,9 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from damo_lit.cli.common import PROJECT_ROOT, compose_run  # noqa: E402
 
+sys.path.insert(0, str(PROJECT_ROOT))
+from experiments.common import key_word, key_words  # noqa: E402
+
 DEFAULTS: dict[str, Any] = {
     "out": str(PROJECT_ROOT / "outputs" / "bench"),
     "devices": 1, "batch_sizes": [1, 8, 32, 64, 128], "steps": 6, "warmup": 2, "text_tokens": 128,
@@ -80,11 +83,7 @@ KEY_HELP = {
 def usage() -> str:
     """--help: the docstring, every key with its default and meaning, and what a run writes.
     Needs no GPU, writes nothing."""
-    def show(value: Any) -> str:  # as a KEY=VALUE word takes it
-        return "null" if value is None else json.dumps(value, separators=(",", ":")) if isinstance(value, list) else \
-            str(value).lower() if isinstance(value, bool) else str(value)
-
-    words = {key: f"{key}={show(value)}" for key, value in DEFAULTS.items()}
+    words = {key: f"{key}={key_word(value)}" for key, value in DEFAULTS.items()}
     width = max(len(word) for word in words.values() if len(word) < 40)
     lines = [__doc__.rstrip(), "", "keys (KEY=VALUE words, each shown with its default):"]
     lines += [f"  {word:<{width}}  {KEY_HELP.get(key, '')}".rstrip() for key, word in words.items()]
@@ -95,11 +94,7 @@ def usage() -> str:
 
 def settings(words: list[str]) -> Any:
     """DEFAULTS merged with the key=value words; an unknown key is an error naming the known ones."""
-    cli = OmegaConf.from_dotlist(words)
-    unknown = sorted(set(cli) - set(DEFAULTS))
-    if unknown:
-        raise SystemExit(f"fsdp_paper: unknown key(s) {unknown}; expected some of {sorted(DEFAULTS)} (see --help)")
-    return OmegaConf.merge(OmegaConf.create(DEFAULTS), cli)
+    return OmegaConf.merge(OmegaConf.create(DEFAULTS), key_words("fsdp_paper", words, DEFAULTS))
 
 
 RANDOM_WEIGHTS = ["model.vision.name_or_path=null", "model.audio.name_or_path=null",

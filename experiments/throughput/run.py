@@ -54,6 +54,9 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from damo_lit.cli.common import PROJECT_ROOT, compose, compose_run  # noqa: E402
 
+sys.path.insert(0, str(PROJECT_ROOT))
+from experiments.common import key_word, key_words  # noqa: E402
+
 DEFAULTS: dict[str, Any] = {
     "out": str(PROJECT_ROOT / "outputs" / "bench"),
     "quick": False,  # tiny sizes: the smoke test
@@ -107,13 +110,9 @@ HELP_WORDS = ("-h", "--help")
 def usage() -> str:
     """--help: what the study measures (the docstring), every key with its default, what
     quick=true changes and what the run writes. Needs no GPU and measures nothing."""
-    def show(value: Any) -> str:  # as a KEY=VALUE word takes it
-        return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else \
-            str(value).lower() if isinstance(value, bool) else str(value)
-
     lines = [__doc__.rstrip(), "", "keys (KEY=VALUE words, default after '='; nested dicts replace the default whole):"]
-    lines += [f"  {key}={show(value)}" for key, value in DEFAULTS.items()]
-    lines += ["", "quick=true (the smoke test) sets instead: " + " ".join(f"{k}={show(v)}" for k, v in QUICK.items()),
+    lines += [f"  {key}={key_word(value)}" for key, value in DEFAULTS.items()]
+    lines += ["", "quick=true (the smoke test) sets instead: " + " ".join(f"{k}={key_word(v)}" for k, v in QUICK.items()),
               "", f"sections: {', '.join(SECTIONS)} (all by default, in that order)",
               "", "writes OUT/throughput.json (every figure, the settings, the machine and its load at start and end),",
               "prints the table of figures with their targets, and keeps its work files under OUT (clips/, synth/,",
@@ -123,10 +122,7 @@ def usage() -> str:
 
 def settings(argv: list[str]) -> Any:
     """DEFAULTS, then QUICK when quick=true, then the key=value words of the command line."""
-    cli = OmegaConf.from_dotlist(argv)
-    unknown = sorted(set(cli) - set(DEFAULTS))
-    if unknown:
-        raise SystemExit(f"bench: unknown key(s) {unknown}; expected some of {sorted(DEFAULTS)}")
+    cli = key_words("bench", argv, DEFAULTS)
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), cli)
     if cfg.quick:
         cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(QUICK), cli)
