@@ -24,6 +24,7 @@ def _write_sources(clean_root: Path, folder: Path) -> tuple[Path, Path]:
     reversed_span = {**good[1], "id": "reversed", "spans": [[6.0, 2.0]]}
     damo = folder / "damo"
     damo.mkdir(parents=True)
+    (damo / "videos").symlink_to(clean_root / "videos")  # a split none of whose videos exists is refused
     (damo / "train.jsonl").write_text("\n".join([json.dumps(good[0]), '{"id": "cut off', json.dumps(good[1]),
                                                  json.dumps(reversed_span)]) + "\n")  # fmt: skip
     for split in ("val", "test"):

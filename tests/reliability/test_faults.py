@@ -141,9 +141,11 @@ def test_the_report_names_every_bad_file_once_however_many(tmp_path: Path, caplo
 
     failures = {f"/videos/bad_{i:03d}.mp4": ["zero bytes"] for i in range(120)}
     datamodule = SimpleNamespace(decode_failures=lambda: dict(failures), fixes=lambda: {})
-    trainer = SimpleNamespace(datamodule=datamodule, is_global_zero=True, current_epoch=0, default_root_dir=str(tmp_path))
-    module = SimpleNamespace(log=lambda *args, **kwargs: None)
+    trainer = SimpleNamespace(datamodule=datamodule, is_global_zero=True, current_epoch=0, default_root_dir=str(tmp_path),
+                              strategy=SimpleNamespace(reduce=lambda value, reduce_op: value))  # fmt: skip
+    module = SimpleNamespace(log=lambda *args, **kwargs: None, device="cpu")
     report = DecodeFailureReport()
+    report.batches = [1, 0]  # the epochs trained on their good samples
     with caplog.at_level(logging.WARNING, logger="damo_lit"):
         report.on_train_epoch_end(trainer, module)
         failures["/videos/late.mp4"] = ["truncated"]

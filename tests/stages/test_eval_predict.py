@@ -202,3 +202,22 @@ def test_grounding_figures_split_by_task_as_the_stage_logs_them() -> None:
     assert figures["R@0.5"] == 0.5 and figures["count"] == 2
     assert grounding_figures(rows[:1])["R@0.5"] == 1.0 and grounding_figures(rows[1:])["R@0.5"] == 0.0
     assert all(v == v for v in figures.values()), "no NaN figures"
+
+
+def test_damo_eval_names_a_split_without_samples(stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """An empty test split (as `damo-data synth --videos 5` writes) is an error naming the split and
+    its file, not a crash on the trainer's empty result; damo-eval's keys are named as typed."""
+    from damo_lit.cli.eval import main as damo_eval
+
+    empty = tmp_path / "test.jsonl"
+    empty.write_text("")
+    common = [f"ckpt={stage3_run}", f"data.root={synthetic_root}", "data.generate=null", "data.num_workers=0",
+              f"data.decoded_cache_dir={synthetic_root / 'decoded'}", "accelerator=cpu", f"out={tmp_path / 'eval'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        damo_eval([*common, f"data.splits.test={empty}"])
+    assert str(exit_info.value) == (
+        f"damo-eval: data synthetic, split test ({empty}): no sample to evaluate (tasks grounding); pick another "
+        "split or data source (split=..., data=..., data.splits.<split>=FILE)\n(DAMO_TRACEBACK=1 shows where)")
+    for typed, message in (("tasks=[groundin]", "damo-eval: tasks must be"), ("limit=0", "damo-eval: limit must be")):
+        with pytest.raises(SystemExit, match=message):
+            damo_eval([*common, typed])

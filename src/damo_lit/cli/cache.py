@@ -132,7 +132,7 @@ def build_cache(cfg: Any) -> Any:
     if cfg.get("init_from"):
         from damo_lit.stages.weights import inherited_groups, load_stage_weights
 
-        loaded = load_stage_weights(damo, cfg.init_from).loaded
+        loaded = load_stage_weights(damo, cfg.init_from, key="init_from").loaded
         towers = [g for g in inherited_groups(damo, loaded) if g in ("vision", "audio")]
         if not towers:
             raise SystemExit(f"damo-cache: init_from={cfg.init_from} holds no tower weights (vision.*, audio.*); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import traceback
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -121,11 +122,12 @@ def user_error_message(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def user_errors(prog: str, *more: type[BaseException]) -> Iterator[None]:
+def user_errors(prog: str, *more: type[BaseException], traceback_to: Path | None = None) -> Iterator[None]:
     """Turn what a user can fix (a bad or missing override, a config value the model rejects, a
     path that does not exist, a checkpoint refused as unsafe, and the command's own `more` kinds)
     into `prog: message` on stderr and exit status 1, not a traceback. DAMO_TRACEBACK=1 shows the
-    traceback instead."""
+    traceback instead. With `traceback_to` (a run folder's file) the traceback is kept there, so
+    that a long job stopped by a broad kind (damo-train's ValueError) can still be traced."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -137,7 +139,15 @@ def user_errors(prog: str, *more: type[BaseException]) -> Iterator[None]:
     except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError, UnsafeCheckpointError, *more) as err:
         if os.environ.get("DAMO_TRACEBACK"):
             raise
-        raise SystemExit(f"{prog}: {user_error_message(err)}\n(DAMO_TRACEBACK=1 shows where)") from None
+        where = "(DAMO_TRACEBACK=1 shows where)"
+        if traceback_to is not None:
+            try:
+                traceback_to.parent.mkdir(parents=True, exist_ok=True)
+                traceback_to.write_text("".join(traceback.format_exception(err)))
+                where = f"(the traceback: {traceback_to}; DAMO_TRACEBACK=1 shows it here)"
+            except OSError:
+                pass
+        raise SystemExit(f"{prog}: {user_error_message(err)}\n{where}") from None
 
 
 def override_key(word: str) -> str:

@@ -119,12 +119,22 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf, open_dict
 
     from damo_lit.cli.checkpoint import load_stage
+    from damo_lit.data.collection import check_tasks
+    from damo_lit.data.datamodule import NoSamplesError
 
+    # damo-eval's own keys are checked here, so that the message names the key the user typed
+    # (the datamodule would name data.eval_tasks and data.max_samples_per_split).
     if cfg.split not in ("val", "test"):
-        raise SystemExit(f"split must be val or test, got {cfg.split!r}")
+        raise SystemExit(f"damo-eval: split must be val or test, got {cfg.split!r}")
+    if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
+        raise SystemExit(f"damo-eval: limit must be an integer >= 1 or null (every sample), got {cfg.limit!r}")
+    try:
+        given = check_tasks([cfg.tasks] if isinstance(cfg.tasks, str) else cfg.tasks, "tasks") if cfg.tasks else None
+    except ValueError as err:
+        raise SystemExit(f"damo-eval: {err}") from None
     stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code))
     ckpt = Path(cfg.ckpt)
-    tasks = list(cfg.tasks) if cfg.tasks else stage_eval_tasks(stage.stage_name)
+    tasks = list(given) if given else stage_eval_tasks(stage.stage_name)
     with open_dict(cfg):
         cfg.model = OmegaConf.create(stage.model_cfg)
     datamodule = instantiate(cfg.data, timestamps=stage.timestamps, eval_tasks=tasks, batch_size=cfg.batch_size,
@@ -133,6 +143,10 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("validate" if cfg.split == "val" else "test")
     loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
+    if len(loader) == 0:  # the trainer would skip it and return nothing to score
+        raise NoSamplesError(f"{datamodule.describe_split(cfg.split)}: no sample to evaluate (tasks "
+                             f"{', '.join(tasks)}); pick another split or data source (split=..., data=..., "
+                             "data.splits.<split>=FILE)")
     out = Path(cfg.out) if cfg.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval" / f"{datamodule.name}_{cfg.split}"
     out.mkdir(parents=True, exist_ok=True)
     retrieval = retrieval_callback()
@@ -169,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    with user_errors("damo-eval"), quiet_inference_logs():
+    from damo_lit.data.datamodule import NoSamplesError
+
+    with user_errors("damo-eval", NoSamplesError), quiet_inference_logs():
         run_eval(compose("eval", argv))
 
 

@@ -18,6 +18,7 @@ docs/reliability.md.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,9 +28,9 @@ import pickle
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from damo_lit.cli.common import CONF_DIR, check_conf_dir, register_resolvers
+from damo_lit.cli.common import CONF_DIR, check_conf_dir, register_resolvers, user_errors
 
 log = logging.getLogger("damo_lit.train")
 
@@ -86,7 +87,10 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     ensure_model_parts(cfg.model)
     stage = build_stage(cfg)
-    datamodule = instantiate(cfg.data, timestamps=cfg.timestamps, _convert_="partial")
+    # An unset mandatory key (`???`, e.g. data.annotations) goes in as null: the datamodule then names
+    # the key and what it takes, where OmegaConf would only say that a value is missing.
+    unset = {key: None for key in cfg.data if OmegaConf.is_missing(cfg.data, key)}
+    datamodule = instantiate(cfg.data, timestamps=cfg.timestamps, _convert_="partial", **unset)
     datamodule.set_tokenizer(stage.tokenizer)
     cache = datamodule.feature_cache_signature()
     if cache is not None:
@@ -104,6 +108,20 @@ def only_frozen_modules_in_eval_mode(module: Any) -> bool:
     return not any(
         p.requires_grad for m in module.modules() if not m.training for p in m.parameters(recurse=False)
     )
+
+
+ERROR_FILE = "error.txt"  # the traceback of a run stopped by a mistake damo-train names in one line
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # ckpt_path values that Lightning resolves itself
+
+
+def check_resume_from(resume_from: str | None) -> None:
+    """A resume_from that does not exist, named before anything is built (Lightning would fail at
+    fit's start with a traceback of its own)."""
+    if resume_from is None or str(resume_from) in LIGHTNING_CKPT_NAMES or "://" in str(resume_from):
+        return
+    if not Path(resume_from).exists():
+        raise FileNotFoundError(f"resume_from={resume_from}: no such file; expected a checkpoint of an earlier run "
+                                "(RUN/checkpoints/last.ckpt, or a sharded checkpoint folder under trainer=fsdp)")
 
 
 def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> None:
@@ -186,6 +204,7 @@ def run(cfg: Any) -> dict[str, float]:
     from damo_lit.stages.fsdp import uses_fsdp
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_resume_from(cfg.get("resume_from"))
     stage, datamodule, trainer = build_run(cfg)
     if getattr(stage, "init_report", None) is not None:
         report = stage.init_report
@@ -210,6 +229,27 @@ def run(cfg: Any) -> dict[str, float]:
     return metrics
 
 
+@contextlib.contextmanager
+def train_errors() -> Iterator[None]:
+    """user_errors for damo-train: a mistake the user can fix (ValueError covers the data's and the
+    config's own errors, as damo-predict and damo-data catch them) ends in `damo-train: message`. In
+    a multirun the job fails with that message instead, so that the sweep runs its other jobs and
+    Hydra prints the message, not a traceback, at the end."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import CompactHydraException
+    from hydra.types import RunMode
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    try:
+        # ValueError is broad (a bug may raise one too): the traceback is kept in the run folder
+        with user_errors("damo-train", ValueError, traceback_to=run_dir / ERROR_FILE if run_dir else None):
+            yield
+    except SystemExit as stop:
+        if isinstance(stop.code, str) and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise CompactHydraException(stop.code) from None
+        raise
+
+
 def main() -> None:
     import hydra
 
@@ -219,7 +259,8 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
     def _main(cfg: Any) -> float | None:
-        metrics = run(cfg)
+        with train_errors():
+            metrics = run(cfg)
         # A sweeper (hparams_search) optimises the value returned here.
         target = cfg.get("optimized_metric")
         return metrics.get(target) if target else None

@@ -49,8 +49,18 @@ from damo_lit.data.prompts import PROMPT_STYLES
 from damo_lit.data.sources.base import SPLITS
 from damo_lit.data.timestamps import check_format
 
-__all__ = ["BATCH_KEYS", "Collator", "DaMODataModule", "EpochSampler", "RecordDataset", "SpanPrior", "TrainPosition",
-           "VideoLoader"]
+__all__ = ["BATCH_KEYS", "Collator", "DaMODataModule", "EpochSampler", "NoSamplesError", "RecordDataset", "SpanPrior",
+           "TrainPosition", "VideoLoader"]
+
+# The split each Lightning stage is about: its videos must be on disk (setup refuses it otherwise).
+MAIN_SPLIT = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}
+SKIPPED = {"val": "validation is skipped", "test": "testing is skipped"}
+
+
+class NoSamplesError(ValueError):
+    """A split left with no sample to train or evaluate on (no records of its tasks, or no video
+    that decodes): a run on it would end as a success having done nothing."""
+
 
 @dataclass(frozen=True)
 class SpanPrior:
@@ -245,15 +255,59 @@ class DaMODataModule(L.LightningDataModule):
             if split in self.datasets:
                 continue
             loaded = self.load_split(split)
+            records = len(loaded.samples)
             loader: Any = self.loader
             if self.features:
                 loaded.samples, loader = self._from_features(split, loaded.samples)
-            elif self.decoded_cache_dir is not None:
-                loaded.samples = self._without_known_bad(loaded.samples)
+            else:
+                if split == MAIN_SPLIT.get(stage or ""):
+                    self._check_videos_present(split, loaded.samples)
+                if self.decoded_cache_dir is not None:
+                    loaded.samples = self._without_known_bad(loaded.samples)
+            if not loaded.samples:
+                self._empty_split(split, records, training=stage == "fit")
             self.splits[split] = loaded
             self.datasets[split] = RecordDataset(
                 loaded.samples, loader, self.tokenizer, self.timestamps, self.prompt_style
             )
+
+    def describe_split(self, split: str) -> str:
+        """`data NAME, split SPLIT (annotation files)`: where a split's records come from, for messages."""
+        files = []
+        for spec in self.specs:
+            try:
+                files.append(str(spec.annotation_file(split)))
+            except ValueError:
+                continue
+        return f"data {self.name}, split {split}" + (f" ({', '.join(files)})" if files else "")
+
+    def _check_videos_present(self, split: str, samples: Sequence[Sample]) -> None:
+        """Refuse a split none of whose videos is on disk: the video folder is wrong, and every sample
+        would otherwise be skipped one by one and the run end as a success on nothing. One stat when
+        the first video is there."""
+        paths = list(dict.fromkeys(s.video_path for s in samples))
+        if not paths or any(Path(p).is_file() for p in paths):
+            return
+        folders = "; ".join(
+            f"{spec.key}.video_dir={spec.video_dir}" if spec.video_dir
+            else f"{spec.key}.video_dir=null (the annotation file's folder, {spec.annotation_file(split).parent})"
+            for spec in self.specs
+        )  # fmt: skip
+        key = f"{self.specs[0].key}.video_dir" if len(self.specs) == 1 else "each source's video_dir"
+        raise FileNotFoundError(
+            f"{self.describe_split(split)}: none of its {len(paths)} video(s) exists (first missing: {paths[0]}); "
+            f"record videos are looked up under {folders}: set {key} to the folder that holds them"
+        )
+
+    def _empty_split(self, split: str, records: int, training: bool) -> None:
+        """A split with no sample: an error for the training split (fit), a warning naming it otherwise."""
+        listed = "decode_failures.json in the run folder lists them" if training else "each named in a warning above"
+        why = (f"all {records} sample(s) were left out because their videos failed to decode ({listed})" if records
+               else f"it has no records of task(s) {', '.join(self.tasks_for(split))}")  # fmt: skip
+        if training and split == "train":
+            raise NoSamplesError(f"{self.describe_split(split)}: no training sample: {why}")
+        warnings.warn(f"{self.describe_split(split)}: no samples, {SKIPPED.get(split, 'nothing to run')}: {why}",
+                      UserWarning, stacklevel=3)  # fmt: skip
 
     def feature_cache_signature(self) -> tuple[str, dict[str, Any]] | None:
         """(where, encoder signature) of the feature cache this data reads; None when it decodes media.

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from damo_lit.data.datamodule import NoSamplesError
 from damo_lit.data.sources.base import describe_fixes
 from damo_lit.stages.base import NonFiniteLossError
 from damo_lit.stages.fsdp import uses_fsdp
@@ -58,15 +61,24 @@ class DecodeFailureReport(L.Callback):
     (samples left out because of them, cumulative) and `train/records_dropped`; names in the log,
     with its reason, every file that failed since the last report (so each bad file is named once
     however many there are, and later epochs only count them), and writes all of them to
-    `DIR/decode_failures.json` (DIR: `dirpath`, else the trainer's default_root_dir). Record
-    fix-ups are named once, when fit starts.
+    `DIR/decode_failures.json` (DIR: `dirpath`, else the trainer's default_root_dir). Failures found
+    outside of a training epoch (a fit that trained no batch, testing, a run stopped by an error) are
+    written and named at the end of fit or test, or at the error. Record fix-ups are named once, when
+    fit starts.
+
+    A first training epoch in which every batch was empty (no video of any decoded: Lightning skips
+    such batches, and a step-limited run would loop over epochs for ever) stops fit with
+    NoSamplesError, after the report. An epoch with no batch at all (a run resumed at an epoch's
+    end) is not one.
     """
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = Path(dirpath) if dirpath else None
         self.named: set[str] = set()  # files already named in the log
+        self.batches = [0, 0]  # training batches of this rank in this fit: [trained, empty (None: skipped)]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches = [0, 0]
         fixes = getattr(trainer.datamodule, "fixes", None)
         if fixes is None or not trainer.is_global_zero:
             return
@@ -74,6 +86,13 @@ class DecodeFailureReport(L.Callback):
             done = describe_fixes(counts)
             if done:
                 log.warning("data %s: annotation fix-ups and drops: %s", split, done)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches[1 if batch is None else 0] += 1  # Lightning skips a None batch (every sample failed)
+
+    def _target(self, trainer: L.Trainer) -> Path:
+        return (self.dirpath or Path(trainer.default_root_dir)) / "decode_failures.json"
 
     def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         datamodule = trainer.datamodule
@@ -87,22 +106,62 @@ class DecodeFailureReport(L.Callback):
         values = {"decode_failures": len(failures), "skipped_samples": skipped, "records_dropped": dropped}
         for key, value in values.items():
             pl_module.log(f"{split}/{key}", float(value), rank_zero_only=True, batch_size=1)
+        self._write(trainer, f"{split} epoch {trainer.current_epoch}", failures)
+
+    def _write(self, trainer: L.Trainer, when: str, failures: dict[str, list[str]] | None = None) -> None:
+        """Write every failure so far to decode_failures.json and name the new ones; nothing when no
+        file failed, or (outside of an epoch's report) when none is new."""
+        if failures is None:
+            failures_of = getattr(trainer.datamodule, "decode_failures", None)
+            failures = failures_of() if failures_of is not None else {}
+            if set(failures) <= self.named:
+                return
         if not failures or not trainer.is_global_zero:
             return
         named = sorted(failures.items())
-        target = (self.dirpath or Path(trainer.default_root_dir)) / "decode_failures.json"
+        skipped = sum(len(v) for v in failures.values())
+        target = self._target(trainer)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps({path: reasons[0] for path, reasons in named}, indent=2) + "\n")
         new = [(path, reasons) for path, reasons in named if path not in self.named]
         self.named.update(path for path, _ in new)
         lines = "".join(f"\n  {path}: {reasons[0]}" + (f" ({len(reasons)} samples)" if len(reasons) > 1 else "")
                         for path, reasons in new)  # fmt: skip
-        log.warning("%s epoch %d: %d video file(s) failed to decode, %d new since the last report; %d sample(s) "
-                    "skipped so far (all in %s)%s", split, trainer.current_epoch, len(failures), len(new), skipped,
-                    target, lines)  # fmt: skip
+        log.warning("%s: %d video file(s) failed to decode, %d new since the last report; %d sample(s) "
+                    "skipped so far (all in %s)%s", when, len(failures), len(new), skipped, target, lines)  # fmt: skip
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report(trainer, pl_module, "train")
+        # every rank decides together (a rank that raised alone would leave the others waiting)
+        trained, empty = trainer.strategy.reduce(torch.tensor(self.batches, dtype=torch.float32,
+                                                              device=pl_module.device), reduce_op="sum").tolist()
+        if trained == 0 and empty > 0:
+            raise NoSamplesError(
+                f"no training sample could be decoded: every batch of epoch {trainer.current_epoch} was empty "
+                f"(the files that failed, and why: {self._target(trainer)})"
+            )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "fit")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, "test")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._write(trainer, f"stopped by {type(exception).__name__}")
+
+
+class StageProgressBar(RichProgressBar):
+    """Lightning's RichProgressBar, whose epoch reads `Epoch N/max_epochs-1`: a step-limited run
+    (max_epochs=-1, as the experiments set it) showed `Epoch 0/-2`. Such a run shows the epoch and
+    the step budget instead."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        text = f"Epoch {current_epoch}" + (f" (max_steps {trainer.max_steps})" if trainer.max_steps >= 0 else "")
+        return f"{text:{len(self.validation_description)}}"  # padded as Lightning pads it (no flicker)
 
 
 class InterruptCheckpoint(L.Callback):

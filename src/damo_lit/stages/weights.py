@@ -168,15 +168,16 @@ def save_stage_weights(directory: str | Path, state: Mapping[str, torch.Tensor],
     return directory / WEIGHTS_FILE
 
 
-def resolve_weights_path(path: str | Path) -> Path:
-    """Accept a stage folder, its weights file, or a run folder holding one; name what was wrong."""
+def resolve_weights_path(path: str | Path, key: str = "stage.init_from") -> Path:
+    """Accept a stage folder, its weights file, or a run folder holding one; name what was wrong
+    (`key`: the config key the path came from)."""
     path = Path(path)
     candidates = [path] if path.is_file() else [path / WEIGHTS_FILE]
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".safetensors":
             return candidate
     raise FileNotFoundError(
-        f"stage.init_from={path}: no {WEIGHTS_FILE} found (looked at {', '.join(map(str, candidates))}); "
+        f"{key}={path}: no {WEIGHTS_FILE} found (looked at {', '.join(map(str, candidates))}); "
         "point it at a previous stage's run folder or its weights file"
     )
 
@@ -186,16 +187,16 @@ def read_stage_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def load_stage_weights(model: nn.Module, path: str | Path) -> LoadReport:
+def load_stage_weights(model: nn.Module, path: str | Path, key: str = "stage.init_from") -> LoadReport:
     """Load a previous stage's weights into `model` by name; report what matched.
 
     Keys the model lacks are reported, not fatal (a stage-1-only head, for instance); a shape
     mismatch is an error, since it means the two stages were built from different configs.
     Parameters of a group the file holds but not in it (a deeper Fuseformer than the previous
     stage's) are reported in `missing`, and the stage warns: a change between stages may be
-    deliberate, a silently random block is not.
+    deliberate, a silently random block is not. `key` names the config key of `path` in errors.
     """
-    weights = resolve_weights_path(path)
+    weights = resolve_weights_path(path, key)
     state = load_file(str(weights))
     own = model.state_dict()
     report = LoadReport(path=str(weights))
