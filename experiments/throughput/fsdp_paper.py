@@ -93,8 +93,11 @@ def usage() -> str:
 
 
 def settings(words: list[str]) -> Any:
-    """DEFAULTS merged with the key=value words; an unknown key is an error naming the known ones."""
-    return OmegaConf.merge(OmegaConf.create(DEFAULTS), key_words("fsdp_paper", words, DEFAULTS))
+    """DEFAULTS merged with the key=value words; an unknown key is an error naming the known ones.
+    `hydra.*` words are left out: Lightning's launcher starts the other ranks with this script's
+    command line plus `hydra.run.dir=...` when the composed run config has set Hydra up."""
+    ours = [word for word in words if not word.startswith("hydra.")]
+    return OmegaConf.merge(OmegaConf.create(DEFAULTS), key_words("fsdp_paper", ours, DEFAULTS))
 
 
 RANDOM_WEIGHTS = ["model.vision.name_or_path=null", "model.audio.name_or_path=null",

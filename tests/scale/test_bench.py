@@ -130,3 +130,12 @@ def test_fsdp_paper_unknown_key_is_an_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode != 0 and "unknown key(s) ['batch_size']" in done.stderr and "batch_sizes" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_paper_leaves_the_launchers_hydra_words_alone() -> None:
+    """Lightning's launcher starts the other ranks with the script's words plus hydra.run.dir=...:
+    not unknown keys (the two-process resume check, make test-slow, stopped on them)."""
+    from experiments.throughput.fsdp_paper import settings
+
+    cfg = settings(["steps=3", "hydra.run.dir=/tmp/x", "hydra.job.name=train_ddp_process_1"])
+    assert cfg.steps == 3 and "hydra" not in cfg
