@@ -688,23 +688,25 @@ def holds_a_set(out: str | Path) -> bool:
     )
 
 
-def set_differences(out: str | Path, cfg: SynthConfig) -> list[str]:
-    """How the finished set in `out` differs from what `cfg` would generate, one phrase each
-    (empty: the same set). The number of workers is not a difference (it changes no byte); a
-    key the manifest lacks (added since the set was made) counts as its default; an older
-    generator layout is a difference."""
+def manifest_differences(out: str | Path, cfg: SynthConfig) -> tuple[int | None, dict[str, tuple[Any, Any]]]:
+    """How the finished set in `out` differs from what `cfg` would generate: the generator layout
+    it was made with when older than this one (else None), and (there, asked) per parameter that
+    differs. The number of workers is not a difference (it changes no byte); a key the manifest
+    lacks (added since the set was made) counts as its default."""
     manifest = json.loads(manifest_path(out).read_text())
     layout = int(manifest.get("layout", 1))
-    found = []
-    if layout != LAYOUT_VERSION:
-        found.append(f"made by an older generator (layout {layout}, now {LAYOUT_VERSION})")
     defaults = {f.name: f.default for f in fields(SynthConfig)}
     existing, wanted = manifest.get("config", {}), asdict(cfg)
-    for key in sorted(wanted):
-        there = existing.get(key, defaults[key])
-        if key != "workers" and there != wanted[key]:
-            found.append(f"{key}: {there} there, {wanted[key]} asked")
-    return found
+    there = {k: existing.get(k, defaults[k]) for k in wanted}
+    differ = {k: (there[k], wanted[k]) for k in sorted(wanted) if k != "workers" and there[k] != wanted[k]}
+    return (layout if layout != LAYOUT_VERSION else None), differ
+
+
+def set_differences(out: str | Path, cfg: SynthConfig) -> list[str]:
+    """manifest_differences as one phrase each (empty: the same set)."""
+    layout, differ = manifest_differences(out, cfg)
+    found = [f"made by an older generator (layout {layout}, now {LAYOUT_VERSION})"] if layout is not None else []
+    return found + [f"{k}: {there} there, {asked} asked" for k, (there, asked) in differ.items()]
 
 
 def clear_set(out: str | Path) -> None:
@@ -735,21 +737,15 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
         with generation_lock(Path(out)):
             if not is_generated(out):  # another process may have finished it while we waited
                 return generate(out, cfg)
-    manifest = json.loads(manifest_path(out).read_text())
-    layout = int(manifest.get("layout", 1))
-    if layout != LAYOUT_VERSION:
+    layout, differ = manifest_differences(out, cfg)
+    if layout is not None:
         raise ValueError(
             f"the synthetic set in {out} was made by an older generator (layout {layout}, now {LAYOUT_VERSION}: "
             "events of different kinds are now placed independently); delete it to generate it again"
         )
-    existing = manifest["config"]
-    wanted = asdict(cfg)
-    defaults = {f.name: f.default for f in fields(SynthConfig)}  # keys added since the set was made
-    existing = {k: existing.get(k, defaults[k]) for k in wanted}
-    differ = sorted(k for k in wanted if k != "workers" and existing[k] != wanted[k])
     if differ:
-        details = ", ".join(f"{k}: {existing.get(k)} there, {wanted[k]} asked" for k in differ)
-        matching = " ".join(f"data.generate.{k}={existing[k]}" for k in differ)
+        details = ", ".join(f"{k}: {there} there, {asked} asked" for k, (there, asked) in differ.items())
+        matching = " ".join(f"data.generate.{k}={there}" for k, (there, _) in differ.items())
         raise ValueError(
             f"the synthetic set in {out} was generated with other parameters ({details}); "
             f"to train on it as it is, add data.generate=null (or {matching}); else delete it, or set "
