@@ -9,10 +9,11 @@ import shutil
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from damo_lit.cli.common import compose_run
-from damo_lit.cli.train import build_run
+from damo_lit.cli.train import build_run, run
 from damo_lit.data.datamodule import DaMODataModule, NoSamplesError
 
 from .helpers import run_overrides
@@ -44,6 +45,44 @@ def test_a_split_without_any_video_on_disk_is_refused_naming_video_dir(clean_roo
         DaMODataModule(annotations=str(clean_root / "annotations"), **SMALL).setup("test")
     # some videos missing is not this error (they are skipped and reported), nor is the right folder
     DaMODataModule(annotations=str(clean_root / "annotations"), video_dir=str(clean_root), **SMALL).setup("fit")
+
+
+def test_the_test_split_is_checked_before_training_when_a_test_follows(clean_root: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing test file or test video folder stops damo-train at set-up, before any training,
+    not after it; without a test to follow (test_after_fit=false) the same set trains."""
+    root = tmp_path / "set"
+    shutil.copytree(clean_root / "annotations", root / "annotations")
+    (root / "videos").symlink_to(clean_root / "videos")
+    (root / "annotations" / "test.jsonl").unlink()
+    with_test = [o for o in run_overrides(root, "trainer.max_steps=1") if o != "test_after_fit=false"]
+    with pytest.raises(FileNotFoundError, match=r"test\.jsonl not found .*the test split is used after training, "
+                                                r"so it is checked before \(damo-train test_after_fit=false"):
+        run(compose_run("train", with_test, tmp_path / "run1"))
+    assert not (tmp_path / "run1" / "weights.safetensors").exists()
+    run(compose_run("train", [*with_test, "test_after_fit=false"], tmp_path / "run2"))
+    assert (tmp_path / "run2" / "weights.safetensors").is_file()
+    # a test that fails after training leaves fit's own figures in metrics.json
+    shutil.copy(clean_root / "annotations" / "test.jsonl", root / "annotations" / "test.jsonl")
+    monkeypatch.setattr(L.Trainer, "test", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("test broke")))
+    with pytest.raises(RuntimeError, match="test broke"):
+        run(compose_run("train", with_test, tmp_path / "run3"))
+    assert "train/loss" in json.loads((tmp_path / "run3" / "metrics.json").read_text())
+
+    partial = tmp_path / "partial"  # train and test videos: val's are not all needed
+    (partial / "videos").mkdir(parents=True)
+    for video in (clean_root / "videos").glob("t*.mp4"):
+        (partial / "videos" / video.name).symlink_to(video)
+    module = DaMODataModule(annotations=str(clean_root / "annotations"), video_dir=str(partial), **SMALL)
+    module.fit_also_sets_up = ("test",)
+    module.setup("fit")
+    assert set(module.datasets) == {"train", "val", "test"}
+    for video in (partial / "videos").glob("test_*.mp4"):
+        video.unlink()
+    module = DaMODataModule(annotations=str(clean_root / "annotations"), video_dir=str(partial), **SMALL)
+    module.fit_also_sets_up = ("test",)
+    with pytest.raises(FileNotFoundError, match=r"split test .*none of its 2 video\(s\) exists"):
+        module.setup("fit")
 
 
 def test_an_empty_val_split_is_named_in_one_warning(clean_root: Path, tmp_path: Path) -> None:

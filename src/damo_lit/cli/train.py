@@ -206,6 +206,9 @@ def run(cfg: Any) -> dict[str, float]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     check_resume_from(cfg.get("resume_from"))
     stage, datamodule, trainer = build_run(cfg)
+    testing = bool(cfg.get("test_after_fit", True))
+    if testing:
+        datamodule.fit_also_sets_up = ("test",)
     if getattr(stage, "init_report", None) is not None:
         report = stage.init_report
         log.info("started from %s: %d tensors loaded, %d not in this model",
@@ -213,7 +216,8 @@ def run(cfg: Any) -> dict[str, float]:
     fit(trainer, stage, datamodule, cfg.get("resume_from"))
     retire_requeue_checkpoints(trainer)
     metrics = _plain_metrics(dict(trainer.callback_metrics))
-    if cfg.get("test_after_fit", True):
+    if testing:
+        write_metrics(trainer, out_dir, metrics)  # fit's own figures survive a failing test
         if uses_fsdp(trainer):
             stage = stage_for_test_after_fsdp(cfg, trainer, out_dir)
         if hasattr(stage, "span_prior"):
@@ -223,10 +227,15 @@ def run(cfg: Any) -> dict[str, float]:
             stage.best_span_prior = (prior.best_start, prior.best_end) if best else None
         trainer.test(stage, datamodule=datamodule)
         metrics.update(_plain_metrics(dict(trainer.callback_metrics)))
+    write_metrics(trainer, out_dir, metrics)
+    log.info("metrics: %s", out_dir / "metrics.json")
+    return metrics
+
+
+def write_metrics(trainer: Any, out_dir: Path, metrics: dict[str, float]) -> None:
+    """metrics.json in the run folder, from rank 0 only."""
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        log.info("metrics: %s", out_dir / "metrics.json")
-    return metrics
 
 
 @contextlib.contextmanager

@@ -189,6 +189,10 @@ class DaMODataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.splits: dict[str, SplitRecords] = {}
         self.datasets: dict[str, RecordDataset] = {}
+        # Splits that setup("fit") prepares too, as if each were its stage's own: damo-train sets
+        # ("test",) when a test follows training, so that a missing test file or video folder stops
+        # the run before hours of training, not after.
+        self.fit_also_sets_up: tuple[str, ...] = ()
         self._failure_dir = tempfile.mkdtemp(prefix="damo-decode-failures-")
         weakref.finalize(self, shutil.rmtree, self._failure_dir, True)
         self.loader = VideoLoader(self.params, self.decoded_cache_dir, self._failure_dir)
@@ -251,16 +255,23 @@ class DaMODataModule(L.LightningDataModule):
                 UserWarning,
                 stacklevel=2,
             )
-        for split in wanted.get(stage, SPLITS) if stage else SPLITS:
+        ahead = self.fit_also_sets_up if stage == "fit" else ()
+        for split in (*wanted.get(stage, SPLITS), *ahead) if stage else SPLITS:
             if split in self.datasets:
                 continue
-            loaded = self.load_split(split)
+            try:
+                loaded = self.load_split(split)
+            except FileNotFoundError as error:
+                if split not in ahead:
+                    raise
+                raise FileNotFoundError(f"{error}; the {split} split is used after training, so it is checked "
+                                        "before (damo-train test_after_fit=false trains without a test)") from error
             records = len(loaded.samples)
             loader: Any = self.loader
             if self.features:
                 loaded.samples, loader = self._from_features(split, loaded.samples)
             else:
-                if split == MAIN_SPLIT.get(stage or ""):
+                if split == MAIN_SPLIT.get(stage or "") or split in ahead:
                     self._check_videos_present(split, loaded.samples)
                 if self.decoded_cache_dir is not None:
                     loaded.samples = self._without_known_bad(loaded.samples)
