@@ -227,6 +227,11 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Token ids (B, T) -> text features (B, embed_dim)."""
+        return self.encode(input_ids, attention_mask)[1]
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Token ids (B, T) -> (token states (B, T, dim), text features (B, embed_dim)) from one
+        pass of the encoder: stage 1 contrasts the features and matches on the states."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         if self.pooling == "mean":
             weights = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
@@ -235,5 +240,5 @@ class TextEncoder(nn.Module):
             pooled = getattr(out, "pooler_output", None)
             if pooled is None:
                 pooled = out.last_hidden_state[:, 0]
-        return self.proj(pooled.float())
+        return out.last_hidden_state, self.proj(pooled.float())
 

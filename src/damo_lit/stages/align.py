@@ -144,7 +144,10 @@ class AlignStage(DaMOStage):
         media = self.media(batch)
         video = F.normalize(self.model.pooled_video(media), dim=-1)
         ids, mask = self.tokenize_captions(batch["caption"])
-        text = F.normalize(self.model.encode_text(ids, mask), dim=-1)
+        if self.model.text_encoder is None:
+            raise ValueError("model.text_encoder.enabled=false: there is no text encoder")
+        states, text = self.model.text_encoder.encode(ids, mask)  # one pass serves VTC and VTM
+        text = F.normalize(text, dim=-1)
         size = video.shape[0]
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
         both, offset = self.gather(torch.cat([video, text], dim=1))  # one collective for the pair
@@ -153,22 +156,25 @@ class AlignStage(DaMOStage):
         sim_v2t = scale * video @ text_all.T
         sim_t2v = scale * text @ video_all.T
         out = {"vtc": (F.cross_entropy(sim_v2t, targets) + F.cross_entropy(sim_t2v, targets)) / 2}
-        out["vtm"] = self.matching_loss(ids, mask, media.fusion, video.detach(), text.detach(),
+        out["vtm"] = self.matching_loss(ids, mask, states, media.fusion, video.detach(), text.detach(),
                                         video_all.detach(), text_all.detach())
         if self.loss_weights["vtg"] > 0:
             out["vtg"], _ = self.lm_loss(batch, self.soft_prompt(batch, media))
         return out
 
-    def matching_loss(self, ids: Tensor, mask: Tensor, fusion: Tensor, video: Tensor, text: Tensor,
-                      video_all: Tensor, text_all: Tensor) -> Tensor:
+    def matching_loss(self, ids: Tensor, mask: Tensor, states: Tensor, fusion: Tensor, video: Tensor,
+                      text: Tensor, video_all: Tensor, text_all: Tensor) -> Tensor:
         """VTM with one hard negative text per video and one hard negative video per text, mined
         from the similarities of this rank's items to every rank's (BLIP-2 mines across the world
-        batch too): the negatives' fused tokens and captions come from whichever rank holds them."""
+        batch too): the negatives' fused tokens and captions come from whichever rank holds them.
+        `states` are the text encoder's token states of this rank's captions (ids, mask)."""
         ids, mask, ids_all, mask_all = self.gather_captions(ids, mask)
+        # captions padded to the longest of any rank: the padding's states are never read (the
+        # head's queries are the tokens, each on its own, and it averages over `mask` alone)
+        states = F.pad(states, (0, 0, 0, ids.shape[1] - states.shape[1]))
         fusion_all, _ = self.gather(fusion)
         same = same_tokens(ids, mask, ids_all, mask_all)
         videos, neg_text, texts, neg_video = hard_negatives(video @ text_all.T, text @ video_all.T, same)
-        states = self.text_states(ids, mask)
         if not self.distributed:  # the candidates are this process's own captions
             neg_states = states[neg_text]
         else:
