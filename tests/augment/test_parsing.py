@@ -85,6 +85,9 @@ def qa(qtype: str, answer: str, spans, about=(), question: str = "When?") -> Gro
         (qa("order", "{span:0}", [(2, 8)]), "wrong_order"),
         (qa("when", "{span:1}", [(2, 8)]), "bad_placeholder"),
         (qa("when", "Early on.", [(2, 8)]), "no_placeholder"),
+        # a dialogue whose final answer (the one scored) refers to no span, though an earlier one does
+        (GroundedItem("dialogue", (("When?", "{span:0}."), ("And then?", "Nothing much.")), ((2, 8),), (0,)),
+         "no_placeholder"),
         (qa("when", "{span:0}, about 5 seconds in", [(2, 8)]), "literal_timestamp"),
     ],
 )

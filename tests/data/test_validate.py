@@ -54,3 +54,37 @@ def test_relative_videos_with_dots_in_names_pass(tmp_path, val_records):
     _write(path, [{**r, "video": v} for r, v in zip(val_records, ["a..b.mp4", "./videos/x.mp4", "videos/.hidden.mp4"])])
     assert video_path_problem("videos/a.mp4") is None
     assert validate_files([path]) == (3, [])
+
+
+GROUNDING = {"id": "g", "video": "v.mp4", "duration": 10, "task": "grounding", "spans": [[1, 2]],
+             "turns": [{"role": "user", "content": "when?"}, {"role": "assistant", "content": "{span:0}."}]}
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"task": "caption", "caption": "x {span:3}", "turns": []}, "'caption' refers to {span:3} but the record has 1"),
+        ({"turns": GROUNDING["turns"][:1]}, "turns must end with an 'assistant' turn"),
+        ({"task": "dialogue", "turns": [*GROUNDING["turns"], {"role": "user", "content": "and?"}]},
+         "turns must end with an 'assistant' turn"),
+        ({"turns": [GROUNDING["turns"][0], {"role": "assistant", "content": "from 1.0 to 2.0 seconds."}]},
+         "the final answer of a 'grounding' record must refer to the span it is scored against"),
+        ({"task": "dialogue", "turns": [*GROUNDING["turns"], {"role": "user", "content": "and then?"},
+                                        {"role": "assistant", "content": "nothing."}]},
+         "the final answer of a 'dialogue' record must refer to the span"),
+    ],
+)
+def test_records_that_would_break_training_or_scoring_are_bad(tmp_path, capsys, change, reason):
+    """What the loader could not turn into a sample (a placeholder of no span, a conversation that
+    ends with a question) or would always score as a miss (a final answer with a literal time)."""
+    path = tmp_path / "r.jsonl"
+    _write(path, [GROUNDING, {**GROUNDING, "id": "bad", **change}])
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:2: {reason}" in err and "1 bad record(s), 1 good" in err
+
+
+def test_a_byte_order_mark_opens_a_file_without_harm(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GROUNDING) + "\n" + json.dumps({**GROUNDING, "id": "h"})).encode())
+    assert validate_files([path]) == (2, [])

@@ -59,7 +59,7 @@ class Validator:
         indices = [int(m.group(2)) for t in texts for m in PLACEHOLDER.finditer(t)]
         if any(i >= len(spans) for i in indices):
             return None, "bad_placeholder"
-        if not any(PLACEHOLDER.search(answer) for _, answer in item.turns):
+        if not PLACEHOLDER.search(item.turns[-1][1]):  # the final answer is what stages 3 and 4 score
             return None, "no_placeholder"
         if any(has_literal_time(t) for t in texts):
             return None, "literal_timestamp"

@@ -27,6 +27,8 @@ TASKS = ("caption", "grounding", "qa", "dialogue")
 MODALITIES = ("audio", "visual", "audio-visual")
 ROLES = ("user", "assistant")
 PLACEHOLDER = re.compile(r"\{(span|start|end):(\d+)\}")
+# Tasks whose final answer is scored against the spans it refers to (stages 3 and 4).
+EVALUATED_BY_SPAN = ("grounding", "dialogue")
 
 
 class RecordError(ValueError):
@@ -83,6 +85,8 @@ class Record:
         caption = obj.get("caption")
         if caption is not None and (not isinstance(caption, str) or not caption.strip()):
             raise RecordError(where, "'caption' must be a non-empty string when given")
+        if caption is not None:
+            _check_placeholders(caption, len(spans), where, "'caption'")
         turns = cls._turns(obj.get("turns", []), len(spans), where)
         modality = obj.get("modality")
         if modality is not None and modality not in MODALITIES:
@@ -93,6 +97,11 @@ class Record:
             raise RecordError(where, f"a '{task}' record needs 'turns' (user and assistant)")
         if task == "grounding" and not spans:
             raise RecordError(where, "a 'grounding' record needs at least one span")
+        if task in EVALUATED_BY_SPAN and not PLACEHOLDER.search(turns[-1].content):
+            raise RecordError(where, f"the final answer of a '{task}' record must refer to the span it is scored "
+                                     "against with a placeholder ({span:0}, or {start:0} and {end:0}): a time "
+                                     "written as a number is neither rendered in the configured timestamp format "
+                                     "nor scored")  # fmt: skip
         meta = obj.get("meta", {})
         if not isinstance(meta, dict):
             raise RecordError(where, "'meta' must be an object")
@@ -134,17 +143,15 @@ class Record:
                 raise RecordError(where, f"turns[{i}].role must be 'user' or 'assistant', got {role!r}")
             if not isinstance(content, str) or not content.strip():
                 raise RecordError(where, f"turns[{i}].content must be a non-empty string")
-            for match in PLACEHOLDER.finditer(content):
-                if int(match.group(2)) >= n_spans:
-                    raise RecordError(
-                        where, f"turns[{i}] refers to {match.group(0)} but the record has {n_spans} span(s)"
-                    )
+            _check_placeholders(content, n_spans, where, f"turns[{i}]")
             turns.append(Turn(role, content))
         if turns and turns[0].role != "user":
             raise RecordError(where, "turns must start with a 'user' turn")
         for i in range(1, len(turns)):
             if turns[i].role == turns[i - 1].role:
                 raise RecordError(where, f"turns[{i}] repeats role {turns[i].role!r}: roles must alternate")
+        if turns and turns[-1].role != "assistant":
+            raise RecordError(where, "turns must end with an 'assistant' turn: the answer that is learned and scored")
         return tuple(turns)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +173,13 @@ class Record:
         return out
 
 
+def _check_placeholders(text: str, n_spans: int, where: str, what: str) -> None:
+    """Every {span:i} / {start:i} / {end:i} of `text` must name one of the record's spans."""
+    for match in PLACEHOLDER.finditer(text):
+        if int(match.group(2)) >= n_spans:
+            raise RecordError(where, f"{what} refers to {match.group(0)} but the record has {n_spans} span(s)")
+
+
 def json_lines(path: str | Path) -> Iterator[tuple[int, str, Any | RecordError]]:
     """(line number, 'file:line', parsed value or RecordError) for each non-blank line of a JSON
     lines file: the one reader behind every JSONL format, so that all name their bad lines alike."""
@@ -174,7 +188,7 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, str, Any | RecordError]]
         for lineno, raw in enumerate(handle, start=1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark opens some files
             except UnicodeDecodeError as err:
                 bad = raw[err.start : err.start + 1].hex()
                 yield lineno, where, RecordError(where, f"not UTF-8 text (byte 0x{bad} at byte {err.start + 1})")
