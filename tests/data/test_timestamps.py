@@ -34,11 +34,14 @@ def test_render_both_formats():
 @pytest.mark.parametrize("fmt", ["relative", "seconds"])
 def test_round_trip(fmt):
     rng = random.Random(0)
-    for _ in range(500):
+    for _ in range(2000):
         duration = rng.uniform(1.0, 200.0)
         start = rng.uniform(0, duration)
         end = rng.uniform(start, duration)
         text = f"it happens {format_span(start, end, duration, fmt)}."
+        if (to_relative(start, duration) == 99) if fmt == "relative" else round(start, 1) >= duration:
+            assert parse_spans(text, duration, fmt) == []  # written as starting at the video's end: no span
+            continue
         (got,) = parse_spans(text, duration, fmt)
         tolerance = duration / 99 / 2 + 1e-6 if fmt == "relative" else 0.05 + 1e-6
         assert got[0] == pytest.approx(start, abs=tolerance) and got[1] == pytest.approx(end, abs=tolerance)
@@ -90,6 +93,16 @@ def assert_spans(got: list[tuple[float, float]], expected: list[tuple[float, flo
         ("from 1:05 to 1:10", "relative", []),  # a clock time is no relative value
         ("from -16 to 25", "relative", []),
         ("from 1:05 to 1:10 , or from 16 to 25", "relative", [(100.0 * 16 / 99, 100.0 * 25 / 99)]),
+        ("from 3 to 5: then it stops", "seconds", [(3.0, 5.0)]),  # a colon that ends a clause is no clock
+        ("at time:3 to 5", "seconds", [(3.0, 5.0)]),
+        ("from 3 to 5:3", "seconds", []),  # half a clock time is none
+        ("from 0.5 to 1.5 minutes", "seconds", [(30.0, 90.0)]),  # the unit of the end serves both
+        ("from 1 minute to 1.5 mins", "seconds", [(60.0, 90.0)]),
+        ("from 30 seconds to 1 minute", "seconds", [(30.0, 60.0)]),  # unless the start has its own
+        ("from 3 s to 5 min", "seconds", [(3.0, 100.0)]),  # clipped to the video
+        ("from 16 to 25 minutes", "relative", [(100.0 * 16 / 99, 100.0 * 25 / 99)]),  # no unit in relative
+        ("from 99 to 120", "relative", []),  # starts at the video's end, as "from 100 to 120 seconds" does
+        ("from 90 to 120", "relative", [(100.0 * 90 / 99, 100.0)]),
     ],
 )
 def test_parse_spans_reads_clock_times_and_rejects_negative_ones(text, fmt, expected):

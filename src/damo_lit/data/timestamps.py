@@ -12,9 +12,11 @@ the unit is right whatever the format).
 
 `parse_spans` reads spans back from free model text, tolerating tokenizer spacing ("3 . 2",
 "3. 2", "1 : 05"), reversed pairs and extra words; it never raises and returns [] on garbage.
-Clock times ("1:05", "0:01:05.5") are seconds in `seconds` and no span in `relative`; a number
-is never read out of the middle of a clock time or a decimal, and a pair with a negative end
-("from -3 to 5") is no span rather than the span of its digits.
+Clock times ("1:05", "0:01:05.5") are seconds in `seconds` and no span in `relative`; minutes
+("from 1 to 2 minutes") are turned into seconds in `seconds`; a number is never read out of the
+middle of a clock time or a decimal, and a pair with a negative end ("from -3 to 5") is no span
+rather than the span of its digits. A pair that starts at or after the video's end (in either
+format) is no span rather than a zero-length one at the end.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ _SIGN = r"([-−]?)"
 _TIME = r"(\d+(?::\d{2}){0,2}(?:\.\d+)?)"
 # "from 3.2 to 5.0", "3.2 - 5.0 seconds", "between 16 and 25", "16 to 25", "3.2 s to 5 s", "1:05 - 1:10".
 # The look-behind and look-ahead keep a match from starting or ending inside a clock time or a decimal.
+# A unit after a time: seconds, or minutes, which scale the time in `seconds` (one group each).
+_UNIT = r"(?:\s*(?:(seconds?|secs?|s)|(minutes?|mins?))\b)?"
 _PAIR = re.compile(
-    r"(?<![\d.:])" + _SIGN + _TIME
-    + r"\s*(?:seconds?|secs?|s)?\s*(?:to|and|-|–|until|till|through)\s*(?:second\s+)?"
-    + _SIGN + _TIME + r"(?![\d:])",
+    r"(?<![\d.])(?<!\d:)" + _SIGN + _TIME + _UNIT
+    + r"\s*(?:to|and|-|–|until|till|through)\s*(?:second\s+)?"
+    + _SIGN + _TIME + r"(?!\d|:\d)" + _UNIT,
     re.IGNORECASE,
 )
+# "3 . 2", "3 .2" and "3. 2" (the tiny tokenizer decodes 3.2 as "3. 2"): a decimal; so "at 5. 2 dogs"
+# reads 5.2 too, which no parser can tell from a decimal once a tokenizer spaces them alike.
 _SPACED_DECIMAL = re.compile(r"(?<![\d.])(\d+)\s*\.\s*(\d+)(?![\d.])")
 _SPACED_COLON = re.compile(r"(?<=\d)\s*:\s*(?=\d)")
 
@@ -150,17 +156,21 @@ def _time_value(token: str, fmt: str) -> float | None:
 
 def _span(match: re.Match[str], duration: float | None, fmt: str) -> tuple[float, float] | None:
     """One matched pair as a span in seconds, or None when it is no span (a negative end, an
-    invalid time, or wholly after the video)."""
-    sign_a, token_a, sign_b, token_b = match.groups()
+    invalid time, or wholly after the video). In `seconds` a time in minutes ("1 to 2 minutes":
+    the unit of the second time serves the first unless it has its own) becomes seconds."""
+    sign_a, token_a, seconds_a, minutes_a, sign_b, token_b, _, minutes_b = match.groups()
     if sign_a or sign_b:  # a negative time is not a time: no span, rather than the span of its digits
         return None
     a, b = _time_value(token_a, fmt), _time_value(token_b, fmt)
     if a is None or b is None:
         return None
+    if fmt == "seconds" and ":" not in token_a + token_b:
+        a *= 60 if minutes_a or (minutes_b and not seconds_a) else 1
+        b *= 60 if minutes_b else 1
     a, b = min(a, b), max(a, b)
     if fmt == "relative":
         assert duration is not None
-        return from_relative(min(a, RELATIVE_MAX), duration), from_relative(min(b, RELATIVE_MAX), duration)
+        a, b = from_relative(min(a, RELATIVE_MAX), duration), from_relative(min(b, RELATIVE_MAX), duration)
     if duration is None:
         return a, b
     if a >= duration:  # wholly after the video: no span in it, not a zero-length one at its end
