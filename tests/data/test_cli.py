@@ -45,6 +45,34 @@ def test_stats_charades_sta(shared_data, capsys):
     assert any("window_end_clipped 562" in line for line in out[:-1])
 
 
+def test_stats_counts_a_file_that_several_splits_read_once(shared_data, tmp_path, capsys):
+    """data.splits.train set, val and test fall back to the same `annotations`: each split says what it
+    reads, the totals count that file once (they counted it once per split)."""
+    sta = shared_data / "charades_sta" / "charades_sta_test.txt"
+    csv = shared_data / "charades_sta" / "Charades_v1_test.csv"
+    assert main(["stats", "data=charades_sta", f"data.splits.train={sta}", f"data.annotations={sta}",
+                 f"data.durations={csv}"]) == 0  # fmt: skip
+    out = capsys.readouterr().out.strip().splitlines()
+    stats = json.loads(out[-1])
+    assert stats["samples"] == 3720 and stats["videos"] == 1334 and stats["fixes"]["window_end_clipped"] == 562
+    assert stats["tasks"] == {"grounding": 3720} and stats["sources"] == {"charades_sta": 3720}
+    assert stats["splits"] == {
+        "train": {"samples": 3720, "videos": 1334},
+        "val": {"samples": 3720, "videos": 1334, "shares_file_with": ["train"]},
+        "test": {"samples": 3720, "videos": 1334, "shares_file_with": ["train"]},
+    }
+    assert "    val: 3720 samples over 1334 videos (shares a file with train: counted once in the totals)" in out
+    train = tmp_path / "train.txt"
+    train.write_text("AAA 1 5##sits.\nAAA 26 40##stands.\n")
+    (tmp_path / "meta.csv").write_text("id,length\nAAA,30.0\n")
+    assert main(["stats", "data=charades_sta", f"data.splits.train={train}", f"data.annotations={sta}",
+                 f"data.durations=[{csv},{tmp_path / 'meta.csv'}]"]) == 0  # fmt: skip
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["samples"] == 2 + 3720 and stats["fixes"]["window_end_clipped"] == 1 + 562
+    assert stats["splits"]["train"] == {"samples": 2, "videos": 1}
+    assert stats["splits"]["test"] == {"samples": 3720, "videos": 1334, "shares_file_with": ["val"]}
+
+
 def test_stats_synthetic_and_errors(synth_dir, capsys):
     assert main(["stats", f"data.root={synth_dir}"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -65,6 +93,27 @@ def test_synth_command_and_help(tmp_path, capsys):
         assert info.value.code == 0
     text = capsys.readouterr().out
     assert "damo-data stats data=charades_sta" in text and "--min-seconds" in text and "videos_missing" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "FILE"], "damo-data synth: --out FILE is a file; expected a folder"),
+        (["--out", "FILE/sub"], "damo-data synth: --out FILE/sub: FILE is a file"),
+        (["--seed", "-1"], "damo-data synth: seed must be >= 0"),
+        (["--min-seconds", "nan"], "damo-data synth: min_seconds must be a finite number, got nan"),
+        (["--max-seconds", "inf"], "damo-data synth: max_seconds must be a finite number, got inf"),
+    ],
+)
+def test_synth_bad_arguments_end_in_one_line(tmp_path, capsys, args, message):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    args = [a.replace("FILE", str(afile)) for a in args]
+    full = ["synth", "--videos", "2", "--workers", "1", *args]
+    assert main(full if "--out" in args else [*full, "--out", str(tmp_path / "set")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.replace("FILE", str(afile))) and len(err.strip().splitlines()) == 1
+    assert afile.read_text() == "mine" and not (tmp_path / "set").exists()
 
 
 def test_console_script_exit_code(tmp_path):
@@ -109,6 +158,28 @@ def test_synth_refuses_a_folder_holding_another_set_unless_forced(tmp_path, caps
     assert on_disk == _listed_videos(out) and len(on_disk) == 2
     assert (out / "notes.txt").read_text() == "mine" and (out / "extra" / "clip.mp4").read_bytes() == b"mine too"
     assert json.loads((out / "synth.json").read_text())["config"]["videos"] == 2
+
+
+def test_synth_renders_again_the_videos_missing_from_a_set(tmp_path, capsys):
+    """A complete set one of whose videos was deleted is not 'already there': the missing video is
+    named and rendered again (the same file); a video its faults leave missing stays missing."""
+    out = tmp_path / "set"
+    assert _synth(out, 10, "--faults", "0.5") == 0
+    capsys.readouterr()
+    planted = [v for v, kind in json.loads((out / "synth.json").read_text())["faults"].items() if kind == "missing"]
+    assert planted and not any((out / v).exists() for v in planted)
+    deleted = sorted(f"videos/{p.name}" for p in (out / "videos").glob("*.mp4"))[:2]
+    before = {video: (out / video).read_bytes() for video in deleted}
+    for video in deleted:
+        (out / video).unlink()
+    assert _synth(out, 10, "--faults", "0.5") == 0
+    said = capsys.readouterr().out
+    assert f"already holds this set (10 videos, seed 1); 2 of its videos were missing ({', '.join(deleted)})" in said
+    assert "rendered them again" in said
+    assert {video: (out / video).read_bytes() for video in deleted} == before  # the same plans, the same files
+    assert not any((out / v).exists() for v in planted)
+    assert _synth(out, 10, "--faults", "0.5") == 0
+    assert "nothing written" in capsys.readouterr().out
 
 
 def test_synth_refuses_an_unfinished_set(tmp_path, capsys):

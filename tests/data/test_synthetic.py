@@ -259,3 +259,41 @@ def test_runs_started_side_by_side_generate_the_set_once(tmp_path):
     for split in SPLITS:
         for record in _records(out, split):
             assert VideoReader(str(out / record.video)).get_batch([0]).shape[0] == 1
+
+
+def test_a_set_missing_a_video_is_not_taken_for_complete(tmp_path, caplog):
+    """Training's data.generate renders again a video deleted from the set (was: the set was 'there')."""
+    import logging
+
+    from damo_lit.data.synthetic import absent_videos, ensure_generated
+
+    out = tmp_path / "synthetic"
+    params = {"videos": 4, "seed": 2, "workers": 1}
+    assert ensure_generated(out, params) is not None
+    cfg = SynthConfig(**params)
+    assert absent_videos(out, cfg) == []
+    before = (out / "videos" / "train_000001.mp4").read_bytes()
+    (out / "videos" / "train_000001.mp4").unlink()
+    assert absent_videos(out, cfg) == ["videos/train_000001.mp4"]
+    with caplog.at_level(logging.WARNING, logger="damo_lit"):
+        assert ensure_generated(out, params) is None  # the set was there: only its missing video is rendered
+    assert (out / "videos" / "train_000001.mp4").read_bytes() == before
+    assert "lacked 1 of its videos (videos/train_000001.mp4); rendered them again" in caplog.text
+    (out / "videos" / "train_000002.mp4").unlink()
+    with pytest.raises(ValueError, match=r"other parameters \(seed: 2 there, 3 asked\)"):
+        ensure_generated(out, {**params, "seed": 3})  # another set asked: refused, nothing rendered
+    assert not (out / "videos" / "train_000002.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("seed", -1, "seed must be >= 0"),
+        ("min_seconds", float("nan"), "min_seconds must be a finite number, got nan"),
+        ("max_seconds", float("inf"), "max_seconds must be a finite number, got inf"),
+        ("max_event_seconds", float("inf"), "max_event_seconds must be a finite number"),
+    ],
+)
+def test_synth_config_refuses_what_numpy_or_the_renderer_cannot_take(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SynthConfig(videos=2, **{field: value})

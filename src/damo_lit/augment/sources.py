@@ -99,7 +99,7 @@ def _formats_help() -> str:
 def sniff_format(path: str | Path) -> str | None:
     """Which of FORMATS the start of the file looks like (for error messages only; None: no idea)."""
     try:
-        with Path(path).open(encoding="utf-8") as handle:
+        with Path(path).open(encoding="utf-8-sig") as handle:  # a byte-order mark is no part of the first line
             line = next((line.strip() for line in handle if line.strip()), "")
     except (OSError, UnicodeDecodeError):
         return None

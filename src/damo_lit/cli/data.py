@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         help="count the samples, videos and fix-ups of a data config",
         description="Compose conf/data_stats.yaml with the given Hydra overrides (data=NAME, data.annotations=..., "
         "...), load every source and print counts; the last line is one JSON object with samples, videos, "
-        "videos_missing (annotated videos not found under data.video_dir) and fixes.",
+        "videos_missing (annotated videos not found under data.video_dir) and fixes. Totals count each annotation "
+        "file once: a split that reads a file another split read (val and test, when only data.splits.train is "
+        "set) says so.",
     )
     stats.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=charades_sta data.annotations=FILE")
     return parser
@@ -78,15 +80,27 @@ def _parser() -> argparse.ArgumentParser:
 def existing_set_refusal(out: Path, cfg: Any, force: bool) -> tuple[bool, str] | None:
     """What to do about a set already in `out` before generating `cfg` there: None to generate
     (nothing there, or --force, after which the old set has been removed), else (True, why) when
-    the very set is there already (nothing to do), or (False, why) to refuse."""
-    from damo_lit.data.synthetic import clear_set, holds_a_set, is_generated, manifest_path, set_differences
+    the very set is there already (nothing to do but render again any of its videos that is
+    missing), or (False, why) to refuse."""
+    from damo_lit.data.synthetic import (
+        clear_set,
+        holds_a_set,
+        is_generated,
+        listed,
+        manifest_path,
+        restore_videos,
+        set_differences,
+    )
 
     if not holds_a_set(out):
         return None
     if is_generated(out):
         differences = set_differences(out, cfg)
         if not differences and not force:
-            return True, (f"{out} already holds this set ({cfg.videos} videos, seed {cfg.seed}); nothing written "
+            restored = restore_videos(out, cfg)
+            done = (f"{len(restored)} of its videos were missing ({listed(restored)}): rendered them again"
+                    if restored else "nothing written")
+            return True, (f"{out} already holds this set ({cfg.videos} videos, seed {cfg.seed}); {done} "
                           "(--force generates it again)")
         what = f"a synthetic set made with other parameters ({'; '.join(differences)})"
     else:
@@ -98,9 +112,23 @@ def existing_set_refusal(out: Path, cfg: Any, force: bool) -> tuple[bool, str] |
     return None
 
 
+def out_problem(out: Path) -> str | None:
+    """Why --out cannot be the set's folder (it, or a folder above it, is a file), or None."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if path.is_dir():
+                return None
+            return f"--out {out} is a file; expected a folder" if path == out else f"--out {out}: {path} is a file"
+    return None
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from damo_lit.data.synthetic import SynthConfig, generation_lock, generate
 
+    problem = out_problem(args.out)
+    if problem is not None:
+        print(f"damo-data synth: {problem}", file=sys.stderr)
+        return 2
     try:
         cfg = SynthConfig(
             videos=args.videos,
@@ -180,10 +208,15 @@ def _split_names(specs: Sequence[Any]) -> list[str | None]:
 
 
 def collect_stats(data_cfg: Any) -> dict[str, Any]:
-    """Counts of what a data config reads (every task, every split it has), fix-ups included."""
+    """Counts of what a data config reads (every task, every split it has), fix-ups included.
+
+    A split reads, per source, its own file or the shared `annotations` (val and test alike when
+    only data.splits.train is set): each split counts what it reads, but the totals (samples,
+    videos, tasks, modalities, sources, fixes) count each source's file once, and a split that
+    reads a file an earlier split read names that split (`shares_file_with`)."""
     from omegaconf import OmegaConf
 
-    from damo_lit.data.collection import load_split, source_specs
+    from damo_lit.data.collection import source_specs
     from damo_lit.data.sources import Fixes
 
     options = OmegaConf.to_container(data_cfg, resolve=True)
@@ -194,36 +227,55 @@ def collect_stats(data_cfg: Any) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no split has its annotation file for {', '.join(s.label for s in specs)} (data.annotations / data.splits)"
         )
-    fixes = Fixes()
+    read: dict[tuple[int, Path], tuple[str, Any]] = {}  # (source, file) -> the split that read it first, what it read
     per_split: dict[str, Any] = {}
-    videos: set[str] = set()
-    tasks: Counter[str] = Counter()
-    modalities: Counter[str] = Counter()
-    sources: Counter[str] = Counter()
-    samples = 0
     for split in splits:
-        loaded = load_split(specs, split)
-        fixes.merge(loaded.fixes)
-        split_videos = set(loaded.video_paths())
-        videos |= split_videos
-        samples += len(loaded.samples)
-        tasks.update(s.record.task for s in loaded.samples)
-        modalities.update(s.record.modality or "none" for s in loaded.samples)
-        sources.update(loaded.per_source)
-        per_split[split or "all"] = {"samples": len(loaded.samples), "videos": len(split_videos)}
+        name = split or "all"
+        parts, shared = _read_split(specs, split, name, read)
+        samples = [sample for part in parts for sample in part.samples]
+        per_split[name] = {"samples": len(samples), "videos": len({s.video_path for s in samples})}
+        if shared:
+            per_split[name]["shares_file_with"] = shared
+    distinct = [part for _, part in read.values()]
+    samples = [sample for part in distinct for sample in part.samples]
+    fixes = Fixes()
+    sources: Counter[str] = Counter()
+    for part in distinct:
+        fixes.merge(part.fixes)
+        sources.update(part.per_source)
+    videos = {s.video_path for s in samples}
     missing = sorted(v for v in videos if not Path(v).is_file())
     return {
         "data": options.get("name") or specs[0].label,
-        "samples": samples,
+        "samples": len(samples),
         "videos": len(videos),
         "videos_missing": len(missing),
         "missing_examples": missing[:3],
         "splits": per_split,
-        "tasks": dict(sorted(tasks.items())),
-        "modalities": dict(sorted(modalities.items())),
+        "tasks": dict(sorted(Counter(s.record.task for s in samples).items())),
+        "modalities": dict(sorted(Counter(s.record.modality or "none" for s in samples).items())),
         "sources": dict(sources),
         "fixes": fixes.counts,
     }
+
+
+def _read_split(
+    specs: Sequence[Any], split: str | None, name: str, read: dict[tuple[int, Path], tuple[str, Any]]
+) -> tuple[list[Any], list[str]]:
+    """What each source gives split `name`, each source file read once (`read` keeps what an
+    earlier split read), and the earlier splits whose file(s) it shares."""
+    from damo_lit.data.collection import load_split
+
+    parts, shared = [], []
+    for index, spec in enumerate(specs):
+        key = (index, spec.annotation_file(split))
+        if key not in read:
+            read[key] = (name, load_split([spec], split))
+        earlier, part = read[key]
+        if earlier != name and earlier not in shared:
+            shared.append(earlier)
+        parts.append(part)
+    return parts, shared
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -239,7 +291,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 1
     print(f"data: {stats['data']}")
     for split, counts in stats["splits"].items():
-        print(f"  {split:>5}: {counts['samples']} samples over {counts['videos']} videos")
+        shared = counts.get("shares_file_with")
+        note = f" (shares a file with {', '.join(shared)}: counted once in the totals)" if shared else ""
+        print(f"  {split:>5}: {counts['samples']} samples over {counts['videos']} videos{note}")
     print("  tasks: " + ", ".join(f"{k} {v}" for k, v in stats["tasks"].items()))
     print("  modalities: " + ", ".join(f"{k} {v}" for k, v in stats["modalities"].items()))
     if len(stats["sources"]) > 1:

@@ -79,11 +79,16 @@ def source_specs(options: Mapping[str, Any]) -> list[SourceSpec]:
     entries = list(options.get("sources") or [])
     if not entries:
         return [_spec({k: options.get(k) for k in SPEC_KEYS if k in options}, "data")]
-    specs = []
+    specs: list[SourceSpec] = []
     for i, entry in enumerate(entries):
         merged = {k: options.get(k) for k in INHERITED if options.get(k) is not None}
         merged.update({k: v for k, v in dict(entry).items() if v is not None})
-        specs.append(_spec(merged, f"data.sources[{i}]"))
+        spec = _spec(merged, f"data.sources[{i}]")
+        twin = next((s for s in specs if spec.name and s.name == spec.name), None)
+        if twin is not None:  # the name starts the ids the source makes (SourceSpec.id_prefix)
+            raise ValueError(f"{spec.key}.name: {spec.name!r} is {twin.key}'s name too; each source of a "
+                             "mixture needs its own name, which starts its records' ids")
+        specs.append(spec)
     return specs
 
 

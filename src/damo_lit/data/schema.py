@@ -16,6 +16,7 @@ Example (one line)::
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -180,6 +181,30 @@ def _check_placeholders(text: str, n_spans: int, where: str, what: str) -> None:
             raise RecordError(where, f"{what} refers to {match.group(0)} but the record has {n_spans} span(s)")
 
 
+# Text files are UTF-8. Excel and PowerShell open them with a byte-order mark, which is no part of
+# the first line; a line that is not UTF-8 (a file saved as Latin-1) is one bad record named
+# `file:line`, never the end of the whole load.
+BOM = codecs.BOM_UTF8
+
+
+def not_utf8(data: bytes, position: int) -> tuple[int, str]:
+    """(line number, reason) for the byte at `position` of `data` that does not decode: the reason
+    names the byte and where it stands in its line."""
+    line_start = data.rfind(b"\n", 0, position) + 1
+    byte = data[position : position + 1].hex()
+    return data.count(b"\n", 0, position) + 1, f"not UTF-8 text (byte 0x{byte} at byte {position - line_start + 1})"
+
+
+def decode_line(raw: bytes, where: str, first: bool) -> str | RecordError:
+    """One line of a text file as text (a byte-order mark left out of the `first`), or the
+    RecordError naming `where` when it is not UTF-8."""
+    start = len(BOM) if first and raw.startswith(BOM) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        return RecordError(where, not_utf8(raw, start + err.start)[1])
+
+
 def json_lines(path: str | Path) -> Iterator[tuple[int, str, Any | RecordError]]:
     """(line number, 'file:line', parsed value or RecordError) for each non-blank line of a JSON
     lines file: the one reader behind every JSONL format, so that all name their bad lines alike."""
@@ -187,11 +212,9 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, str, Any | RecordError]]
     with path.open("rb") as handle:  # bytes: one line that is not UTF-8 is one bad record, not a crash
         for lineno, raw in enumerate(handle, start=1):
             where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark opens some files
-            except UnicodeDecodeError as err:
-                bad = raw[err.start : err.start + 1].hex()
-                yield lineno, where, RecordError(where, f"not UTF-8 text (byte 0x{bad} at byte {err.start + 1})")
+            line = decode_line(raw, where, lineno == 1)
+            if isinstance(line, RecordError):
+                yield lineno, where, line
                 continue
             if not line.strip():
                 continue

@@ -112,8 +112,13 @@ class SynthConfig:
     faults: float = 0.0  # share of each split's videos made faulty (FAULT_KINDS), for reliability tests
 
     def __post_init__(self) -> None:
+        for name in ("min_seconds", "max_seconds", "min_event_seconds", "max_event_seconds", "faults"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.videos < 1:
             raise ValueError(f"videos must be >= 1, got {self.videos}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0 (numpy's seeds are not negative), got {self.seed}")
         if not 0.0 <= self.faults <= 1.0:
             raise ValueError(f"faults is a share of the videos and must lie in [0, 1], got {self.faults}")
         if not 8 <= self.size <= 1024 or self.fps < 1:
@@ -184,11 +189,16 @@ class VideoPlan:
 
     @property
     def name(self) -> str:
-        return f"{self.split}_{self.index:06d}"
+        return Path(self.video).stem
 
     @property
     def video(self) -> str:
-        return f"videos/{self.name}.mp4"
+        return video_file(self.split, self.index)
+
+
+def video_file(split: str, index: int) -> str:
+    """Where video `index` of `split` lies in the set's folder, without planning it."""
+    return f"videos/{split}_{index:06d}.mp4"
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,6 +614,7 @@ class SynthResult:
 def _render_all(plans: list[VideoPlan], out: Path, workers: int) -> None:
     from rich.progress import Progress
 
+    workers = max(1, min(workers, os.cpu_count() or 1, len(plans)))
     with Progress(transient=False) as progress:
         task = progress.add_task(f"rendering {len(plans)} videos", total=len(plans))
         if workers <= 1:
@@ -637,7 +648,7 @@ def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
         plans += split_plans
         records = [r for plan in split_plans for r in annotate(plan, cfg.seed)]
         counts[split] = write_jsonl(out / "annotations" / f"{split}.jsonl", records)
-    _render_all(plans, out, max(1, min(cfg.workers, os.cpu_count() or 1, len(plans))))
+    _render_all(plans, out, cfg.workers)
     faults = {plan.video: plan.fault for plan in plans if plan.fault}
     manifest = {"generator": "damo_lit.data.synthetic", "layout": LAYOUT_VERSION, "config": asdict(cfg),
                 "records": counts, "faults": faults}
@@ -709,6 +720,31 @@ def set_differences(out: str | Path, cfg: SynthConfig) -> list[str]:
     return found + [f"{k}: {there} there, {asked} asked" for k, (there, asked) in differ.items()]
 
 
+def absent_videos(out: str | Path, cfg: SynthConfig) -> list[str]:
+    """The videos of the set `cfg` makes that are not in `out` (a planted 'missing' fault aside):
+    a check of each file's existence, cheap enough for every start, so that a set one of whose
+    videos was deleted is not taken for complete."""
+    out = Path(out)
+    planted = {video for video, kind in read_faults(out).items() if kind == "missing"}
+    wanted = (video_file(split, i) for split, count in split_sizes(cfg.videos).items() for i in range(count))
+    return [video for video in wanted if video not in planted and not (out / video).is_file()]
+
+
+def restore_videos(out: str | Path, cfg: SynthConfig) -> list[str]:
+    """Render again the videos missing from the finished set in `out`, made from `cfg` (the same
+    plans give the same files); returns them (empty: none was missing)."""
+    missing = set(absent_videos(out, cfg))
+    if missing:
+        _render_all([plan for plan in iter_plans(cfg) if plan.video in missing], Path(out), cfg.workers)
+    return sorted(missing)
+
+
+def listed(videos: Sequence[str], most: int = 3) -> str:
+    """'a, b, c and 4 more': the first `most` of a list, for one-line messages."""
+    shown = ", ".join(videos[:most])
+    return shown + (f" and {len(videos) - most} more" if len(videos) > most else "")
+
+
 def clear_set(out: str | Path) -> None:
     """Remove the set in `out`: its videos/ and annotations/ folders and its manifest, nothing else."""
     import shutil
@@ -727,7 +763,7 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
     """Generate the set into `out` unless it is already there ("generate when absent").
 
     A set that is there but was generated with other parameters (the number of workers aside)
-    is an error, not silently reused.
+    is an error, not silently reused; videos missing from a set that is there are rendered again.
     """
     try:
         cfg = SynthConfig(**dict(params or {}))
@@ -751,6 +787,12 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
             f"to train on it as it is, add data.generate=null (or {matching}); else delete it, or set "
             "data.root to another folder"
         )
+    if absent_videos(out, cfg):
+        with generation_lock(Path(out)):
+            restored = restore_videos(out, cfg)  # none when another process restored them while we waited
+        if restored:
+            log.warning("the synthetic set in %s lacked %d of its videos (%s); rendered them again", out,
+                        len(restored), listed(restored))
     return None
 
 

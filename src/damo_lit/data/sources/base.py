@@ -10,12 +10,13 @@ Nothing is fixed silently.
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from damo_lit.data.schema import Record, RecordError
+from damo_lit.data.schema import BOM, Record, RecordError, decode_line, not_utf8
 
 ON_BAD_WINDOW = ("clip", "drop")
 ON_BAD_RECORD = ("error", "drop")
@@ -114,6 +115,16 @@ class SourceSpec:
     def label(self) -> str:
         return self.name or self.format
 
+    @property
+    def id_prefix(self) -> str:
+        """What starts the ids this source makes: '' alone, and in a mixture (data.sources) its name,
+        else its place there (`sources[1]/`), since two sources may describe the same videos
+        (ActivityNet's val_1 and val_2) and a repeated id breaks damo-score. Ids a file states
+        (DaMO JSONL) are kept as written: they key the ground truth that damo-score reads."""
+        if not self.key.startswith("data.sources["):
+            return ""
+        return f"{self.name or self.key.removeprefix('data.')}/"
+
     def annotation_file(self, split: str | None) -> Path:
         """The file that holds `split` (None: the single `annotations` file)."""
         if split is not None and self.splits.get(split):
@@ -165,6 +176,9 @@ class Draft:
     meta: dict[str, Any] = field(default_factory=dict)
     known_video: bool = True  # False: the id is missing from the source's durations table
     needs_window: bool = False  # True: dropped when every window is (a clip's caption is wrong for the whole video)
+    # False: its windows are another draft's too (ActivityNet's queries repeat their paragraph's), whose
+    # fix-ups count them, so that each window of the file is counted once
+    windows_counted: bool = True
 
 
 @dataclass
@@ -230,8 +244,9 @@ def finalize(draft: Draft, spec: SourceSpec, video_root: Path, fixes: Fixes) -> 
             return None
     kept: list[int] = []
     spans: list[tuple[float, float]] = []
+    window_fixes = fixes if draft.windows_counted else Fixes()
     for i, (start, end) in enumerate(draft.windows):
-        fixed = fix_window(start, end, duration, spec.on_bad_window, fixes)
+        fixed = fix_window(start, end, duration, spec.on_bad_window, window_fixes)
         if fixed is not None:
             kept.append(i)
             spans.append(fixed)
@@ -240,7 +255,7 @@ def finalize(draft: Draft, spec: SourceSpec, video_root: Path, fixes: Fixes) -> 
         return None
     turns, caption = draft.build(kept)
     obj: dict[str, Any] = {
-        "id": draft.id,
+        "id": spec.id_prefix + draft.id,
         "video": draft.video,
         "duration": duration,
         "task": draft.task,
@@ -301,9 +316,64 @@ def grounding_build(sentence: str) -> Callable[[list[int]], tuple[list[tuple[str
     return build
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, stripped line) for each non-blank line."""
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if line.strip():
-                yield lineno, line.strip()
+# Text files. Excel and PowerShell start UTF-8 text with a byte-order mark, which is no part of
+# the first line; a line that is not UTF-8 (a file saved as Latin-1) is one bad record, named
+# `file:line` (schema.decode_line, as in DaMO JSONL), never the end of the whole load.
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str, str | RecordError]]:
+    """(line number, 'file:line', stripped text or RecordError) for each non-blank line of a text file."""
+    with path.open("rb") as handle:  # bytes: decoded line by line (decode_line)
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            text = decode_line(raw, where, lineno == 1)
+            if isinstance(text, RecordError):
+                yield lineno, where, text
+            elif text.strip():
+                yield lineno, where, text.strip()
+
+
+def read_text(path: Path) -> str:
+    """A whole text file (a byte-order mark left out); RecordError naming `file:line` and the byte
+    when it is not UTF-8 (a file read whole has no other line to go on with)."""
+    data = path.read_bytes()
+    start = len(BOM) if data.startswith(BOM) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        line, reason = not_utf8(data, start + err.start)
+        raise RecordError(f"{path}:{line}", reason) from None
+
+
+def _csv_lines(handle: Iterable[bytes], path: Path, bad: dict[int, RecordError]) -> Iterator[str]:
+    """The lines of a CSV file as text for csv.reader; each that is not UTF-8 noted in `bad` (and
+    given with its bad bytes replaced, so that csv still finds the fields of the rest)."""
+    for lineno, raw in enumerate(handle, start=1):
+        text = decode_line(raw, f"{path}:{lineno}", lineno == 1)
+        if isinstance(text, RecordError):
+            bad[lineno] = text
+            text = raw.removeprefix(BOM).decode("utf-8", errors="replace")
+        yield text
+
+
+def csv_rows(
+    path: Path, delimiter: str = ",", required: Sequence[str] = (), what: str = "CSV"
+) -> Iterator[tuple[str, dict[str, str]] | RecordError]:
+    """('file:line', row) for each row of a CSV file with a header, or the RecordError of a row on
+    a line that is not UTF-8. A header that is not UTF-8, or lacks a `required` column, raises
+    RecordError: no row can be read."""
+    bad: dict[int, RecordError] = {}
+    with path.open("rb") as handle:
+        reader = csv.DictReader(_csv_lines(handle, path, bad), delimiter=delimiter)
+        header = reader.fieldnames or []
+        if bad:
+            raise bad[min(bad)]
+        missing = sorted(set(required) - set(header))
+        if missing:
+            names = " and ".join(repr(c) for c in required)
+            raise RecordError(f"{path}:1", f"expected a {what} header with {names}, missing {missing}")
+        done = reader.line_num
+        for row in reader:
+            broken = [bad[n] for n in range(done + 1, reader.line_num + 1) if n in bad]
+            done = reader.line_num
+            yield broken[0] if broken else (f"{path}:{reader.line_num}", row)

@@ -7,12 +7,13 @@ augmentation tool reads the same raw events to generate temporally grounded QA.
 
 A malformed line or entry raises `RecordError` naming `file:line` (or `file:VIDEO` for JSON
 files) and the reason. The `iter_*` generators yield such errors instead of raising, so that
-a caller can count and drop them.
+a caller can count and drop them. Files are UTF-8, a byte-order mark at the start ignored; a
+line that is not UTF-8 is such an error (base.text_lines, base.csv_rows), and so is a JSON
+file that is not (a whole-file error, naming its line and byte).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from damo_lit.data.schema import RecordError
+from damo_lit.data.sources.base import csv_rows, read_text, text_lines
 
 Event = tuple[float, float, str]
 
@@ -54,28 +56,23 @@ def _number(text: Any) -> float:
 
 def iter_charades_sta(path: str | Path) -> Iterator[CharadesLine | RecordError]:
     """Parse a Charades-STA file line by line; yield a CharadesLine or a RecordError per line."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            where = f"{path}:{lineno}"
-            head, sep, sentence = line.partition("##")
-            parts = head.split()
-            if not sep or len(parts) != 3:
-                yield RecordError(where, f"expected 'VID start end##sentence', got {line[:80]!r}")
-                continue
-            try:
-                start, end = _number(parts[1]), _number(parts[2])
-            except ValueError:
-                yield RecordError(where, f"start and end must be numbers, got {parts[1]!r} and {parts[2]!r}")
-                continue
-            sentence = sentence.strip()
-            if not sentence:
-                yield RecordError(where, "the sentence after '##' is empty")
-                continue
-            yield CharadesLine(lineno, parts[0], start, end, sentence)
+    for lineno, where, line in text_lines(Path(path)):
+        yield line if isinstance(line, RecordError) else _charades_line(lineno, where, line)
+
+
+def _charades_line(lineno: int, where: str, line: str) -> CharadesLine | RecordError:
+    head, sep, sentence = line.partition("##")
+    parts = head.split()
+    if not sep or len(parts) != 3:
+        return RecordError(where, f"expected 'VID start end##sentence', got {line[:80]!r}")
+    try:
+        start, end = _number(parts[1]), _number(parts[2])
+    except ValueError:
+        return RecordError(where, f"start and end must be numbers, got {parts[1]!r} and {parts[2]!r}")
+    sentence = sentence.strip()
+    if not sentence:
+        return RecordError(where, "the sentence after '##' is empty")
+    return CharadesLine(lineno, parts[0], start, end, sentence)
 
 
 def group_by_video(lines: list[CharadesLine], durations: dict[str, float] | None) -> list[VideoEvents]:
@@ -100,29 +97,34 @@ def read_charades_sta(path: str | Path, durations: dict[str, float] | None = Non
     return group_by_video(lines, durations)
 
 
-def read_charades_durations(csv_path: str | Path) -> dict[str, float]:
-    """Video id -> duration in seconds, from the `length` column of Charades_v1_{train,test}.csv.
+def iter_charades_durations(csv_path: str | Path) -> Iterator[tuple[str, float] | RecordError]:
+    """(video id, duration in seconds) per row of Charades_v1_{train,test}.csv (its `length`
+    column), or the RecordError of a row that is not UTF-8.
 
     Rows with an empty or non-numeric length are left out (the caller sees the video as having
     no duration); a file without `id` and `length` columns raises RecordError.
     """
-    csv_path = Path(csv_path)
-    with csv_path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "length"} - set(reader.fieldnames or ())
-        if missing:
-            raise RecordError(
-                f"{csv_path}:1", f"expected a Charades CSV header with 'id' and 'length', missing {sorted(missing)}"
-            )
-        out: dict[str, float] = {}
-        for row in reader:
-            try:
-                length = _number(row["length"])
-            except (TypeError, ValueError):
-                continue
-            if length > 0:
-                out[row["id"]] = length
-        return out
+    for item in csv_rows(Path(csv_path), required=("id", "length"), what="Charades CSV"):
+        if isinstance(item, RecordError):
+            yield item
+            continue
+        row = item[1]
+        try:
+            length = _number(row["length"])
+        except (TypeError, ValueError):
+            continue
+        if length > 0:
+            yield row["id"], length
+
+
+def read_charades_durations(csv_path: str | Path) -> dict[str, float]:
+    """Video id -> duration in seconds (iter_charades_durations); raises the first RecordError."""
+    out: dict[str, float] = {}
+    for item in iter_charades_durations(csv_path):
+        if isinstance(item, RecordError):
+            raise item
+        out[item[0]] = item[1]
+    return out
 
 
 def parse_activitynet_entry(video: str, entry: Any, where: str) -> VideoEvents:
@@ -158,7 +160,7 @@ def iter_activitynet_captions(path: str | Path) -> Iterator[VideoEvents | Record
     """Yield one VideoEvents (or a RecordError naming `file:VIDEO`) per video of the JSON file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise RecordError(f"{path}:{err.lineno}", f"not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(data, dict):

@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from damo_lit.data.schema import Record, RecordError, json_lines, read_jsonl
-from damo_lit.data.sources.base import Draft, SourceSpec, grounding_build
-from damo_lit.data.sources.events import iter_activitynet_captions, iter_charades_sta, read_charades_durations
+from damo_lit.data.sources.base import Draft, SourceSpec, csv_rows, grounding_build
+from damo_lit.data.sources.events import iter_activitynet_captions, iter_charades_durations, iter_charades_sta
 from damo_lit.data.timestamps import clock_seconds
 
 Item = Draft | Record | RecordError
@@ -38,9 +37,15 @@ def _video_name(video_id: str, ext: str) -> str:
 
 
 def charades_sta(spec: SourceSpec, path: Path) -> Iterator[Item]:
+    """One grounding Draft per line; a durations row that is not UTF-8 is a bad record too (its
+    video then has no known duration)."""
     durations: dict[str, float] = {}
     for csv_path in spec.durations:
-        durations.update(read_charades_durations(csv_path))
+        for row in iter_charades_durations(csv_path):
+            if isinstance(row, RecordError):
+                yield row
+            else:
+                durations[row[0]] = row[1]
     for item in iter_charades_sta(path):
         if isinstance(item, RecordError):
             yield item
@@ -70,6 +75,8 @@ def _paragraph_build(events: tuple[tuple[float, float, str], ...]):
 
 
 def activitynet_captions(spec: SourceSpec, path: Path) -> Iterator[Item]:
+    """A paragraph caption per video and a grounding query per sentence; each window's fix-up is
+    counted once, with the paragraph (the queries repeat its windows)."""
     for item in iter_activitynet_captions(path):
         if isinstance(item, RecordError):
             yield item
@@ -82,7 +89,7 @@ def activitynet_captions(spec: SourceSpec, path: Path) -> Iterator[Item]:
                     _paragraph_build(item.events), meta=meta)
         for i, (start, end, sentence) in enumerate(item.events):
             yield Draft(where, f"activitynet-{item.video}-g{i}", video, item.duration, "grounding", [(start, end)],
-                        grounding_build(sentence), meta={**meta, "query": sentence})
+                        grounding_build(sentence), meta={**meta, "query": sentence}, windows_counted=False)
 
 
 def _json_lines(path: Path) -> Iterator[tuple[str, Any] | RecordError]:
@@ -147,11 +154,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any] | RecordError]:
-    if path.suffix.lower() in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            for row in reader:
-                yield f"{path}:{reader.line_num}", row
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        yield from csv_rows(path, delimiter="\t" if suffix == ".tsv" else ",")
     else:
         yield from _json_lines(path)
 
