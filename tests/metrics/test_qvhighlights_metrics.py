@@ -11,6 +11,7 @@ import pytest
 
 from damo_lit.metrics import QVHighlightsError, QVHighlightsMetrics, QVHPrediction, QVHTarget, evaluate_qvhighlights
 from damo_lit.metrics.qvhighlights import detection_ap, saliency_ap, top1_iou, voc_interpolated_ap
+from damo_lit.metrics.spans import temporal_iou
 
 from .helpers import assert_same_tree
 
@@ -129,3 +130,47 @@ def test_mismatched_queries_and_bad_input_raise():
     outside = QVHTarget.from_dict(_query(1, [[0, 4]], [40], [[1, 2, 3]]))
     with pytest.raises(QVHighlightsError, match="fall outside the 10 clips"):
         evaluate_qvhighlights([QVHPrediction.from_dict({"qid": 1, "pred_saliency_scores": [1.0]})], [outside])
+
+
+@pytest.mark.parametrize("window, reason", [
+    ([68, 0, 1.0], "it ends before it starts"),
+    ([float("nan"), 5, 1.0], "a bound is not a finite number"),
+    ([0, float("inf"), 1.0], "a bound is not a finite number"),
+])
+def test_a_window_without_a_length_is_an_input_error_naming_line_and_qid(window, reason):
+    """A reversed window would have no union with a ground-truth one: an undefined IoU that the
+    official matching counts as a hit at every threshold (MR-full-mAP 100 for [[68, 0]])."""
+    obj = {"qid": 2579, "pred_relevant_windows": [[0, 70, 0.9], window]}
+    with pytest.raises(QVHighlightsError, match=rf"^p\.jsonl:4: qid 2579: 'pred_relevant_windows'\[1\] is .*: {reason}"):
+        QVHPrediction.from_dict(obj, "p.jsonl:4")
+    with pytest.raises(QVHighlightsError, match=rf"^g\.jsonl:2: qid 7: 'relevant_windows'\[0\] is .*: {reason}"):
+        QVHTarget.from_dict(_query(7, [window[:2]], [0], [[1, 2, 3]]), "g.jsonl:2")
+    # an empty window in time order stays a window: it just overlaps nothing
+    assert QVHPrediction.from_dict({"qid": 1, "pred_relevant_windows": [[4, 4, 1.0]]}).windows.shape == (1, 3)
+
+
+def test_a_window_pair_without_a_union_has_iou_zero_not_nan():
+    """NaN fails every `iou < threshold` test, so a NaN IoU would be a hit at every threshold."""
+    iou = temporal_iou(np.array([[5.0, 5.0], [68.0, 0.0], [0.0, 4.0]]), np.array([[5.0, 5.0], [0.0, 68.0]]))
+    assert not np.isnan(iou).any()
+    assert iou[0].tolist() == [0.0, 0.0] and iou[1].tolist() == [0.0, 0.0] and iou[2, 1] == pytest.approx(4 / 68)
+    assert detection_ap(np.array([[5.0, 5.0]]), np.array([[5.0, 5.0, 1.0]]), (0.5, 0.95)).tolist() == [0.0, 0.0]
+
+
+def test_qids_of_another_type_are_named_as_such():
+    """The official evaluator compares qids as json reads them, so '10003' is not 10003; the error
+    says that the types differ instead of listing the same ids as both missing and extra."""
+    targets = [QVHTarget.from_dict(_query(q, [[0, 4]], [0], [[1, 2, 3]])) for q in (10003, 10004)]
+    preds = [QVHPrediction.from_dict({"qid": str(q), "pred_relevant_windows": [[0, 4, 1.0]]}) for q in (10003, 10004)]
+    note = ("the qids differ in type: 2 predicted qids are strings where the ground truth has integers "
+            "(e.g. '10003' against 10003); qids are compared by value and type, as the official evaluator "
+            "compares them: write them as integers, as the ground truth does")
+    with pytest.raises(QVHighlightsError) as info:
+        evaluate_qvhighlights(preds, targets)
+    assert str(info.value) == note
+    with pytest.raises(QVHighlightsError) as info:
+        evaluate_qvhighlights(preds, targets, match_number=False)
+    assert str(info.value) == f"no query has both a prediction and an annotation: {note}"
+    with pytest.raises(QVHighlightsError, match="different queries") as info:  # other ids: the usual message
+        evaluate_qvhighlights(preds[:1], [QVHTarget.from_dict(_query(5, [[0, 4]], [0], [[1, 2, 3]]))])
+    assert "type" not in str(info.value)

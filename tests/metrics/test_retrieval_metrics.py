@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from damo_lit.metrics import RetrievalMetrics, gold_ranks, paired_retrieval_metrics, retrieval_metrics
+from damo_lit.metrics import (
+    RetrievalMetrics,
+    gold_ranks,
+    paired_retrieval_metrics,
+    rank_metrics,
+    ranked_list_metrics,
+    retrieval_metrics,
+)
 
 # rows: text queries, columns: videos; pair i is (text i, video i)
 SIM = np.array(
@@ -54,6 +61,24 @@ def test_gold_indices_masks_and_nan():
 
 def test_constant_scores_rank_last():
     assert gold_ranks(np.ones((5, 5))).tolist() == [5] * 5
+
+
+def test_a_gold_missing_from_its_ranked_list_is_a_miss_at_every_k():
+    """Its rank is only known to lie beyond the list: no R@k may count it, however large k is,
+    and the median and mean ranks are reported as lower bounds, never as exact figures."""
+    lists = [["v1", "v0"], ["v2", "v3"], []]  # gold second; gold not in a 2-long list; an empty list
+    out = ranked_list_metrics(lists, [{"v0"}, {"v1"}, {"v2"}], ks=(1, 2, 10))
+    assert out["R@1"] == 0.0 and out["R@2"] == pytest.approx(1 / 3) and out["R@10"] == pytest.approx(1 / 3)
+    assert out["gold_not_ranked"] == 2 and out["count"] == 3
+    assert "MdR" not in out and "MnR" not in out
+    assert out["MdR_lower_bound"] == 2.0 and out["MnR_lower_bound"] == pytest.approx((2 + 3 + 1) / 3)
+    every_gold_ranked = ranked_list_metrics([["v1", "v0"], ["v3"]], [{"v0", "v9"}, {"v3"}], ks=(1,))
+    assert every_gold_ranked == {"R@1": 0.5, "MdR": 1.5, "MnR": 1.5, "count": 2.0, "gold_not_ranked": 0}
+
+
+def test_rank_metrics_needs_one_flag_per_rank():
+    with pytest.raises(ValueError, match="beyond has 1 entries but there are 2 ranks"):
+        rank_metrics([1, 2], beyond=[True])
 
 
 def test_retrieval_metric_matches_function_over_batches():

@@ -120,6 +120,21 @@ def test_grounding_errors_name_file_and_line(grounding_files, which, line, messa
     assert f"{target}:2" in proc.stderr and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("rows, example", [
+    ([], "the file holds none"),  # an empty predictions file
+    ([{"id": "val-1", "pred_spans": [[2.0, 6.0]]}, {"id": "val-2", "pred_spans": []}], "e.g. 'val-1'"),  # another split
+])
+def test_grounding_without_one_shared_id_is_an_error(grounding_files, tmp_path, rows, example):
+    """All-zero figures from files that share no id are a mix-up of files, not a model's score;
+    a single missing id stays a miss (test_grounding_end_to_end)."""
+    _, gt = grounding_files
+    pred = write_jsonl(tmp_path / "other.jsonl", rows)
+    proc = damo_score("grounding", "--pred", pred, "--gt", gt)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert (f"{pred}: no prediction id matches any ground-truth id of {gt} (predictions: {example}; "
+            "ground truth: e.g. 'q1')") in proc.stderr, proc.stderr
+
+
 def test_qvhighlights_reproduces_every_official_number(shared_data, tmp_path):
     root = shared_data / "qvhighlights"
     out_file = tmp_path / "qvh.json"
@@ -146,6 +161,15 @@ def test_qvhighlights_partial_sets(tmp_path):
     out = ok_json("qvhighlights", "--pred", pred, "--gt", gt, "--allow-partial")
     assert out["brief"]["MR-full-R1@0.5"] == 100.0 and out["HL-min-VeryGood"]["HL-Hit1"] == 100.0
     assert out["long"]["MR-R1"]["0.5"] is None  # no long window: NaN is written as null
+
+
+def test_qvhighlights_refuses_a_reversed_prediction_window(shared_data, tmp_path):
+    """[[68, 0]] once scored MR-full-mAP 100: its undefined IoU counted as a hit at every threshold."""
+    pred = write_jsonl(tmp_path / "rev.jsonl", [{"qid": 2579, "pred_relevant_windows": [[68, 0, 1.0]]}])
+    gt = shared_data / "qvhighlights" / "highlight_val_release.jsonl"
+    proc = damo_score("qvhighlights", "--pred", pred, "--gt", gt, "--allow-partial")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"{pred}:1: qid 2579: 'pred_relevant_windows'[0] is [68, 0, 1.0]: it ends before it starts" in proc.stderr
 
 
 SIM = [[0.9, 0.1, 0.5], [0.2, 0.3, 0.3], [0.1, 0.8, 0.7]]  # text x video; t2v ranks 1, 2, 2
@@ -183,11 +207,25 @@ def test_retrieval_with_ids_gold_and_ranked_lists(tmp_path):
     assert proc.returncode == 2 and "'t9' is not a row" in proc.stderr
 
 
+def test_retrieval_ranked_lists_without_the_gold_are_misses(tmp_path):
+    """A gold candidate missing from a query's list (or an empty list) is no hit at any k: its rank
+    is unknown, so the median and mean ranks come as lower bounds."""
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"query": f"t{i}", "gold": f"v{i}"} for i in range(20)])
+    top5_wrong = write_jsonl(tmp_path / "top5.jsonl", [
+        {"query": f"t{i}", "ranked": [f"v{(i + j) % 20}" for j in range(1, 6)]} for i in range(20)])
+    out = ok_json("retrieval", "--pred", top5_wrong, "--gt", gold)
+    assert out["R@1"] == out["R@5"] == out["R@10"] == 0.0 and out["gold_not_ranked"] == 20
+    assert out["MdR_lower_bound"] == out["MnR_lower_bound"] == 6.0 and "MdR" not in out and "MnR" not in out
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"query": f"t{i}", "ranked": []} for i in range(20)])
+    out = ok_json("retrieval", "--pred", empty, "--gt", gold, "--ks", "1", "50")
+    assert out["R@1"] == out["R@50"] == 0.0 and out["MdR_lower_bound"] == 1.0
+
+
 @pytest.mark.parametrize("sub, words", [
     (None, ["grounding", "qvhighlights", "retrieval", "JSON"]),
     ("grounding", ["--pred", "--gt", "--out", "pred_spans", "gt_spans", "missing", "--thresholds"]),
     ("qvhighlights", ["pred_relevant_windows", "highlight_val_release", "--allow-partial", "brief"]),
-    ("retrieval", [".npz", "ranked", "gold", "t2v", "--ks"]),
+    ("retrieval", [".npz", "ranked", "gold", "t2v", "--ks", "gold_not_ranked", "MdR_lower_bound"]),
 ])
 def test_help_is_useful(sub, words):
     proc = damo_score(*([sub] if sub else []), "--help")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from damo_lit.cli.common import compose, compose_run
 from damo_lit.cli.train import run
@@ -221,3 +222,114 @@ def test_damo_eval_names_a_split_without_samples(stage3_run: Path, synthetic_roo
     for typed, message in (("tasks=[groundin]", "damo-eval: tasks must be"), ("limit=0", "damo-eval: limit must be")):
         with pytest.raises(SystemExit, match=message):
             damo_eval([*common, typed])
+
+
+# ---------------------------------------------------------------- a user's mistakes: one line, exit status 1
+def _user_error(main: Any, *words: str) -> str:
+    """The message a command's `main` ends with for a user's mistake (SystemExit with text: status 1)."""
+    with pytest.raises(SystemExit) as info:
+        main(list(words))
+    assert isinstance(info.value.code, str), info.value.code
+    return info.value.code
+
+
+def _eval_error(*words: str) -> str:
+    from damo_lit.cli.eval import main as damo_eval
+
+    return _user_error(damo_eval, *words)
+
+
+def _predict_error(*words: str) -> str:
+    from damo_lit.cli.predict import main as damo_predict
+
+    return _user_error(damo_predict, *words)
+
+
+def _a_video(synthetic_root: Path) -> str:
+    return str(sorted((synthetic_root / "videos").glob("test_*.mp4"))[0])
+
+
+def test_damo_eval_and_damo_predict_name_a_file_that_is_no_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:
+    text, empty, other = tmp_path / "notes.ckpt", tmp_path / "empty.ckpt", tmp_path / "other.ckpt"
+    text.write_text("hello\n")  # torch.load: KeyError
+    empty.write_bytes(b"")  # torch.load: EOFError
+    torch.save({"a": torch.zeros(2)}, other)  # a torch file, but no damo-lit checkpoint
+    unreadable = "not a damo-lit checkpoint: torch cannot read it"
+    expected = {text: f"ckpt={text}: {unreadable} (it is no file that torch.save writes)",
+                empty: f"ckpt={empty}: {unreadable} (the file is empty)",
+                other: f"ckpt={other}: not a damo-lit checkpoint (no 'damo' entry and 'state_dict'"}
+    for path, message in expected.items():
+        assert _eval_error(f"ckpt={path}", "accelerator=cpu").startswith(f"damo-eval: {message}")
+        said = _predict_error(f"ckpt={path}", f"video={_a_video(synthetic_root)}", "question=when?", "accelerator=cpu")
+        assert said.startswith(f"damo-predict: {message}") and said.endswith("(DAMO_TRACEBACK=1 shows where)")
+
+
+def _older_weights(run_dir: Path) -> dict[str, Any]:
+    """The run's weights as older code would have saved them: one tensor of another shape."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(run_dir / "weights.safetensors"))
+    key = next(k for k, v in state.items() if k.startswith("residual.") and v.dim() == 2)
+    state[key] = state[key][:, :-1].contiguous()
+    return state
+
+
+def test_weights_that_do_not_fit_name_both_causes_in_damo_eval_and_damo_predict(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """A checkpoint written by older code (its weights of other shapes, no version recorded) stops
+    with a message that names another model config and another damo-lit version as the causes,
+    from a run folder (damo-eval) and from a Lightning .ckpt (damo-predict: once a RuntimeError)."""
+    from safetensors.torch import save_file
+
+    from damo_lit import __version__
+    from damo_lit.stages.weights import WEIGHTS_LAYOUT
+
+    meta = json.loads((stage3_run / "stage.json").read_text())
+    assert meta["damo_lit_version"] == __version__ and meta["weights_layout"] == WEIGHTS_LAYOUT  # what wrote it
+    (ckpt,) = (stage3_run / "checkpoints").glob("last*.ckpt")
+    written = torch.load(ckpt, weights_only=True)["damo"]
+    assert written["damo_lit_version"] == __version__ and written["weights_layout"] == WEIGHTS_LAYOUT
+    old_meta = {k: v for k, v in meta.items() if k not in ("damo_lit_version", "weights_layout")}
+    old_run = tmp_path / "old_run"
+    old_run.mkdir()
+    save_file(_older_weights(stage3_run), str(old_run / "weights.safetensors"))
+    (old_run / "stage.json").write_text(json.dumps({**old_meta, "damo_lit_version": "0.0.9"}))
+    causes = ("Either it was saved with another model config (model.fuseformer.depth, query counts, LoRA targets, ...), "
+              "or by another version of damo-lit whose weights have other shapes")
+    said = _eval_error(f"ckpt={old_run}", "accelerator=cpu")
+    assert said.startswith(f"damo-eval: {old_run / 'weights.safetensors'}: 1 tensor(s) do not fit this model (residual.")
+    this = f"this is damo-lit {__version__}, weights layout {WEIGHTS_LAYOUT}"
+    assert f"{causes} (it records damo-lit 0.0.9; {this})" in said
+    old_ckpt = tmp_path / "last.ckpt"
+    old_state = {f"model.{k}": v for k, v in _older_weights(stage3_run).items()}
+    torch.save({"damo": old_meta, "state_dict": old_state}, old_ckpt)
+    said = _predict_error(f"ckpt={old_ckpt}", f"video={_a_video(synthetic_root)}", "question=when?", "accelerator=cpu")
+    assert said.startswith(f"damo-predict: ckpt={old_ckpt}: 1 tensor(s) do not fit this model (model.residual.")
+    assert f"{causes} (it records no damo-lit version, so the code that wrote it is not known;" in said
+
+
+def test_a_checkpoint_without_the_version_record_still_loads(stage3_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from damo_lit.cli.checkpoint import load_stage
+
+    old_run = shutil.copytree(stage3_run, tmp_path / "old_run", ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    meta = json.loads((old_run / "stage.json").read_text())
+    (old_run / "stage.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "damo_lit_version"}))
+    assert load_stage(old_run).stage_name == "stage3"
+
+
+def test_damo_eval_names_ordinary_mistakes(stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """A synthetic set made with other parameters, an output folder that cannot be made and a GPU the
+    machine lacks: one line each, naming what was wrong."""
+    common = [f"ckpt={stage3_run}", f"data.root={synthetic_root}", "data.num_workers=0",
+              f"data.decoded_cache_dir={synthetic_root / 'decoded'}"]
+    said = _eval_error(*common, "accelerator=cpu", f"out={tmp_path / 'eval'}")  # data.generate: conf's 1000 videos
+    assert said.startswith(f"damo-eval: the synthetic set in {synthetic_root} was generated with other parameters")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    said = _eval_error(*common, "data.generate=null", "accelerator=cpu", f"out={blocker}")
+    assert said.startswith(f"damo-eval: out={blocker}: cannot make the output folder ({blocker} is a file, not a folder")
+    if not torch.cuda.is_available():
+        said = _eval_error(*common, "data.generate=null", "accelerator=gpu", f"out={tmp_path / 'eval'}")
+        assert said.startswith("damo-eval: accelerator=gpu: this machine has no CUDA GPU (use accelerator=cpu or auto)")

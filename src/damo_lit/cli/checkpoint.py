@@ -9,7 +9,6 @@ import dataclasses
 import enum
 import importlib
 import io
-import json
 import pickle
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from damo_lit.stages.weights import META_FILE, WEIGHTS_FILE
+from damo_lit.stages.weights import META_FILE, WEIGHTS_FILE, CheckpointError, fitting_weights, read_meta_file
 
 STAGE_CLASSES = {
     "stage1": "damo_lit.stages.align.AlignStage",
@@ -27,7 +26,7 @@ STAGE_CLASSES = {
 }
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that torch.load(weights_only=True) refuses: it holds pickled Python objects
     besides tensors and plain containers, and unpickling those could run any code."""
 
@@ -54,11 +53,39 @@ class RemoteCodeCheckpointError(UnsafeCheckpointError):
 
 
 def load_weights_only(path: str | Path, where: str | None = None) -> Any:
-    """torch.load(path, weights_only=True) on CPU; UnsafeCheckpointError for a file holding other objects."""
+    """torch.load(path, weights_only=True) on CPU. A file holding other objects than tensors and
+    plain containers is an UnsafeCheckpointError; one that torch cannot read at all (empty,
+    truncated, not a torch file) a CheckpointError naming `where` (default: the path)."""
+    where = where or str(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(where or str(path), err) from None
+        if "Unsupported operand" not in str(err):  # an unknown operand: bytes that are no pickle at all
+            raise UnsafeCheckpointError(where, err) from None
+        reason = "it is no file that torch.save writes"
+    except (EOFError, KeyError, IndexError, RuntimeError, ValueError) as err:
+        reason = unreadable_reason(Path(path), err)
+    raise CheckpointError(f"{where}: not a damo-lit checkpoint: torch cannot read it ({reason}); expected a .ckpt "
+                          "file that damo-train saved (is it truncated, or another kind of file?)") from None
+
+
+def unreadable_reason(path: Path, err: BaseException) -> str:
+    """Why torch.load could not read `path`, in words (its own errors say KeyError: 101)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(err, EOFError):
+        return "it ends too early"
+    if isinstance(err, RuntimeError):  # the zip reader's: "... failed finding central directory"
+        return str(err).split(". ")[0]
+    return "it is no file that torch.save writes"
+
+
+def stage_meta_of(meta: Any, where: str) -> dict[str, Any]:
+    """The stage meta of a checkpoint, checked for what rebuilding the stage reads."""
+    if not (isinstance(meta, dict) and meta.get("stage") in STAGE_CLASSES and isinstance(meta.get("model_cfg"), dict)):
+        raise CheckpointError(f"{where}: not a damo-lit checkpoint: its stage meta needs 'stage' (one of "
+                              f"{', '.join(STAGE_CLASSES)}) and 'model_cfg' (a mapping)")
+    return meta
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
@@ -69,12 +96,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         if not (meta_file.is_file() and (path / WEIGHTS_FILE).is_file()):
             raise FileNotFoundError(
                 f"ckpt={path}: expected {WEIGHTS_FILE} and {META_FILE} in it (a damo-train run folder)")
-        return json.loads(meta_file.read_text()), None
+        return stage_meta_of(read_meta_file(meta_file), f"ckpt={meta_file}"), None
     if path.suffix == ".ckpt" and path.is_file():
         checkpoint = load_weights_only(path, f"ckpt={path}")
-        if "damo" not in checkpoint:
-            raise ValueError(f"ckpt={path}: not a damo-lit checkpoint (no 'damo' entry)")
-        return checkpoint["damo"], checkpoint["state_dict"]
+        if not (isinstance(checkpoint, dict) and "damo" in checkpoint and isinstance(checkpoint.get("state_dict"), dict)):
+            raise CheckpointError(f"ckpt={path}: not a damo-lit checkpoint (no 'damo' entry and 'state_dict': a "
+                                  "Lightning checkpoint that damo-train saved has both)")
+        return stage_meta_of(checkpoint["damo"], f"ckpt={path}"), checkpoint["state_dict"]
     raise FileNotFoundError(f"ckpt={path}: not a run folder or a .ckpt file")
 
 
@@ -163,6 +191,6 @@ def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: boo
     init_from = None if state is not None else str(path)
     stage = cls(model_cfg=meta["model_cfg"], name=name, init_from=init_from, timestamps=meta.get("timestamps", "relative"),
                 span_parser=span_parser, trainable=meta.get("trainable"))
-    if state is not None:
-        stage.load_state_dict(state, strict=False)
+    if state is not None:  # weights of other shapes: a CheckpointError naming both possible causes
+        stage.load_state_dict(fitting_weights(stage.state_dict(), state, f"ckpt={path}", meta)[0], strict=False)
     return stage.eval()

@@ -124,19 +124,20 @@ def user_error_message(err: BaseException) -> str:
 @contextlib.contextmanager
 def user_errors(prog: str, *more: type[BaseException], traceback_to: Path | None = None) -> Iterator[None]:
     """Turn what a user can fix (a bad or missing override, a config value the model rejects, a
-    path that does not exist, a checkpoint refused as unsafe, and the command's own `more` kinds)
+    path that does not exist, a checkpoint that cannot be used (refused as unsafe, unreadable, of
+    weights that do not fit), and the command's own `more` kinds)
     into `prog: message` on stderr and exit status 1, not a traceback. DAMO_TRACEBACK=1 shows the
     traceback instead. With `traceback_to` (a run folder's file) the traceback is kept there, so
     that a long job stopped by a broad kind (damo-train's ValueError) can still be traced."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from damo_lit.cli.checkpoint import UnsafeCheckpointError
+    from damo_lit.cli.checkpoint import CheckpointError
     from damo_lit.models.config import ConfigError
 
     try:
         yield
-    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError, UnsafeCheckpointError, *more) as err:
+    except (HydraException, OmegaConfBaseException, ConfigError, FileNotFoundError, CheckpointError, *more) as err:
         if os.environ.get("DAMO_TRACEBACK"):
             raise
         where = "(DAMO_TRACEBACK=1 shows where)"
@@ -148,6 +149,13 @@ def user_errors(prog: str, *more: type[BaseException], traceback_to: Path | None
             except OSError:
                 pass
         raise SystemExit(f"{prog}: {user_error_message(err)}\n{where}") from None
+
+
+def unwritable_reason(path: Path, err: OSError) -> str:
+    """Why `path` (a folder to make, or the folder of a file to write) could not be made or
+    written, in words: a file in the way is named, else the system's reason."""
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    return f"{blocking} is a file, not a folder" if blocking is not None else (err.strerror or str(err))
 
 
 def override_key(word: str) -> str:

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from damo_lit.cli.common import CONF_DIR, compose, quiet_inference_logs, user_errors
+from damo_lit.cli.common import CONF_DIR, compose, quiet_inference_logs, unwritable_reason, user_errors
+from damo_lit.cli.predict import inference_device
 
 TOP_VIDEOS = 10  # retrieved videos listed per stage 1 query
 
@@ -112,6 +113,17 @@ def split_fixes(datamodule: Any, split: str) -> dict[str, int]:
     return fixes
 
 
+def output_folder(path: Path) -> Path:
+    """Make damo-eval's output folder; one that cannot be made (a file in the way) is a ValueError
+    naming out=, before anything slow has run when the user gave it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out={path}: cannot make the output folder ({unwritable_reason(path, err)}); "
+                         "expected a folder, or a path where one can be made") from None
+    return path
+
+
 def run_eval(cfg: Any) -> dict[str, Any]:
     import lightning as L
     from hydra.utils import instantiate
@@ -132,6 +144,9 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         given = check_tasks([cfg.tasks] if isinstance(cfg.tasks, str) else cfg.tasks, "tasks") if cfg.tasks else None
     except ValueError as err:
         raise SystemExit(f"damo-eval: {err}") from None
+    inference_device(cfg.accelerator)  # a GPU this machine lacks: said now, not by Lightning after the set-up
+    if cfg.out:
+        output_folder(Path(cfg.out))
     stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code))
     ckpt = Path(cfg.ckpt)
     tasks = list(given) if given else stage_eval_tasks(stage.stage_name)
@@ -147,8 +162,8 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         raise NoSamplesError(f"{datamodule.describe_split(cfg.split)}: no sample to evaluate (tasks "
                              f"{', '.join(tasks)}); pick another split or data source (split=..., data=..., "
                              "data.splits.<split>=FILE)")
-    out = Path(cfg.out) if cfg.out else (ckpt if ckpt.is_dir() else ckpt.parent) / "eval" / f"{datamodule.name}_{cfg.split}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path(cfg.out) if cfg.out else
+                        (ckpt if ckpt.is_dir() else ckpt.parent) / "eval" / f"{datamodule.name}_{cfg.split}")
     retrieval = retrieval_callback()
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False,
@@ -183,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    from damo_lit.data.datamodule import NoSamplesError
-
-    with user_errors("damo-eval", NoSamplesError), quiet_inference_logs():
+    # besides the common mistakes (a checkpoint that cannot be used among them): a split without samples, a
+    # synthetic set made with other parameters, a GPU this machine lacks, an output folder that cannot be made
+    with user_errors("damo-eval", ValueError), quiet_inference_logs():
         run_eval(compose("eval", argv))
 
 

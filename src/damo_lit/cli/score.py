@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from damo_lit.cli.common import unwritable_reason
 from damo_lit.data.schema import Record, RecordError, json_lines
 from damo_lit.metrics.grounding import DEFAULT_THRESHOLDS, GroundingScorer
 from damo_lit.metrics.qvhighlights import (
@@ -30,7 +31,7 @@ from damo_lit.metrics.qvhighlights import (
     QVHTarget,
     evaluate_qvhighlights,
 )
-from damo_lit.metrics.retrieval import DEFAULT_KS, paired_retrieval_metrics, rank_metrics, retrieval_metrics
+from damo_lit.metrics.retrieval import DEFAULT_KS, paired_retrieval_metrics, ranked_list_metrics, retrieval_metrics
 from damo_lit.metrics.spans import Span, clean_span
 
 MAX_LISTED_IDS = 20
@@ -177,11 +178,19 @@ def _plain(value: Any, key: str) -> float | int:
 
 
 def score_grounding(pred_path: str | Path, gt_path: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict[str, Any]:
-    """Grounding figures of a predictions file against ground truth (a missing prediction is a miss)."""
+    """Grounding figures of a predictions file against ground truth (a missing prediction is a miss).
+    Files without one shared id are an error: the all-zero figures they would give are a mix-up
+    of files (another split's predictions, an empty file), not a model's score."""
     scorer = GroundingScorer(tuple(thresholds))
     truth, skipped = read_grounding_truth(gt_path, scorer)
     preds = read_grounding_predictions(pred_path)
     ids = list(truth)
+    if not preds.keys() & truth.keys():
+        example = f"e.g. {next(iter(preds))!r}" if preds else "the file holds none"
+        raise ScoreInputError(
+            f"{pred_path}: no prediction id matches any ground-truth id of {gt_path} (predictions: {example}; "
+            f"ground truth: e.g. {ids[0]!r}); are they of the same split and data set?"
+        )
     missing = [qid for qid in ids if qid not in preds]
     extra = [qid for qid in preds if qid not in truth]
     scores = scorer.score_queries(
@@ -368,14 +377,7 @@ def score_retrieval(pred_path: str | Path, gt_path: str | Path | None, ks: Seque
         missing = [q for q in gold if q not in ranked]
         if missing:
             raise ScoreInputError(f"{pred_path}: no ranked list for {len(missing)} gold queries (e.g. {missing[:5]})")
-        ranks, not_ranked = [], 0
-        for query, golds in gold.items():
-            gold_set = set(golds)
-            positions = [i for i, cand in enumerate(ranked[query]) if cand in gold_set]
-            not_ranked += not positions
-            ranks.append(positions[0] + 1 if positions else len(ranked[query]) + 1)
-        out: dict[str, Any] = rank_metrics(ranks, ks)
-        out["gold_not_ranked"] = not_ranked
+        out: dict[str, Any] = ranked_list_metrics([ranked[q] for q in gold], list(gold.values()), ks)
         out["unscored"] = len(set(ranked) - set(gold))
     else:
         similarity = read_similarity(pred_path)
@@ -465,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Without --gt a square matrix is scored in both directions with pairs on the diagonal\n"
         "(t2v_*: rows as queries, v2t_*: columns). With --gt (JSONL {\"query\": id, \"gold\": id or\n"
         "[ids]}, or .json {query: gold}) each listed query is scored against its gold candidate(s).\n"
-        "Ties rank pessimistically; rates are fractions in [0, 1].",
+        "Ties rank pessimistically; rates are fractions in [0, 1]. A ranked list without its query's\n"
+        "gold candidate misses every R@k (counted under gold_not_ranked); MdR and MnR are then lower\n"
+        "bounds, reported as MdR_lower_bound and MnR_lower_bound.",
         "gold candidates per query (optional for a square paired matrix)",
         gt_required=False,
     )
@@ -504,9 +508,7 @@ def write_out(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n", encoding="utf-8")
     except OSError as err:
-        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{blocking} is a file, not a folder" if blocking is not None else (err.strerror or str(err))
-        raise ScoreInputError(f"--out {path}: cannot write it ({reason})") from None
+        raise ScoreInputError(f"--out {path}: cannot write it ({unwritable_reason(path.parent, err)})") from None
 
 
 def print_to_stdout(text: str) -> bool:

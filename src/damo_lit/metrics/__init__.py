@@ -15,7 +15,13 @@ from typing import Any
 
 from damo_lit.metrics.grounding import GroundingScorer, QueryScores, modality_suffix, recall_key
 from damo_lit.metrics.qvhighlights import QVHighlightsError, QVHPrediction, QVHTarget, evaluate_qvhighlights
-from damo_lit.metrics.retrieval import gold_ranks, paired_retrieval_metrics, rank_metrics, retrieval_metrics
+from damo_lit.metrics.retrieval import (
+    gold_ranks,
+    paired_retrieval_metrics,
+    rank_metrics,
+    ranked_list_metrics,
+    retrieval_metrics,
+)
 from damo_lit.metrics.spans import best_iou, clean_span, temporal_iou
 
 _METRIC_CLASSES = ("CatStateMetric", "GroundingMetrics", "QVHighlightsMetrics", "RetrievalMetrics")
@@ -34,6 +40,7 @@ __all__ = [
     "modality_suffix",
     "paired_retrieval_metrics",
     "rank_metrics",
+    "ranked_list_metrics",
     "recall_key",
     "retrieval_metrics",
     "temporal_iou",

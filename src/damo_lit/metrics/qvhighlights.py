@@ -69,7 +69,7 @@ class QVHTarget:
         if "duration" not in obj:
             raise QVHighlightsError(f"{where}: missing required key 'duration'")
         duration = _number(obj["duration"], f"{where}: 'duration'")
-        windows = _rows(obj.get("relevant_windows", []), 2, f"{where}: 'relevant_windows'")
+        windows = _windows(obj.get("relevant_windows", []), 2, f"{where}: qid {qid!r}: 'relevant_windows'")
         clip_ids = np.asarray(obj.get("relevant_clip_ids", []), dtype=np.int64).reshape(-1)
         saliency = _rows(obj.get("saliency_scores", []), NUM_ANNOTATORS, f"{where}: 'saliency_scores'")
         if len(clip_ids) != len(saliency):
@@ -93,7 +93,7 @@ class QVHPrediction:
         qid = _qid(obj, where)
         windows = obj.get("pred_relevant_windows")
         if windows is not None:
-            windows = _rows(windows, 3, f"{where}: 'pred_relevant_windows'")
+            windows = _windows(windows, 3, f"{where}: qid {qid!r}: 'pred_relevant_windows'")
         saliency = obj.get("pred_saliency_scores")
         if saliency is not None:
             try:
@@ -133,6 +133,22 @@ def _rows(value: Any, width: int, what: str) -> np.ndarray:
             raise QVHighlightsError(f"{what}[{i}] needs {width} numbers, got {row!r}")
         rows.append(numbers[:width])
     return np.asarray(rows, dtype=np.float64).reshape(-1, width)
+
+
+def _windows(value: Any, width: int, what: str) -> np.ndarray:
+    """`_rows` of time windows [start, end, ...]: each with finite bounds and an end not before its
+    start. A reversed window has no length, so its IoU is undefined (the official evaluator's NaN,
+    which its matching counts as a hit at every threshold): an input error, not a score."""
+    rows = _rows(value, width, what)
+    for i, (start, end) in enumerate(rows[:, :2]):
+        if not (np.isfinite(start) and np.isfinite(end)) or end < start:
+            reason = "it ends before it starts" if end < start else "a bound is not a finite number"
+            fields = "start, end, score" if width == 3 else "start, end"
+            raise QVHighlightsError(
+                f"{what}[{i}] is {list(value[i])!r}: {reason}; expected [{fields}] in seconds, with finite bounds "
+                "and end >= start"
+            )
+    return rows
 
 
 def _percent(value: float) -> float:
@@ -318,6 +334,24 @@ def eval_highlight(
 
 
 # ---------------------------------------------------------------- the whole submission
+def _qid_kind(qid: Any) -> str:
+    return "string" if isinstance(qid, str) else "integer"
+
+
+def _qid_type_note(pred_qids: set[Any], gt_qids: set[Any]) -> str:
+    """'' unless some predicted qids match annotated ones only once their type is ignored ('10003'
+    against 10003); then a sentence saying so. The official evaluator reads qids with json and
+    compares them by value and type, so to it these are other queries too, and so they are here."""
+    unmatched = {str(q): q for q in gt_qids - pred_qids}
+    twins = [(q, unmatched[str(q)]) for q in pred_qids - gt_qids if str(q) in unmatched]
+    if not twins:
+        return ""
+    pred, gt = min(twins, key=lambda pair: str(pair[0]))
+    return (f"the qids differ in type: {len(twins)} predicted qids are {_qid_kind(pred)}s where the ground truth "
+            f"has {_qid_kind(gt)}s (e.g. {pred!r} against {gt!r}); qids are compared by value and type, as the "
+            f"official evaluator compares them: write them as {_qid_kind(gt)}s, as the ground truth does")
+
+
 def evaluate_qvhighlights(
     preds: Sequence[QVHPrediction],
     targets: Sequence[QVHTarget],
@@ -337,17 +371,18 @@ def evaluate_qvhighlights(
     preds, targets = list(preds), list(targets)
     pred_qids, gt_qids = {p.qid for p in preds}, {t.qid for t in targets}
     if match_number and pred_qids != gt_qids:
-        raise QVHighlightsError(
+        raise QVHighlightsError(_qid_type_note(pred_qids, gt_qids) or (
             f"the predictions and the ground truth cover different queries: {len(pred_qids - gt_qids)} "
             f"predicted qids are not annotated (e.g. {sorted(map(str, pred_qids - gt_qids))[:5]}), "
             f"{len(gt_qids - pred_qids)} annotated qids have no prediction "
             f"(e.g. {sorted(map(str, gt_qids - pred_qids))[:5]}); score the shared ones with {partial_hint}"
-        )
+        ))
     shared = pred_qids & gt_qids
     preds = [p for p in preds if p.qid in shared]
     targets = [t for t in targets if t.qid in shared]
     if not preds:
-        raise QVHighlightsError("no query has both a prediction and an annotation")
+        note = _qid_type_note(pred_qids, gt_qids)
+        raise QVHighlightsError("no query has both a prediction and an annotation" + (f": {note}" if note else ""))
 
     metrics: dict[str, Any] = {}
     brief: "OrderedDict[str, float]" = OrderedDict()

@@ -6,13 +6,18 @@ as the best gold one (the gold one included), so tied scores never flatter a mod
 that gives every pair the same score ranks every query last, not first). NaN scores count as
 the lowest possible. Rates are fractions in [0, 1], like the grounding metrics.
 
+Ranked lists (`ranked_list_metrics`) are finite: a gold candidate missing from its query's list
+has a rank that is not known, only that it lies beyond the list. Such a query misses every R@k,
+and the median and mean ranks become lower bounds, under their own keys (`MdR_lower_bound`,
+`MnR_lower_bound`), so that they are never read as the exact figures.
+
 numpy only (torch tensors are accepted and read back to the CPU); the DDP-synced torchmetrics
 wrapper over paired embeddings is `RetrievalMetrics` in damo_lit.metrics.modules.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -61,15 +66,45 @@ def gold_ranks(sim: Any, gold: Any = None) -> np.ndarray:
     return (scores >= best_gold[:, None]).sum(axis=1)
 
 
-def rank_metrics(ranks: Any, ks: Sequence[int] = DEFAULT_KS, prefix: str = "") -> dict[str, float]:
-    """R@k (fraction of ranks <= k), MdR (median rank), MnR (mean rank) and count, keys prefixed."""
+def rank_metrics(ranks: Any, ks: Sequence[int] = DEFAULT_KS, prefix: str = "", beyond: Any = None) -> dict[str, float]:
+    """R@k (fraction of ranks <= k), MdR (median rank), MnR (mean rank) and count, keys prefixed.
+
+    `beyond` (one bool per query, optional) marks ranks known only as lower bounds (the gold
+    candidate lay past the end of a finite list): those queries miss every R@k, since a rank that
+    is not known is no hit, and when there is one MdR and MnR are reported as `MdR_lower_bound`
+    and `MnR_lower_bound` instead (computed from the bounds), never as the exact figures.
+    """
     ranks = np.asarray(ranks, dtype=np.float64).reshape(-1)
     if ranks.size == 0:
         raise ValueError("no ranks to summarise: the retrieval set is empty")
-    out = {f"{prefix}R@{k}": float(np.mean(ranks <= k)) for k in ks}
-    out[f"{prefix}MdR"] = float(np.median(ranks))
-    out[f"{prefix}MnR"] = float(np.mean(ranks))
+    known = np.ones(ranks.shape, dtype=bool) if beyond is None else ~np.asarray(beyond, dtype=bool).reshape(-1)
+    if known.shape != ranks.shape:
+        raise ValueError(f"beyond has {known.size} entries but there are {ranks.size} ranks")
+    out = {f"{prefix}R@{k}": float(np.mean((ranks <= k) & known)) for k in ks}
+    bound = "" if known.all() else "_lower_bound"
+    out[f"{prefix}MdR{bound}"] = float(np.median(ranks))
+    out[f"{prefix}MnR{bound}"] = float(np.mean(ranks))
     out[f"{prefix}count"] = float(ranks.size)
+    return out
+
+
+def list_rank(ranked: Sequence[str], gold: Collection[str]) -> int | None:
+    """1-based position of the first gold candidate in a ranked list, None when none is in it."""
+    return next((i + 1 for i, cand in enumerate(ranked) if cand in gold), None)
+
+
+def ranked_list_metrics(ranked: Sequence[Sequence[str]], gold: Sequence[Collection[str]],
+                        ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """`rank_metrics` of ranked candidate lists (best first), query by query against its gold ids,
+    plus `gold_not_ranked`: the queries whose list holds no gold candidate. Their rank is only
+    known to exceed their list's length: they miss every R@k and make MdR / MnR lower bounds."""
+    if len(ranked) != len(gold):
+        raise ValueError(f"{len(ranked)} ranked lists for {len(gold)} queries with gold candidates")
+    found = [list_rank(cands, set(golds)) for cands, golds in zip(ranked, gold)]
+    beyond = [rank is None for rank in found]
+    bounds = [len(cands) + 1 if rank is None else rank for rank, cands in zip(found, ranked)]
+    out = rank_metrics(bounds, ks, beyond=beyond)
+    out["gold_not_ranked"] = sum(beyond)
     return out
 
 

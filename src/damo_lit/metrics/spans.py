@@ -38,8 +38,10 @@ def temporal_iou(spans1: np.ndarray, spans2: np.ndarray) -> np.ndarray:
     """IoU of every window in `spans1` (N, 2) with every window in `spans2` (M, 2): (N, M).
 
     Intersection over the true union (length1 + length2 - intersection); windows are taken as
-    given (no sorting), which is what the QVHighlights evaluator does. A zero union gives NaN,
-    as it does there.
+    given (no sorting), which is what the QVHighlights evaluator does. A pair without a positive
+    union (two empty windows at one point, or reversed windows) gives 0, where the evaluator gives
+    NaN: NaN fails every `iou < threshold` test, so a matcher written that way would take it for
+    a hit at every threshold.
     """
     spans1 = np.asarray(spans1, dtype=np.float64).reshape(-1, 2)
     spans2 = np.asarray(spans2, dtype=np.float64).reshape(-1, 2)
@@ -50,7 +52,7 @@ def temporal_iou(spans1: np.ndarray, spans2: np.ndarray) -> np.ndarray:
     inter = np.clip(right - left, 0.0, None)
     union = len1[:, None] + len2[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        return inter / union
+        return np.where(union > 0, inter / union, 0.0)
 
 
 def best_iou(pred: Any, gt_spans: Sequence[Any]) -> float:

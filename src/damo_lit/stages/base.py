@@ -36,7 +36,7 @@ from damo_lit.models.damo import STAGE_TRAINABLE, DaMO, build_damo
 from damo_lit.models.media import MediaTokens
 from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.schedule import warmup_cosine
-from damo_lit.stages.weights import inherited_groups, load_stage_weights, persistent_names
+from damo_lit.stages.weights import inherited_groups, load_stage_weights, persistent_names, written_by
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +438,7 @@ class DaMOStage(L.LightningModule):
         if isinstance(state, dict) and not uses_fsdp(self._trainer):
             keep = self.checkpoint_keys(list(state))
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-        checkpoint["damo"] = self.stage_meta()
+        checkpoint["damo"] = {**self.stage_meta(), **written_by()}
         checkpoint["damo_resume"] = {"nonfinite": asdict(self.nonfinite), "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from damo_lit import __version__
+
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "stage.json"
+# The layout of saved weights (their names and shapes). Bump it with any change to the model code
+# that renames saved weights or gives them other shapes, so that a checkpoint written before the
+# change says so when it no longer fits (it records the layout it was written with).
+WEIGHTS_LAYOUT = 1
 ALL_GROUPS = ("vision", "audio", "residual", "fuseformer", "projector", "llm", "lora", "text_encoder")
 # Groups whose weights always come from training, never from a pretrained checkpoint.
 LEARNED_GROUPS = ("residual", "fuseformer", "projector", "lora")
@@ -28,6 +35,56 @@ LEARNED_GROUPS = ("residual", "fuseformer", "projector", "lora")
 # frozen, so that the next stage and damo-eval see the weights this stage used. (The stage-1 text
 # encoder is not carried: no later stage reads it.)
 CARRIED_GROUPS = ("vision", "audio", "llm")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: a file that is no damo-lit checkpoint (another kind of
+    file, an empty or truncated one), or weights that do not fit the model. The message starts
+    with the path; every command prints it as a user's mistake (cli/common.py's user_errors)."""
+
+
+def written_by() -> dict[str, Any]:
+    """What a stage checkpoint records of the code that wrote it, so that weights that no longer fit
+    can be told apart from weights of another model config."""
+    return {"damo_lit_version": __version__, "weights_layout": WEIGHTS_LAYOUT}
+
+
+def mismatch_error(where: str, mismatches: list[str], meta: Mapping[str, Any]) -> CheckpointError:
+    """The error for weights of other shapes than the model's, naming both possible causes and the
+    version of damo-lit that `meta` (stage.json, a .ckpt's 'damo' entry) says wrote them."""
+    version, layout = meta.get("damo_lit_version"), meta.get("weights_layout")
+    if version is None:
+        writer = "it records no damo-lit version, so the code that wrote it is not known"
+    else:
+        writer = f"it records damo-lit {version}" + (f", weights layout {layout}" if layout is not None else "")
+    return CheckpointError(
+        f"{where}: {len(mismatches)} tensor(s) do not fit this model ({'; '.join(mismatches[:5])}). Either it was "
+        "saved with another model config (model.fuseformer.depth, query counts, LoRA targets, ...), or by another "
+        f"version of damo-lit whose weights have other shapes ({writer}; this is damo-lit {__version__}, weights "
+        f"layout {WEIGHTS_LAYOUT})"
+    )
+
+
+def fitting_weights(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str,
+                    meta: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(the tensors of `state` that `own`, a model's state dict, has by name and shape; the names it
+    lacks). A tensor of another shape raises `mismatch_error`: loading is not strict, and a
+    partial load would run a model that is neither the saved one nor a fresh one."""
+    to_load: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    mismatches: list[str] = []
+    for key, tensor in state.items():
+        if key in own and {tensor.dim(), own[key].dim()} == {0, 1} and tensor.numel() == own[key].numel() == 1:
+            tensor = tensor.reshape(own[key].shape)  # files from before the time gains became 1-D (FSDP)
+        if key not in own:
+            unexpected.append(key)
+        elif own[key].shape != tensor.shape:
+            mismatches.append(f"{key}: saved {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            to_load[key] = tensor
+    if mismatches:
+        raise mismatch_error(where, mismatches, meta)
+    return to_load, unexpected
 
 
 # Module-name segments that FSDP units and activation-checkpoint wrappers insert. State-dict keys
@@ -87,7 +144,6 @@ class LoadReport:
     path: str
     loaded: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    shape_mismatch: list[str] = field(default_factory=list)
     # Parameters of a module group the file holds, yet not in the file: they keep their fresh
     # initialisation (another depth, more queries, other LoRA targets than the previous stage's).
     missing: dict[str, list[str]] = field(default_factory=dict)
@@ -156,14 +212,15 @@ def _fsdp_state(model: nn.Module, names: set[str], fsdp_root: nn.Module) -> dict
 
 
 def save_stage_weights(directory: str | Path, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write DIR/weights.safetensors and DIR/stage.json atomically (a crash leaves the old pair)."""
+    """Write DIR/weights.safetensors and DIR/stage.json atomically (a crash leaves the old pair);
+    stage.json also records the damo-lit version and weights layout that wrote them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(dict(state), str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / WEIGHTS_FILE)
     meta_tmp = directory / (META_FILE + ".tmp")
-    meta_tmp.write_text(json.dumps(dict(meta), indent=2, default=str))
+    meta_tmp.write_text(json.dumps({**meta, **written_by()}, indent=2, default=str))
     meta_tmp.replace(directory / META_FILE)
     return directory / WEIGHTS_FILE
 
@@ -182,39 +239,46 @@ def resolve_weights_path(path: str | Path, key: str = "stage.init_from") -> Path
     )
 
 
+def read_meta_file(path: str | Path) -> dict[str, Any]:
+    """A stage.json as a dict; one that is not a JSON object is a CheckpointError naming it."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a damo-lit stage meta file ({err}); expected the JSON object damo-train "
+                              "writes beside the stage's weights") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object (damo-train's stage meta), got {type(meta).__name__}")
+    return meta
+
+
 def read_stage_meta(path: str | Path) -> dict[str, Any]:
     meta = resolve_weights_path(path).parent / META_FILE
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return read_meta_file(meta) if meta.is_file() else {}
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors weights file; one that safetensors cannot read is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors weights file ({err}); is it truncated (a copy "
+                              "or a run that stopped while writing it) or another kind of file?") from None
 
 
 def load_stage_weights(model: nn.Module, path: str | Path, key: str = "stage.init_from") -> LoadReport:
     """Load a previous stage's weights into `model` by name; report what matched.
 
     Keys the model lacks are reported, not fatal (a stage-1-only head, for instance); a shape
-    mismatch is an error, since it means the two stages were built from different configs.
-    Parameters of a group the file holds but not in it (a deeper Fuseformer than the previous
-    stage's) are reported in `missing`, and the stage warns: a change between stages may be
-    deliberate, a silently random block is not. `key` names the config key of `path` in errors.
+    mismatch is a CheckpointError naming both possible causes (another model config, or weights
+    written by another damo-lit version: `fitting_weights`). Parameters of a group the file holds
+    but not in it (a deeper Fuseformer than the previous stage's) are reported in `missing`, and
+    the stage warns: a change between stages may be deliberate, a silently random block is not.
+    `key` names the config key of `path` in errors.
     """
     weights = resolve_weights_path(path, key)
-    state = load_file(str(weights))
-    own = model.state_dict()
+    state = read_weights(weights)
     report = LoadReport(path=str(weights))
-    to_load: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        if key in own and {tensor.dim(), own[key].dim()} == {0, 1} and tensor.numel() == own[key].numel() == 1:
-            tensor = tensor.reshape(own[key].shape)  # files from before the time gains became 1-D (FSDP)
-        if key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != tensor.shape:
-            report.shape_mismatch.append(f"{key}: saved {tuple(tensor.shape)} vs model {tuple(own[key].shape)}")
-        else:
-            to_load[key] = tensor
-    if report.shape_mismatch:
-        raise ValueError(
-            f"{weights}: {len(report.shape_mismatch)} tensor(s) do not fit this model (was the previous "
-            f"stage built with another model config?): " + "; ".join(report.shape_mismatch[:5])
-        )
+    to_load, report.unexpected = fitting_weights(model.state_dict(), state, str(weights), read_stage_meta(weights))
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     if hasattr(model, "module_groups"):
