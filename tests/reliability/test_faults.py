@@ -18,7 +18,8 @@ from damo_lit.cli.train import build_run
 from damo_lit.data.decode import DecodeError, DecodeParams, decode_video
 from damo_lit.data.schema import read_jsonl
 from damo_lit.data.synthetic import (
-    FAULT_KINDS, LAYOUT_VERSION, UNDECODABLE_FAULTS, ensure_generated, iter_plans, manifest_path, read_faults,
+    FAULT_KINDS, LAYOUT_VERSION, UNDECODABLE_FAULTS, SynthConfig, absent_videos, ensure_generated, iter_plans,
+    manifest_path, read_faults,
 )  # fmt: skip
 
 from .conftest import FAULTY
@@ -73,6 +74,9 @@ def test_a_set_made_before_the_faults_option_is_still_accepted(tmp_path: Path) -
         (tmp_path / "annotations" / f"{split}.jsonl").write_text("")
     old = {k: v for k, v in asdict(FAULTY).items() if k != "faults"}
     manifest_path(tmp_path).write_text(json.dumps({"config": old, "layout": LAYOUT_VERSION}))
+    (tmp_path / "videos").mkdir()
+    for video in absent_videos(tmp_path, SynthConfig(**old)):  # stand-ins: the set is complete
+        (tmp_path / video).write_bytes(b"")
     params = {k: v for k, v in old.items()}
     assert ensure_generated(tmp_path, params) is None  # no key there means the default, 0
     with pytest.raises(ValueError, match=r"faults: 0.0 there, 0.3 asked"):

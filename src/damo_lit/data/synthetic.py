@@ -735,6 +735,7 @@ def restore_videos(out: str | Path, cfg: SynthConfig) -> list[str]:
     plans give the same files); returns them (empty: none was missing)."""
     missing = set(absent_videos(out, cfg))
     if missing:
+        (Path(out) / "videos").mkdir(parents=True, exist_ok=True)  # the whole folder may have gone
         _render_all([plan for plan in iter_plans(cfg) if plan.video in missing], Path(out), cfg.workers)
     return sorted(missing)
 
