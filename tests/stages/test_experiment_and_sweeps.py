@@ -67,16 +67,21 @@ def test_smoke_experiment_trains_through_damo_train(tiny_overrides: list[str], t
 
 
 def test_a_search_ends_with_a_ranked_summary(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """Job 0 (depth 0) fails: the others still run, and the summary is written though Hydra then
+    ends the multirun with the failure (exit 1), with job 0 listed as failed, not left out."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "damo_lit.cli.train", "hparams_search=fuseformer_depth", f"hydra.sweep.dir={sweep}",
-           "model.fuseformer.depth=1,2", *tiny_overrides, "trainer.max_steps=2",
+           "model.fuseformer.depth=0,1,2", *tiny_overrides, "trainer.max_steps=2",
            "data.max_samples_per_split=8", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-4000:])
     summary = json.loads((sweep / SUMMARY_JSON).read_text())
     assert summary["optimized_metric"] == "val/R@0.5" and summary["mode"] == "max"
+    failed = summary["jobs"].pop()
+    assert failed["job"] == "0" and failed["status"].startswith("failed: ") and "depth" in failed["status"], failed
+    assert "| 0 | `model.fuseformer.depth=0` |" in (sweep / SUMMARY_MD).read_text()
     jobs = summary["jobs"]
-    assert sorted(j["job"] for j in jobs) == ["0", "1"] and all(j["status"] == "finished" for j in jobs)
+    assert sorted(j["job"] for j in jobs) == ["1", "2"] and all(j["status"] == "finished" for j in jobs)
     assert {o for j in jobs for o in j["overrides"] if o.startswith("model.fuseformer.depth")} == {"model.fuseformer.depth=1",
                                                                        "model.fuseformer.depth=2"}
     scores = [j["metrics"]["val/R@0.5"] for j in jobs]

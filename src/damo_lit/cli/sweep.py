@@ -2,11 +2,14 @@
 
 `damo-train -m model.fuseformer.depth=1,2,4` (or `hparams_search=...`) leaves one folder per job
 under the sweep folder, each with `.hydra/overrides.yaml` and, when the job finished, the
-`metrics.json` that damo-train writes. At the end of the multirun this callback reads them back
-from disk (so it works with any launcher whose jobs write to a shared file system) and writes
-`sweep_summary.json` and `sweep_summary.md` into the sweep folder, sorted by `optimized_metric`
-(higher is better, except losses and ranks). Jobs without metrics are listed as such, never
-dropped: a sweep that lost a job must say so.
+`metrics.json` that damo-train writes. After every job (and at the end of the multirun) this
+callback reads them back from disk (so it works with any launcher whose jobs write to a shared
+file system) and writes `sweep_summary.json` and `sweep_summary.md` into the sweep folder,
+sorted by `optimized_metric` (higher is better, except losses and ranks). Jobs without metrics
+are listed as such, never dropped: a sweep that lost a job must say so. A job that failed is
+marked so (its error in the job folder's `job_failed.txt`), and since Hydra stops a
+multirun whose job failed before it ends, the summary written after the last job is the one
+that stays.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from damo_lit.cli.common import markdown_table
@@ -33,6 +39,7 @@ HEADLINE_METRICS = (
 MAX_COLUMNS = 6
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_MD = "sweep_summary.md"
+FAILED_FILE = "job_failed.txt"  # in a job's folder: the error that ended it
 
 
 def metric_mode(name: str) -> str:
@@ -46,7 +53,7 @@ class JobResult:
     job: str  # the job's folder name under the sweep folder
     overrides: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "finished"  # finished | no metrics.json | unreadable metrics.json
+    status: str = "finished"  # finished | failed: ERROR | no metrics.json | unreadable metrics.json
 
 
 def read_job(folder: Path) -> JobResult | None:
@@ -55,15 +62,19 @@ def read_job(folder: Path) -> JobResult | None:
     if not overrides_file.is_file():
         return None
     overrides = [str(o) for o in OmegaConf.load(overrides_file)]
+    failed = folder / FAILED_FILE
+    # a job that failed after fit keeps fit's metrics.json: its figures are shown, marked failed
+    said = " ".join(failed.read_text().split()) if failed.is_file() else ""
+    status = f"failed: {said[:200]}{'...' if len(said) > 200 else ''}" if failed.is_file() else "finished"
     metrics_file = folder / "metrics.json"
     if not metrics_file.is_file():
-        return JobResult(folder.name, overrides, status="no metrics.json")
+        return JobResult(folder.name, overrides, status="no metrics.json" if status == "finished" else status)
     try:
         raw = json.loads(metrics_file.read_text())
     except (OSError, json.JSONDecodeError) as err:
         return JobResult(folder.name, overrides, status=f"unreadable metrics.json ({err})")
     metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return JobResult(folder.name, overrides, metrics)
+    return JobResult(folder.name, overrides, metrics, status)
 
 
 def _job_sort_key(folder: Path) -> tuple[int, str]:
@@ -117,13 +128,32 @@ def write_summary(sweep_dir: Path, metric: str | None) -> list[JobResult]:
     jobs = rank_jobs(collect_jobs(sweep_dir), metric)
     payload = {"optimized_metric": metric, "mode": metric_mode(metric) if metric else None,
                "jobs": [asdict(j) for j in jobs]}  # fmt: skip
-    (sweep_dir / SUMMARY_JSON).write_text(json.dumps(payload, indent=2))
-    (sweep_dir / SUMMARY_MD).write_text(summary_markdown(jobs, metric))
+    _replace_text(sweep_dir / SUMMARY_JSON, json.dumps(payload, indent=2))
+    _replace_text(sweep_dir / SUMMARY_MD, summary_markdown(jobs, metric))
     return jobs
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: jobs of a parallel launcher may write the summary at once."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 class SweepSummary(Callback):
     """conf/hydra/default.yaml registers it for every damo-train multirun."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Mark a failed job in its folder and bring the summary up to date (multiruns only)."""
+        hydra_cfg = job_return.hydra_cfg.hydra if job_return.hydra_cfg is not None else None
+        if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+            return
+        job_dir, sweep_dir = Path(str(hydra_cfg.runtime.output_dir)), Path(str(hydra_cfg.sweep.dir))
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value  # the exception; return_value would raise it
+            (job_dir / FAILED_FILE).write_text((str(error).strip() or type(error).__name__) + "\n")
+        if sweep_dir.is_dir():
+            write_summary(sweep_dir, (job_return.cfg or {}).get("optimized_metric") or None)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
