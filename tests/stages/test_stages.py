@@ -47,7 +47,17 @@ def test_stage_loss_falls_on_a_repeated_batch(stage: str, tiny_overrides: list[s
     # The stage wrote what the next stage starts from.
     assert (tmp_path / "weights.safetensors").is_file()
     meta = json.loads((tmp_path / "stage.json").read_text())
-    assert meta["stage"] == stage.split("_")[0]
+    assert meta["stage"] == stage.split("_")[0] and meta["steps"] == 12
+
+
+def test_a_fit_of_zero_steps_writes_no_stage_weights(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """Weights of no training would pass for a trained stage in the next stage's init_from."""
+    cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "trainer.max_steps=2",
+                                "trainer.limit_train_batches=0", "test_after_fit=false"], tmp_path)
+    with pytest.raises(ValueError, match=r"fit trained 0 steps, so no stage weights are written .* "
+                                         r"trainer\.limit_train_batches \(0\)"):
+        run(cfg)
+    assert not (tmp_path / "weights.safetensors").exists()
 
 
 def test_handoff_loads_previous_stage_weights_by_value(tiny_overrides: list[str], tmp_path: Path) -> None:

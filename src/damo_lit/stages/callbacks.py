@@ -33,11 +33,18 @@ class StageArtifacts(L.Callback):
         self.dirpath = Path(dirpath)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:
+            raise ValueError(
+                "fit trained 0 steps, so no stage weights are written (they would be the initial ones, which the "
+                f"next stage would take for trained): check trainer.max_steps ({trainer.max_steps}), "
+                f"trainer.max_epochs ({trainer.max_epochs}) and trainer.limit_train_batches "
+                f"({trainer.limit_train_batches})"
+            )
         root = trainer.strategy.model if uses_fsdp(trainer) else None
         state = stage_state(pl_module.model, pl_module.persistent_names(), root)  # collective under FSDP
         if not trainer.is_global_zero:
             return
-        path = save_stage_weights(self.dirpath, state, pl_module.stage_meta())
+        path = save_stage_weights(self.dirpath, state, {**pl_module.stage_meta(), "steps": trainer.global_step})
         size_mb = path.stat().st_size / 2**20
         log.info("stage weights: %s (%.1f MB, %d tensors)", path, size_mb, len(state))
         if "lora" in pl_module.trainable_groups and pl_module.model.llm.lora_parameters():
