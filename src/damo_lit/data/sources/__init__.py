@@ -39,5 +39,5 @@ def load_source(spec: SourceSpec, split: str | None = None) -> LoadResult:
     except BadRecordsError:
         raise
     except RecordError as err:  # a whole-file problem (e.g. not JSON at all)
-        raise BadRecordsError([err]) from None
+        raise BadRecordsError([err], whole_file=True) from None
     return LoadResult(records, fixes, [path], video_root)

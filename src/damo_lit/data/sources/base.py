@@ -44,14 +44,17 @@ MISSING = "???"  # OmegaConf's mandatory-value placeholder, as to_container leav
 
 
 class BadRecordsError(RecordError):
-    """Every bad record of a source (on_bad_record=error), each as `file:line: reason`."""
+    """Every bad record of a source (on_bad_record=error), each as `file:line: reason`; or, with
+    `whole_file`, the one error that leaves no record of a file readable (not JSON at all, not
+    UTF-8), which on_bad_record=drop cannot skip."""
 
-    def __init__(self, errors: Sequence[RecordError]) -> None:
+    def __init__(self, errors: Sequence[RecordError], whole_file: bool = False) -> None:
         self.errors = list(errors)
         lines = [str(e) for e in self.errors[:MAX_LISTED_ERRORS]]
         if len(self.errors) > MAX_LISTED_ERRORS:
             lines.append(f"... and {len(self.errors) - MAX_LISTED_ERRORS} more")
-        head = f"{len(self.errors)} bad record(s) (set data.on_bad_record=drop to count and skip them):"
+        head = ("the whole file is unreadable (data.on_bad_record=drop skips bad records, not a file with none):"
+                if whole_file else f"{len(self.errors)} bad record(s) (set data.on_bad_record=drop to count and skip them):")
         ValueError.__init__(self, head + "\n  " + "\n  ".join(lines))
         self.where = self.errors[0].where if self.errors else ""
         self.reason = head
