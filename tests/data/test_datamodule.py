@@ -170,6 +170,25 @@ def test_an_all_bad_batch_is_none_and_warns_naming_the_file(tmp_path, synth_dir,
     assert module.val_dataloader().collate_fn([None]) is None
 
 
+def test_the_failure_folder_exists_only_once_a_file_failed_and_goes_with_the_module(tmp_path, synth_dir, tokenizer):
+    """A run that no decode failure hits, or a process killed before it cleans up, leaves no empty
+    folder in the temp dir (the tests' SIGKILLed runs left dozens)."""
+    import gc
+
+    root, _good, bad_paths = _set_with_bad_files(tmp_path, synth_dir)
+    module = _module(root, tokenizer, train_tasks=["grounding"], batch_size=1)
+    folder = Path(module._failure_dir)
+    module.setup("validate")
+    assert not folder.exists()
+    index = next(i for i, s in enumerate(module.datasets["val"].samples) if s.video_path == bad_paths[0])
+    with pytest.warns(RuntimeWarning):
+        module.datasets["val"][index]
+    assert folder.is_dir() and list(module.decode_failures()) == [bad_paths[0]]
+    del module
+    gc.collect()
+    assert not folder.exists()
+
+
 def test_dataloader_workers_use_forkserver(synth_dir, tokenizer):
     module = _module(synth_dir, tokenizer, num_workers=2, max_samples_per_split=8)
     loader = module.train_dataloader()

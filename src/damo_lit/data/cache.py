@@ -126,12 +126,12 @@ class FailureLog:
     """Decode failures, shared by every process through small per-process files in `folder`."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder)  # made by the first failure
         self._warned: set[str] = set()
 
     def record(self, path: str, reason: str) -> None:
         """Count one skipped sample, and warn (once per file and process) naming the file."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / f"{os.getpid()}.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"path": path, "reason": reason}) + "\n")
         if path not in self._warned:

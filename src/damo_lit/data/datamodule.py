@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import uuid
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -193,7 +194,9 @@ class DaMODataModule(L.LightningDataModule):
         # ("test",) when a test follows training, so that a missing test file or video folder stops
         # the run before hours of training, not after.
         self.fit_also_sets_up: tuple[str, ...] = ()
-        self._failure_dir = tempfile.mkdtemp(prefix="damo-decode-failures-")
+        # made by the first decode failure only: a run that none hits (or a process killed before
+        # it cleans up) leaves no empty folder behind in the temp dir
+        self._failure_dir = str(Path(tempfile.gettempdir()) / f"damo-decode-failures-{uuid.uuid4().hex}")
         weakref.finalize(self, shutil.rmtree, self._failure_dir, True)
         self.loader = VideoLoader(self.params, self.decoded_cache_dir, self._failure_dir)
         self.features = str(features) if features else None
