@@ -125,6 +125,11 @@ def test_damo_train_mistakes_end_in_one_named_line(tmp_path: Path) -> None:
     bad.write_text('{"id": "a", "video": "a.mp4", "task": "grounding"}\nnot json\n')
     cases = {
         ("resume_from=/no/such.ckpt",): "damo-train: resume_from=/no/such.ckpt: no such file; expected a checkpoint",
+        # Lightning's names: `last` and `best` would start from step 0 or blame ModelCheckpoint
+        ("resume_from=last",): f"damo-train: resume_from=last: this run's folder holds no last checkpoint "
+                               f"({tmp_path / 'run' / 'checkpoints' / 'last.ckpt'} does not exist)",
+        ("resume_from=best",): "damo-train: resume_from=best: only the run that saved a checkpoint knows which was best",
+        (f"resume_from={tmp_path}",): f"damo-train: resume_from={tmp_path} is a folder, not a checkpoint",
         ("data=damo_jsonl", "data.annotations=/no/such.txt"):
             "damo-train: source damo_jsonl: annotation file /no/such.txt not found (data.annotations)",
         ("data=damo_jsonl", f"data.annotations={bad}"):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from damo_lit.cli.checkpoint import load_weights_only
 from damo_lit.cli.common import compose_run
-from damo_lit.cli.train import build_run, fit
+from damo_lit.cli.train import build_run, fit, train_errors
 from damo_lit.stages.base import NonFiniteLossError
 
 from .helpers import run_overrides, subprocess_env
@@ -98,6 +98,25 @@ def test_nonfinite_steps_are_skipped_counted_and_a_streak_stops_with_the_last_go
     for key, value in after[3].items():
         assert torch.equal(checkpoint["state_dict"][key], value), key
     assert not (tmp_path / "weights.safetensors").exists(), "a stopped run does not hand off to the next stage"
+
+
+def test_damo_train_ends_a_nonfinite_streak_in_one_line_and_keeps_the_traceback(clean_root: Path,
+                                                                              tmp_path: Path) -> None:
+    """What the user reads: the message that says what to change, not Hydra's traceback; the
+    traceback goes to RUN/error.txt and the checkpoint to resume from is saved."""
+    overrides = run_overrides(clean_root, "trainer.max_epochs=3", "data.max_samples_per_split=12",
+                              "callbacks.model_checkpoint=null", f"stage.max_nonfinite_steps={LIMIT}")  # fmt: skip
+    stage, datamodule, trainer = build_run(compose_run("train", overrides, tmp_path))
+    poison_losses(stage)
+    with pytest.raises(SystemExit) as info, train_errors():
+        fit(trainer, stage, datamodule, None)
+    first, where = str(info.value).splitlines()
+    assert first.startswith(f"damo-train: stage stage3: the loss was NaN or infinite for {LIMIT} steps in a row")
+    assert "Resume from it with a lower stage.optimizer.lr" in first
+    kept = tmp_path / "error.txt"
+    assert where == f"(the traceback: {kept}; DAMO_TRACEBACK=1 shows it here)"
+    assert kept.read_text().startswith("Traceback") and "NonFiniteLossError" in kept.read_text()
+    assert (tmp_path / "checkpoints" / "nonfinite.ckpt").is_file()
 
 
 def test_max_nonfinite_steps_must_be_positive(clean_root: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ and the dropout RNG all continue where they stood."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -34,32 +35,36 @@ def resume_overrides(root: Path, *extra: str) -> list[str]:
 
 
 class BatchLog(L.Callback):
-    """(epoch, batch index, sample ids) of every training batch."""
+    """(epoch, batch index, sample ids) of every training batch, and the (lr, weight decay) of each
+    parameter group it trains with."""
 
     def __init__(self) -> None:
         self.batches: list[tuple[int, int, tuple[str, ...]]] = []
+        self.rates: list[tuple[tuple[float, float], ...]] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self.batches.append((trainer.current_epoch, batch_idx, tuple(batch["sample_id"])))
+        self.rates.append(tuple((g["lr"], g["weight_decay"]) for g in trainer.optimizers[0].param_groups))
 
 
 @dataclass
 class Run:
     out: Path
     batches: list[tuple[int, int, tuple[str, ...]]]
+    rates: list[tuple[tuple[float, float], ...]]
     trainer: L.Trainer
 
     def weights(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.out / "weights.safetensors"))
 
 
-def train_in_process(root: Path, out: Path, resume_from: Path | None = None) -> Run:
-    cfg = compose_run("train", resume_overrides(root), out)
+def train_in_process(root: Path, out: Path, resume_from: Path | None = None, *extra: str) -> Run:
+    cfg = compose_run("train", resume_overrides(root, *extra), out)
     stage, datamodule, trainer = build_run(cfg)
     log = BatchLog()
     trainer.callbacks.append(log)
     fit(trainer, stage, datamodule, str(resume_from) if resume_from else None)
-    return Run(out, log.batches, trainer)
+    return Run(out, log.batches, log.rates, trainer)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +107,38 @@ def test_resume_mid_epoch_continues_the_order_and_ends_with_the_same_weights(
     checkpoint = reference.out / "checkpoints" / "step000004.ckpt"  # epoch 1, one batch of 3 trained
     resumed = train_in_process(clean_root, tmp_path, resume_from=checkpoint)
     assert resumed.batches == reference.batches[4:]
+    assert resumed.rates == reference.rates[4:], "the checkpoint's rates, untouched"
     assert resumed.trainer.global_step == STEPS
     scheduler = resumed.trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == STEPS
     assert_same_weights(resumed.weights(), reference.weights())
+
+
+def test_resume_with_a_new_lr_and_weight_decay_continues_the_schedule_at_the_new_peak(
+        reference: Run, clean_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning restores the checkpoint's rates over the configured ones: without the stage's
+    on_train_start a lower lr on resume (docs/reliability.md, after non-finite losses) did nothing."""
+    checkpoint = reference.out / "checkpoints" / "step000004.ckpt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["optimizer_states"][0]["param_groups"]
+    peak = saved[0]["initial_lr"]
+    assert [g["weight_decay"] for g in saved] == [0.02, 0.0] and all(g["initial_lr"] == peak for g in saved)
+    with caplog.at_level(logging.INFO, logger="damo_lit"):
+        resumed = train_in_process(clean_root, tmp_path, checkpoint, f"stage.optimizer.lr={peak / 4}",
+                                   "stage.optimizer.weight_decay=0.1")  # fmt: skip
+    assert resumed.batches == reference.batches[4:]
+    # the same step of the same schedule, at a quarter of the peak; no decay stays without decay
+    want = [tuple((lr / 4, wd) for (lr, _), wd in zip(step, (0.1, 0.0))) for step in reference.rates[4:]]
+    assert len(resumed.rates) == len(want) and all(r > 0 for step in want for r, _ in step)
+    flat = [value for step in resumed.rates for group in step for value in group]
+    assert flat == pytest.approx([value for step in want for group in step for value in group], rel=1e-9)
+    scheduler = resumed.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.base_lrs == pytest.approx([peak / 4] * 2) and scheduler.last_epoch == STEPS
+    changed = [r.getMessage() for r in caplog.records if "replace the checkpoint's" in r.getMessage()]
+    assert changed == [f"stage3: the configured optimizer settings replace the checkpoint's: lr {peak:g} -> "
+                       f"{peak / 4:g} (decay, no_decay); weight_decay 0.02 -> 0.1 (decay); the schedule goes on "
+                       "from step 4"]
+    weights, want_weights = resumed.weights(), reference.weights()
+    assert any(not torch.equal(weights[k], want_weights[k]) for k in want_weights), "trained at the new rate"
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:

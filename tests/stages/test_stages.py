@@ -58,6 +58,10 @@ def test_a_fit_of_zero_steps_writes_no_stage_weights(tiny_overrides: list[str], 
                                          r"trainer\.limit_train_batches \(0\)"):
         run(cfg)
     assert not (tmp_path / "weights.safetensors").exists()
+    cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "trainer.max_steps=0", "test_after_fit=false"],
+                      tmp_path / "no_steps")
+    with pytest.raises(ValueError, match=r"comes to 0 \(trainer\.max_steps=0, .*\): set trainer\.max_steps > 0"):
+        run(cfg)
 
 
 def test_handoff_loads_previous_stage_weights_by_value(tiny_overrides: list[str], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import importlib
 import io
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,13 +53,16 @@ class RemoteCodeCheckpointError(UnsafeCheckpointError):
         )
 
 
-def load_weights_only(path: str | Path, where: str | None = None) -> Any:
+def load_weights_only(path: str | Path, where: str | None = None, mmap: bool = False) -> Any:
     """torch.load(path, weights_only=True) on CPU. A file holding other objects than tensors and
     plain containers is an UnsafeCheckpointError; one that torch cannot read at all (empty,
-    truncated, not a torch file) a CheckpointError naming `where` (default: the path)."""
+    truncated, not a torch file) a CheckpointError naming `where` (default: the path).
+
+    `mmap`: leave the tensors on disk until they are read (a look at a large checkpoint's entries
+    costs no memory); only a zip file can be mapped, so any other is read as it is, for its error."""
     where = where or str(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         if "Unsupported operand" not in str(err):  # an unknown operand: bytes that are no pickle at all
             raise UnsafeCheckpointError(where, err) from None

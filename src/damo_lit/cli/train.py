@@ -10,16 +10,20 @@ resume with resume_from=...), weights.safetensors + stage.json (what the next st
 stage.init_from reads), adapter/ (LoRA, peft format) and metrics.json.
 
 Resuming loads the checkpoint with torch.load(weights_only=True): tensors and plain containers
-only, never arbitrary pickled objects. On SIGTERM (preemption) the run saves
-checkpoints/preempted.ckpt after the current batch and exits with PREEMPTED_EXIT_CODE (143,
-128 + SIGTERM), so that a scheduler or a `&&` chain sees an unfinished stage; see
-docs/reliability.md.
+only, never arbitrary pickled objects. What resume_from names is checked before anything is built
+(a run folder, a weights file, another stage's checkpoint, `last` without one: one line each), and
+a new stage.optimizer.lr or weight_decay on the resume command replaces the checkpoint's.
+
+On SIGTERM (preemption) the run saves checkpoints/preempted.ckpt after the current batch and exits
+with PREEMPTED_EXIT_CODE (143, 128 + SIGTERM), so that a scheduler or a `&&` chain sees an
+unfinished stage; see docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -114,20 +118,145 @@ ERROR_FILE = "error.txt"  # the traceback of a run stopped by a mistake damo-tra
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc")  # ckpt_path values that Lightning resolves itself
 
 
-def check_resume_from(resume_from: str | None) -> None:
-    """A resume_from that does not exist, named before anything is built (Lightning would fail at
-    fit's start with a traceback of its own)."""
-    if resume_from is None or str(resume_from) in LIGHTNING_CKPT_NAMES or "://" in str(resume_from):
-        return
-    if not Path(resume_from).exists():
+def check_resume_from(resume_from: str | None, last: Path | None = None) -> str | None:
+    """The checkpoint to resume from, named before anything is built: a path that does not exist, a
+    run folder, a stage weights file or a Lightning name that cannot resolve in a fresh run is the
+    user's mistake (Lightning would fail at fit's start with a traceback, or start from scratch).
+
+    `last`: this run's last checkpoint (RUN/checkpoints/last.ckpt), what `resume_from=last` means.
+    `hpc` goes to Lightning: SLURM's requeue checkpoint in trainer.default_root_dir, which it finds
+    (or says it lacks) itself; auto-requeue resumes it with resume_from=null."""
+    from damo_lit.stages.weights import CheckpointError
+
+    if resume_from is None or str(resume_from) == "hpc" or "://" in str(resume_from):
+        return resume_from
+    if str(resume_from) in LIGHTNING_CKPT_NAMES:
+        return str(named_checkpoint(str(resume_from), last))
+    path = Path(resume_from)
+    if not path.exists():
         raise FileNotFoundError(f"resume_from={resume_from}: no such file; expected a checkpoint of an earlier run "
                                 "(RUN/checkpoints/last.ckpt, or a sharded checkpoint folder under trainer=fsdp)")
+    if path.is_dir():
+        check_checkpoint_folder(path)
+    elif path.suffix == ".safetensors":
+        raise CheckpointError(f"resume_from={resume_from}: this is a stage weights file ({path.name}); resume_from "
+                              f"takes a Lightning checkpoint ({path.parent / 'checkpoints' / 'last.ckpt'}); to start a "
+                              f"stage from these weights use stage.init_from={path.parent}")
+    return str(resume_from)
+
+
+def named_checkpoint(name: str, last: Path | None) -> Path:
+    """The file `resume_from=last` names: this run folder's last checkpoint, which exists only under
+    a fixed hydra.run.dir (every run gets a new folder; Lightning would warn and train from step 0).
+    `best` is known only to the process that saved it."""
+    from damo_lit.stages.weights import CheckpointError
+
+    if name == "last" and last is not None and last.exists():
+        return last
+    if name == "best":
+        raise CheckpointError("resume_from=best: only the run that saved a checkpoint knows which was best; give "
+                              "its path (resume_from=RUN/checkpoints/stepNNNNNN.ckpt)")
+    raise CheckpointError(f"resume_from=last: this run's folder holds no last checkpoint ({last} does not exist). "
+                          "Every damo-train run gets a new folder, so `last` finds one only under a fixed "
+                          "hydra.run.dir (e.g. hydra.run.dir=outputs/stage3/job${oc.env:SLURM_JOB_ID}); else give "
+                          "the checkpoint: resume_from=RUN/checkpoints/last.ckpt")
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """A folder is a checkpoint only when sharded (FSDP: it holds DCP_METADATA); a run folder or its
+    checkpoints/ folder is named with the file to give instead."""
+    from damo_lit.cli.checkpoint import DCP_METADATA
+    from damo_lit.stages.weights import CheckpointError
+
+    if (folder / DCP_METADATA).is_file():
+        return
+    found = next((c for c in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt") if c.exists()), None)
+    instead = f"resume_from={found}" if found else "RUN/checkpoints/last.ckpt (or preempted.ckpt, nonfinite.ckpt)"
+    raise CheckpointError(f"resume_from={folder} is a folder, not a checkpoint; resume_from takes a Lightning "
+                          f"checkpoint file: {instead}")
+
+
+def last_checkpoint(cfg: Any, out_dir: Path) -> Path:
+    """Where this run's ModelCheckpoint keeps last.ckpt (RUN/checkpoints unless configured otherwise)."""
+    from omegaconf import OmegaConf
+
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(dirpath or out_dir / "checkpoints") / "last.ckpt"
+
+
+def check_resume_checkpoint(resume_from: str | None, cfg: Any) -> None:
+    """Refuse, before anything is built, a checkpoint this run cannot resume: another stage's (the
+    optimizer groups would not fit: torch says only that a group's size differs) or one whose
+    training loader state comes from a streaming data source when this run's data is not one
+    (Lightning: "The CombinedLoader has 0 stateful loaders"). A sharded (FSDP) folder is not read
+    here: its restore checks it."""
+    from damo_lit.cli.checkpoint import load_weights_only, stage_meta_of
+    from damo_lit.stages.weights import CheckpointError
+
+    if resume_from is None or str(resume_from) in LIGHTNING_CKPT_NAMES or "://" in str(resume_from):
+        return
+    path = Path(resume_from)
+    if not path.is_file():
+        return
+    where = f"resume_from={resume_from}"
+    checkpoint = load_weights_only(path, where, mmap=True)  # tensors stay on disk until read
+    saved = stage_meta_of(checkpoint.get("damo") if isinstance(checkpoint, dict) else None, where)["stage"]
+    if saved != cfg.stage.name:
+        config = stage_config_name(saved)
+        fix = f"add stage={config}" if config else f"resume it with a stage config whose name is {saved}"
+        raise CheckpointError(f"{where}: a {saved} checkpoint, and this run is {cfg.stage.name}: {fix}")
+    if loader_states(checkpoint) and not streams_training_data(cfg.data):
+        raise CheckpointError(f"{where}: its training loader state comes from a streaming data source "
+                              f"(data=streaming), and this run's data (data={cfg.data.get('name')}) is not one: "
+                              "resume with data=streaming and the data.streaming_dir it was saved with")
+
+
+def stage_config_name(stage_name: str) -> str | None:
+    """The conf/stage/ option whose stage.name is `stage_name` (stage1 -> stage1_align)."""
+    from omegaconf import OmegaConf
+
+    for path in sorted((CONF_DIR / "stage").glob("*.yaml")):
+        if OmegaConf.select(OmegaConf.load(path), "stage.name", default=None) == stage_name:
+            return path.stem
+    return None
+
+
+def loader_states(checkpoint: Any) -> int:
+    """How many stateful training loaders (litdata's StreamingDataLoader) a checkpoint restores."""
+    loops = checkpoint.get("loops") if isinstance(checkpoint, dict) else None
+    fit_loop = (loops or {}).get("fit_loop") or {}
+    return len((fit_loop.get("state_dict") or {}).get("combined_loader") or [])
+
+
+def streams_training_data(data_cfg: Any) -> bool:
+    """True when the data config trains from a streaming datamodule (data=streaming)."""
+    from hydra.utils import get_class
+
+    from damo_lit.data.streaming import StreamingDataModule
+
+    return issubclass(get_class(data_cfg._target_), StreamingDataModule)
+
+
+class WandbUnreachableError(ValueError):
+    """W&B, online, could not start its run: a user's setting to change, not a bug."""
+
+    def __init__(self, err: BaseException) -> None:
+        from wandb.errors import AuthenticationError
+
+        what = "did not accept the API key" if isinstance(err, AuthenticationError) else "could not reach its server"
+        lines = [line.strip() for line in str(err).strip().splitlines()]  # wandb's own hint (init_timeout) last
+        reason = " ".join(itertools.takewhile(lambda line: not line.startswith("Consider"), lines))
+        reason = reason or type(err).__name__
+        super().__init__(f"W&B {what} ({reason}): run offline with logger.wandb.mode=offline or WANDB_MODE=offline "
+                         "(upload later with `wandb sync RUN/wandb`), or give a slow connection more time with "
+                         "WANDB_INIT_TIMEOUT=SECONDS")
 
 
 def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> None:
     """trainer.fit, resuming from `resume_from` with weights_only loading; a SIGTERM ends the
     process with PREEMPTED_EXIT_CODE once the interrupt checkpoint is written."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from wandb.errors import CommError
 
     from damo_lit.cli.checkpoint import DCP_METADATA, UnsafeCheckpointError
     from damo_lit.stages.callbacks import interrupt_checkpoint
@@ -154,6 +283,8 @@ def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> N
         where = f"resume with resume_from={saved}" if saved else "no checkpoint saved (callbacks.interrupt_checkpoint is off)"
         log.warning("stopped by SIGTERM at step %d: %s", trainer.global_step, where)
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    except CommError as err:  # an online W&B run starts at fit's set-up (wandb.init, after WANDB_INIT_TIMEOUT)
+        raise WandbUnreachableError(err) from err
 
 
 def retire_requeue_checkpoints(trainer: Any) -> list[Path]:
@@ -204,7 +335,8 @@ def run(cfg: Any) -> dict[str, float]:
     from damo_lit.stages.fsdp import uses_fsdp
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    check_resume_from(cfg.get("resume_from"))
+    resume_from = check_resume_from(cfg.get("resume_from"), last_checkpoint(cfg, out_dir))
+    check_resume_checkpoint(resume_from, cfg)
     stage, datamodule, trainer = build_run(cfg)
     testing = bool(cfg.get("test_after_fit", True))
     if testing:
@@ -213,7 +345,7 @@ def run(cfg: Any) -> dict[str, float]:
         report = stage.init_report
         log.info("started from %s: %d tensors loaded, %d not in this model",
                  report.path, len(report.loaded), len(report.unexpected))
-    fit(trainer, stage, datamodule, cfg.get("resume_from"))
+    fit(trainer, stage, datamodule, resume_from)
     retire_requeue_checkpoints(trainer)
     metrics = _plain_metrics(dict(trainer.callback_metrics))
     if testing:
@@ -241,17 +373,21 @@ def write_metrics(trainer: Any, out_dir: Path, metrics: dict[str, float]) -> Non
 @contextlib.contextmanager
 def train_errors() -> Iterator[None]:
     """user_errors for damo-train: a mistake the user can fix (ValueError covers the data's and the
-    config's own errors, as damo-predict and damo-data catch them) ends in `damo-train: message`. In
+    config's own errors, as damo-predict and damo-data catch them) and a run stopped by non-finite
+    losses (its checkpoint is saved; the message says what to change) end in `damo-train: message`. In
     a multirun the job fails with that message instead, so that the sweep runs its other jobs and
     Hydra prints the message, not a traceback, at the end."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import CompactHydraException
     from hydra.types import RunMode
 
+    from damo_lit.stages.base import NonFiniteLossError
+
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    kept = run_dir / ERROR_FILE if run_dir else None
     try:
         # ValueError is broad (a bug may raise one too): the traceback is kept in the run folder
-        with user_errors("damo-train", ValueError, traceback_to=run_dir / ERROR_FILE if run_dir else None):
+        with user_errors("damo-train", ValueError, NonFiniteLossError, traceback_to=kept):
             yield
     except SystemExit as stop:
         if isinstance(stop.code, str) and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

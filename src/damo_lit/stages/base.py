@@ -14,6 +14,8 @@ Guards every stage gets:
   dropout draws what an uninterrupted run would have drawn; and a resume refuses a checkpoint
   that lacks any weight this stage trains (frozen pretrained weights are left out of
   checkpoints and rebuilt, so loading is not strict and would otherwise keep random weights).
+- A resume takes the configured optimizer lr and weight decay where they differ from the
+  checkpoint's (on_train_start), keeping its place in the LR schedule.
 """
 
 from __future__ import annotations
@@ -155,6 +157,45 @@ def learning_rates(optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, flo
     return {f"lr_{name}": rate for name, rate in rates.items()}
 
 
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, float]]:
+    """Each parameter group's peak learning rate and weight decay, as configure_optimizers set them."""
+    return [{"lr": float(g["lr"]), "weight_decay": float(g["weight_decay"])} for g in optimizer.param_groups]
+
+
+def schedule_factor(group: Mapping[str, Any], scheduler: Any, index: int) -> float:
+    """Where the schedule stands now, as a fraction of the group's peak rate (for a peak of 0, the
+    LambdaLR's own factor at its step)."""
+    peak = float(group.get("initial_lr", group["lr"]))
+    if peak:
+        return float(group["lr"]) / peak
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    return float(lambdas[index](scheduler.last_epoch)) if lambdas else 1.0
+
+
+def apply_group_settings(optimizer: torch.optim.Optimizer, scheduler: Any,
+                         configured: Sequence[Mapping[str, float]]) -> list[str]:
+    """Give each parameter group its configured peak rate and weight decay where a restored
+    checkpoint holds others: the current rate keeps its place in the schedule (same step, new
+    peak), and the scheduler's base_lrs follow. Returns the changes in words, e.g.
+    `lr 0.001 -> 0.0003 (decay, no_decay)`; none when the checkpoint was saved with these."""
+    changes: dict[tuple[str, float, float], list[str]] = {}
+    for index, (group, want) in enumerate(zip(optimizer.param_groups, configured)):
+        name = str(group.get("name") or f"pg{index + 1}")
+        peak = float(group.get("initial_lr", group["lr"]))
+        if not math.isclose(peak, want["lr"], rel_tol=1e-9):
+            group["lr"] = want["lr"] * schedule_factor(group, scheduler, index)
+            group["initial_lr"] = want["lr"]
+            if scheduler is not None:
+                scheduler.base_lrs[index] = want["lr"]
+            changes.setdefault(("lr", peak, want["lr"]), []).append(name)
+        if not math.isclose(float(group["weight_decay"]), want["weight_decay"], rel_tol=1e-9):
+            changes.setdefault(("weight_decay", float(group["weight_decay"]), want["weight_decay"]), []).append(name)
+            group["weight_decay"] = want["weight_decay"]
+    if changes and scheduler is not None:
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return [f"{key} {old:g} -> {new:g} ({', '.join(names)})" for (key, old, new), names in changes.items()]
+
+
 def plain(value: Any) -> Any:
     """A DictConfig/ListConfig as plain Python containers (checkpoints hold no OmegaConf objects)."""
     if isinstance(value, (DictConfig,)) or OmegaConf.is_config(value):
@@ -217,6 +258,7 @@ class DaMOStage(L.LightningModule):
         )
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(plain(scheduler) or {})
+        self.configured_groups: list[dict[str, float]] | None = None  # group_settings at configure_optimizers
         self.model: DaMO = build_damo(self.model_cfg)
         self.tokenizer = self.model.tokenizer
         self.trainable_groups = self._resolve_trainable(trainable)
@@ -314,9 +356,14 @@ class DaMOStage(L.LightningModule):
             raise ValueError(f"stage {self.stage_name}: nothing to train (trainable groups: {self.trainable_groups})")
         optimizer = self.optimizer_factory([{"params": decay, "name": "decay"},
                                             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}])
-        total = int(self.trainer.estimated_stepping_batches)
+        self.configured_groups = group_settings(optimizer)  # a resume restores the checkpoint's over these
+        total = float(self.trainer.estimated_stepping_batches)
         if not math.isfinite(total) or total <= 0:
-            raise ValueError("the LR schedule needs a finite number of steps: set trainer.max_steps or max_epochs")
+            raise ValueError(f"the LR schedule needs a number of steps > 0, and this run's comes to {total:g} "
+                             f"(trainer.max_steps={self.trainer.max_steps}, trainer.max_epochs={self.trainer.max_epochs},"
+                             f" trainer.limit_train_batches={self.trainer.limit_train_batches}): set trainer.max_steps "
+                             "> 0, or -1 with trainer.max_epochs > 0")
+        total = int(total)
         scheduler = warmup_cosine(
             optimizer,
             total_steps=total,
@@ -331,6 +378,22 @@ class DaMOStage(L.LightningModule):
         LearningRateMonitor would name them `lr-AdamW/pg1`, outside the {split}/{metric} scheme."""
         self.log_metrics("train", learning_rates(self.trainer.optimizers), on_step=True, on_epoch=False,
                          batch_size=1)
+
+    def on_train_start(self) -> None:
+        """On resume, the configured stage.optimizer.lr and weight_decay win: Lightning restores the
+        checkpoint's param groups (lr, initial_lr, weight_decay) and the scheduler's base_lrs after
+        configure_optimizers, which would silently keep the old ones (and make "resume from
+        nonfinite.ckpt with a lower lr" do nothing). Nothing changes when they are the same, so an
+        unchanged command still resumes exactly."""
+        if self.configured_groups is None or not self.trainer.optimizers:
+            return
+        optimizer = self.trainer.optimizers[0]
+        scheduler = next((c.scheduler for c in self.trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer),
+                         None)  # fmt: skip
+        changes = apply_group_settings(optimizer, scheduler, self.configured_groups)
+        if changes and self.trainer.is_global_zero:
+            log.info("%s: the configured optimizer settings replace the checkpoint's: %s; the schedule goes on from "
+                     "step %d", self.stage_name, "; ".join(changes), self.global_step)
 
     # -- non-finite losses -----------------------------------------------------------------------
     def guard_loss(self, output: Any, restore: Callable[[], None] | None = None) -> Any:
@@ -371,8 +434,9 @@ class DaMOStage(L.LightningModule):
                 f"stage {self.stage_name}: the loss was NaN or infinite for {count.streak} steps in a row (global steps "
                 f"{count.first}-{self.global_step}; {count.total} skipped in all), which is stage.max_nonfinite_steps="
                 f"{self.max_nonfinite_steps}. The weights are those of the last good step (saved as checkpoints/"
-                "nonfinite.ckpt by the interrupt_checkpoint callback). Lower stage.optimizer.lr, keep "
-                "trainer.gradient_clip_val on, or look at the data of these steps."
+                "nonfinite.ckpt by the interrupt_checkpoint callback). Resume from it with a lower stage.optimizer.lr "
+                "(the configured rate replaces the checkpoint's), keep trainer.gradient_clip_val on, or look at the "
+                "data of these steps."
             )
         self._skip_optimizer_step = True
         return output
