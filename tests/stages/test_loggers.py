@@ -34,11 +34,12 @@ def test_wandb_logger_rejects_an_unknown_mode(clean_wandb_env, tmp_path: Path) -
         wandb_logger(project="p", save_dir=str(tmp_path), mode="offlne")
 
 
-@pytest.mark.parametrize("credentials", ["api_key", "netrc"])
+@pytest.mark.parametrize("credentials", ["api_key", "api.wandb.ai", "api.forge.coreweave.com"])
 def test_wandb_logger_goes_online_with_credentials(clean_wandb_env, credentials: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """A key (WANDB_API_KEY or `wandb login`'s ~/.netrc entry) makes mode=auto online; nothing is
-    sent here: the run starts only when something is logged."""
+    """A key (WANDB_API_KEY or `wandb login`'s ~/.netrc entry, for either host wandb has used as
+    its default) makes mode=auto online; nothing is sent here: the run starts only when something
+    is logged."""
     import os
 
     if credentials == "api_key":
@@ -46,7 +47,7 @@ def test_wandb_logger_goes_online_with_credentials(clean_wandb_env, credentials:
     else:
         home = tmp_path / "home"
         home.mkdir(parents=True, exist_ok=True)
-        (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
+        (home / ".netrc").write_text(f"machine {credentials}\n  login user\n  password " + "0" * 40 + "\n")
         (home / ".netrc").chmod(0o600)
     logger = wandb_logger(project="p", save_dir=str(tmp_path / "run"))
     assert logger._wandb_init["mode"] == "online" and os.environ["WANDB_MODE"] == "online"

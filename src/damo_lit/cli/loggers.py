@@ -9,14 +9,31 @@ from typing import Any
 
 
 def wandb_has_credentials() -> bool:
-    """True when WANDB_API_KEY is set or `wandb login` left an entry in ~/.netrc."""
+    """True when WANDB_API_KEY is set or `wandb login` left a key in the netrc file for the server
+    wandb will use (WANDB_BASE_URL, else wandb's default: api.wandb.ai for older wandb versions,
+    CoreWeave's forge host for 0.31, which also takes an api.wandb.ai entry). wandb's own reader
+    knows its hosts and the NETRC variable; the plain netrc check serves a wandb without it."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        auth = netrc.netrc().authenticators("api.wandb.ai")
+        from wandb.sdk.lib import urls
+        from wandb.sdk.lib.wbauth import read_netrc_auth
+    except ImportError:
+        return _netrc_has_key(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    try:
+        return read_netrc_auth(host=os.environ.get("WANDB_BASE_URL") or urls.DEFAULT_BASE_URL) is not None
+    except Exception:  # a malformed entry or URL: wandb says what is wrong when the run starts online
+        return False
+
+
+def _netrc_has_key(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        path = os.environ.get("NETRC")
+        return netrc.netrc(os.path.expanduser(path) if path else None).authenticators(urlsplit(url).hostname or "") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
-    return auth is not None
 
 
 def wandb_logger(project: str, save_dir: str, name: str | None = None, entity: str | None = None,
