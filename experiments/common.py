@@ -173,7 +173,15 @@ def _coerce(key: str, raw: str, default: Any) -> Any:
     except yaml.YAMLError as err:
         raise SystemExit(f"exp.{key}={raw}: not a value ({err})") from None
     if isinstance(default, list):
-        return value if isinstance(value, list) else [value]
+        values = value if isinstance(value, list) else [value]
+        kinds = {type(item) for item in default}
+        if len(kinds) == 1 and kinds <= {bool, int}:  # a list of flags or of counts takes only those
+            (kind,) = kinds
+            wrong = [v for v in values if type(v) is not kind or (kind is int and v < 1)]
+            if wrong:
+                expected = "true or false" if kind is bool else "whole numbers of at least 1"
+                raise SystemExit(f"exp.{key}={raw}: expected a list of {expected}, got {wrong}")
+        return values
     if isinstance(default, bool) and not isinstance(value, bool):
         raise SystemExit(f"exp.{key}={raw}: expected true or false")
     return value
@@ -202,6 +210,9 @@ def parse_args(argv: Sequence[str] | None, name: str, doc: str | None,
         else:
             extra.append(word)
     out = Path(values["out"]) if values["out"] else OUT_ROOT / (name + ("_quick" if values["quick"] else ""))
+    if values["collect"] and not out.is_dir():
+        raise SystemExit(f"{name}: --collect: {out} does not exist, so there is nothing to collect (exp.out=DIR "
+                         "names the folder of an experiment's runs)")
     return Options(name=name, out=out.resolve(), quick=values["quick"], force=values["force"],
                    collect=values["collect"], only=[str(x) for x in values["only"]], jobs=_jobs(values["jobs"]),
                    params=values,

@@ -143,16 +143,25 @@ def test_data_efficiency_table_and_plot(runner, write_summary, tmp_path: Path) -
 def test_collect_with_nothing_there_exits_1(runner, tmp_path: Path) -> None:
     assert runner("fusion_depth").main(["--collect", f"exp.out={tmp_path}"]) == 1
     assert "- depth1: missing" in (tmp_path / "results.md").read_text()
+    # a folder that is not there is a mistyped path, not an empty result: no table is made there
+    with pytest.raises(SystemExit, match=r"fusion_depth: --collect: .*typo does not exist, so there is nothing"):
+        runner("fusion_depth").main(["--collect", f"exp.out={tmp_path / 'typo'}"])
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
     (["exp.bogus=1"], "exp.bogus=1: unknown option"),
     (["--bogus"], "--bogus: unknown flag"),
     (["exp.quick=maybe"], "expected true or false"),
+    # a count below 1 sliced "all but the last n" videos; a flag list took any word for yes
+    (["exp.videos=[-5,0]"], r"exp\.videos=\[-5,0\]: expected a list of whole numbers of at least 1, got \[-5, 0\]"),
+    (["exp.videos=[abc]"], r"expected a list of whole numbers of at least 1, got \['abc'\]"),
+    (["exp.videos=[true]"], r"expected a list of whole numbers of at least 1, got \[True\]"),
+    (["exp.stage1=[maybe]"], r"exp\.stage1=\[maybe\]: expected a list of true or false, got \['maybe'\]"),
 ])  # fmt: skip
 def test_bad_options_are_errors(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
-        common.parse_args(argv, "x", "doc")
+        common.parse_args(argv, "x", "doc", {"videos": [100, 200], "stage1": [True, False]})
 
 
 def test_options_and_overrides_are_told_apart(tmp_path: Path) -> None:
