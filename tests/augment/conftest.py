@@ -111,8 +111,8 @@ def fake_reply(prompt: str) -> str:
 
 @dataclass
 class FakeChatServer:
-    """A chat-completions endpoint whose first replies follow `script`: an HTTP status ("408",
-    "429", "500"), a 200 that is no chat-completions response ("html", "truncated",
+    """A chat-completions endpoint whose first replies follow `script`: an HTTP status ("400",
+    "408", "429", "500"), a 200 that is no chat-completions response ("html", "truncated",
     "no_choices"), a model answer that is no JSON list ("malformed", "null_content"), or "ok".
     Each request takes `delay` seconds; `max_in_flight` is the most requests it held at once."""
 
@@ -192,8 +192,9 @@ def serve_chat() -> Iterator[FakeChatServer]:
             mode = state.next_mode()
             if mode == "429":
                 return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": state.retry_after})
-            if mode in ("408", "500"):
-                return self._send(int(mode), {"error": {"message": "timed out" if mode == "408" else "overloaded"}})
+            if mode in ("400", "408", "500"):
+                said = {"400": "prompt too long", "408": "timed out", "500": "overloaded"}[mode]
+                return self._send(int(mode), {"error": {"message": said}})
             if mode == "html":  # a proxy's error page, sent with 200
                 return self._send(200, "<html><body>502 Bad Gateway</body></html>", content_type="text/html")
             if mode == "no_choices":  # some gateways report errors in a 200 body

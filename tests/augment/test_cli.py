@@ -32,6 +32,9 @@ def test_help_lists_formats_backends_and_outputs(capsys: pytest.CaptureFixture) 
         (["input=a.json", "out=x.jsonl", "format=damo"], "not valid DaMO JSONL"),
         (["input=empty.json", "out=x.jsonl"], "holds no video with a usable event window"),
         (["input=a.json", "out=x.jsonl", "backend=openai", "backend.base_url=ftp://x"], "backend.base_url must be"),
+        (["input=a.json", "out=."], "is a directory; expected the path of a JSONL file to write"),
+        (["input=a.json", "out=a.json/x.jsonl"], "out=a.json/x.jsonl: its folder cannot be made"),
+        (["input=a.json", "out=x.jsonl", "limit=-2"], "limit=-2: expected a whole number of videos >= 1"),
     ],
 )
 def test_errors_name_the_key(args: list[str], message: str, anet_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import errno
 import http.client
 import json
 import logging
+import re
 import signal
 import socket
 import ssl
@@ -61,7 +62,8 @@ def test_retries_then_valid_items_then_cache(
     # per video: one "when" per event, plus "order" and a dialogue where there are two events
     assert summary.items_per_type == {"dialogue": 2, "order": 2, "when": 8}
     assert summary.rejects == {"duplicate": 3, "malformed_item": 3, "outside_video": 3}
-    assert summary.requests == 4 and summary.cache_hits == 0  # model calls; HTTP retries are not counted
+    # every request the server received is counted: the 429's and the 500's retries too
+    assert summary.requests == chat_server.requests == 6 and summary.retries == 2 and summary.cache_hits == 0
     whens = [r for r in records if r.meta["question_type"] == "when"]
     assert {r.turns[1].content for r in whens} == {"It happens {span:0}."}  # seconds became placeholders
     assert all(r.meta["generator"] == "openai:fake-llm" for r in records)
@@ -170,6 +172,54 @@ def test_bad_key_stops_the_run(chat_server: FakeChatServer, anet_file: Path, tmp
                     source_format="activitynet", progress=False, overwrite=True)
 
 
+@pytest.mark.parametrize("mode, retries, failed, rejected", [("500", 1, 3, 0), ("429", 2, 3, 0), ("400", 0, 0, 3)])
+def test_every_request_sent_is_counted(chat_server: FakeChatServer, anet_file: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture, mode: str, retries: int, failed: int,
+                                       rejected: int) -> None:
+    # retried tries, the tries of videos that end up not done, and requests the server refused
+    chat_server.script = [mode] * 100
+    videos = load_videos(anet_file, "activitynet").videos
+    backend = backend_for(chat_server, None, api_key_env=None, concurrency=1, max_retries=retries)
+    backend.sleep = lambda seconds: None
+    summary = run_augment(videos, backend, QuestionSpec(), tmp_path / f"{mode}.jsonl", source_format="activitynet",
+                          progress=False)
+    assert chat_server.requests == 3 * (retries + 1)
+    assert summary.requests == chat_server.requests and summary.retries == 3 * retries
+    assert summary.videos_failed == failed and summary.rejects.get("request_rejected", 0) == rejected
+    summary.print()
+    said = " ".join(capsys.readouterr().err.split())
+    retried = f" ({summary.retries} of them retries)" if retries else ""
+    assert f"LLM requests sent: {summary.requests}{retried}, answered from cache: 0" in said
+
+
+def test_a_cache_dir_that_is_a_file_fails_before_any_request(chat_server: FakeChatServer, anet_file: Path,
+                                                            tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    out = tmp_path / "c.jsonl"
+    args = [f"input={anet_file}", f"out={out}", "backend=openai", "progress=false", f"backend.base_url={chat_server.url}",
+            "backend.model=fake-llm", "backend.api_key_env=null", f"backend.cache_dir={cache}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value)
+    assert message.startswith(f"damo-augment: backend.cache_dir={cache} is a file, not a folder")
+    assert "expected a writable folder" in message and "\n" not in message
+    assert chat_server.requests == 0 and not out.exists()  # nothing sent, nothing written
+    with pytest.raises(SystemExit, match=f"backend.cache_dir={cache}/sub cannot be made a folder"):
+        main(args + [f"backend.cache_dir={cache}/sub"])  # under a file
+    assert chat_server.requests == 0
+
+
+def test_a_refused_request_without_a_key_says_no_key_was_sent(chat_server: FakeChatServer, anet_file: Path,
+                                                              tmp_path: Path) -> None:
+    chat_server.api_key = "needed"
+    videos = load_videos(anet_file, "activitynet").videos[:1]
+    with pytest.raises(BackendError, match="401") as raised:
+        run_augment(videos, backend_for(chat_server, None, api_key_env=None), QuestionSpec(), tmp_path / "k.jsonl",
+                    source_format="activitynet", progress=False)
+    assert "no key was sent: set backend.api_key_env" in str(raised.value) and "$None" not in str(raised.value)
+
+
 def test_retry_after_is_capped_by_backoff_max(
     chat_server: FakeChatServer, anet_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -184,6 +234,17 @@ def test_retry_after_is_capped_by_backoff_max(
                               progress=False)
     assert waits == [2.5, 2.5] and summary.videos_done_now == 1
     assert "86400 s" in caplog.text and "backoff_max=2.5" in caplog.text
+
+    # after the last try nothing waits, and nothing is said about waiting
+    caplog.clear()
+    chat_server.script = ["429", "429"]
+    backend = backend_for(chat_server, None, api_key_env=None, concurrency=1, backoff_max=2.5, max_retries=1)
+    backend.sleep = waits.append
+    with caplog.at_level(logging.WARNING, logger="damo_lit.augment.openai_backend"):
+        summary = run_augment(video, backend, QuestionSpec(), tmp_path / "last.jsonl", source_format="activitynet",
+                              progress=False)
+    assert waits == [2.5, 2.5, 2.5] and summary.videos_failed == 1
+    assert caplog.text.count("waiting backend.backoff_max") == 1
 
 
 def test_timeouts_and_read_errors_are_retried(
@@ -324,9 +385,13 @@ def test_interrupted_run_resumes(chat_server: FakeChatServer, anet_file: Path, t
     assert records[: len(partial)] == partial
     check_grounding(records, ANET_CLEAN)
 
-    # other settings on the same output are refused rather than mixed in
-    with pytest.raises(SystemExit, match="other settings: backend.generator"):
-        run(compose("augment", overrides + ["backend.model=other-llm"]))
+    # other settings on the same output are refused rather than mixed in, also those that only
+    # change how a reply is read (how often a malformed one is asked again, how times are matched)
+    for changed, named in (("backend.model=other-llm", "backend.generator"),
+                           ("backend.max_parse_retries=5", "backend.max_parse_retries (was 2, now 5)"),
+                           ("backend.tolerance=1.0", "backend.tolerance (was 0.25, now 1.0)")):
+        with pytest.raises(SystemExit, match=f"other settings: {re.escape(named)}"):
+            run(compose("augment", overrides + [changed]))
 
 
 def test_videos_left_to_retry_fail_the_command_and_a_rerun_resumes(chat_server: FakeChatServer, anet_file: Path,

@@ -71,3 +71,15 @@ def test_progress_bar_shows_count_rate_eta_and_records(anet_file: Path, tmp_path
     assert "videos/s" in final and "-- videos/s" not in final and "ETA" in final
     assert f"{summary.records} records" in final and summary.records > 0
     assert "augment (template)" in final
+
+
+def test_an_output_that_is_a_directory_is_refused_before_anything(tmp_path: Path) -> None:
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    for overwrite in (False, True):  # overwrite=true must not be offered, nor end in IsADirectoryError
+        with pytest.raises(OutputError, match=rf"out={folder}: {folder} is a directory; expected the path of a JSONL"):
+            ResumableOutput(folder, {}, overwrite=overwrite).open()
+    progress_path(tmp_path / "qa.jsonl").mkdir()
+    with pytest.raises(OutputError, match=r"qa\.jsonl\.progress\.jsonl is a directory"):
+        ResumableOutput(tmp_path / "qa.jsonl", {}).open()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "qa.jsonl.progress.jsonl"]

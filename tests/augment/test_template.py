@@ -185,3 +185,32 @@ def test_damo_jsonl_input(tmp_path: Path) -> None:
     check_grounding(records, {"videos/a.mp4": {0: (1.0, 4.0), 1: (6.0, 12.0)}})
     orders = [r for r in records if r.meta["question_type"] == "order"]
     assert orders and all("high beep" in r.turns[1].content.lower() for r in orders)
+
+
+def test_resume_refuses_an_edited_input_or_other_source_settings(anet_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed.jsonl"
+    base = [f"input={anet_file}", f"out={out}"]
+    first = augment(base + ["limit=1"])
+    assert first.videos_done_now == 1
+    # a larger limit on the same file, with the same settings, continues the output
+    more = augment(base + ["limit=2"])
+    assert more.videos_resumed == 1 and more.videos_done_now == 1
+
+    # the rest with windows dropped instead of clipped: those videos would be cleaned otherwise
+    with pytest.raises(SystemExit, match=r"other settings: source\.on_bad_window \(was 'clip', now 'drop'\)"):
+        augment(base + ["on_bad_window=drop"])
+    # one sentence edited in the input file (same path, same size)
+    edited = json.loads(anet_file.read_text())
+    edited["v_kitchen"]["sentences"][0] = "A woman chops garlic on a board."
+    anet_file.write_text(json.dumps(edited))
+    with pytest.raises(SystemExit, match=r"other settings: source\.input_sha256 \(was '[0-9a-f]{64}', now"):
+        augment(base)
+    assert {r.meta["source_video"] for r in read_valid(out)} == {"v_gym", "v_kitchen"}  # nothing was mixed in
+
+
+@pytest.mark.parametrize("limit", ["-2", "0", "1.5", "many"])
+def test_limit_is_a_number_of_videos(anet_file: Path, tmp_path: Path, limit: str) -> None:
+    out = tmp_path / "limited.jsonl"
+    with pytest.raises(SystemExit, match=rf"^damo-augment: limit={limit}: expected a whole number of videos >= 1"):
+        augment([f"input={anet_file}", f"out={out}", f"limit={limit}"])
+    assert not out.exists()

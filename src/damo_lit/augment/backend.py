@@ -20,14 +20,22 @@ class Generation:
     `rejects` counts what the backend itself had to throw away (a malformed reply after its
     retries, a malformed item); `complete` is False when the video could not be processed this
     time (e.g. the endpoint kept failing) and should be tried again on the next run.
+    `requests` counts every request sent for the video (what a paid endpoint bills), `retries`
+    those of them that repeated a failed try; `cache_hits` the replies the cache answered.
     """
 
     items: list[GroundedItem] = field(default_factory=list)
     rejects: Counter = field(default_factory=Counter)
     requests: int = 0
+    retries: int = 0
     cache_hits: int = 0
     complete: bool = True
     error: str | None = None
+
+    def sent(self, retry: bool = False) -> None:
+        """One request went out (counted before its answer: a failed or refused one costs too)."""
+        self.requests += 1
+        self.retries += bool(retry)
 
 
 class Backend(ABC):

@@ -200,6 +200,8 @@ class LLMBackend(Backend):
         self.sleep: Callable[[float], object] = self.stopping.wait  # tests replace it to record the waits
 
     def start(self) -> None:
+        """Before any request: a cache_dir that cannot hold replies fails here, in one line."""
+        self.cache.prepare()
         self.stopping.clear()
 
     def stop(self) -> None:
@@ -215,27 +217,31 @@ class LLMBackend(Backend):
         self.sleep(seconds)
         self._check_stopped()
 
-    def served_by(self) -> dict[str, str]:
-        """The endpoint, for the cache key and the resume fingerprint: two servers that serve the
-        same model name (a fine-tune, another quantisation) must not share replies or outputs."""
+    def identity(self) -> dict[str, Any]:
+        """What decides the replies besides the model's name, for the cache key and the resume
+        fingerprint: two servers that serve the same model name (a fine-tune, another
+        quantisation) must not share replies or outputs. Here the endpoint; local models say more."""
         return {"endpoint": self.endpoint} if self.endpoint else {}
 
     def fingerprint(self) -> dict:
-        return {"generator": self.generator, "params": self.params, **self.served_by()}
+        """What decides the written items: the replies, and how they are read (re-asks, time matching)."""
+        return {"generator": self.generator, "params": self.params, **self.identity(),
+                "max_parse_retries": self.max_parse_retries, "tolerance": self.tolerance}
 
     @abstractmethod
-    def _complete(self, messages: list[Message], attempt: int) -> str:
-        """Send one request and return the raw reply, to be cached as it is (raise
-        TransientFailure / RequestRejected / BackendError as the case may be)."""
+    def _complete(self, messages: list[Message], attempt: int, gen: Generation) -> str:
+        """Send the request and return the raw reply, to be cached as it is (raise
+        TransientFailure / RequestRejected / BackendError as the case may be). Every request
+        sent, a retry too, is counted with `gen.sent()`, so that the summary shows what was paid."""
 
     def reply_text(self, raw: str) -> str:
         """The model's text in a raw reply (ReplyFormatError when there is none); the raw reply is the text here."""
         return raw
 
-    def complete(self, messages: list[Message], attempt: int = 0) -> Completion:
+    def complete(self, messages: list[Message], attempt: int, gen: Generation) -> Completion:
         """The raw reply for (messages, attempt), from the cache when it is there."""
         parts: dict[str, Any] = {"kind": self.kind, "model": self.model, "messages": messages, "params": self.params,
-                                 **self.served_by()}
+                                 **self.identity()}
         if attempt:
             parts["attempt"] = attempt
         key = cache_key(**parts)
@@ -243,8 +249,8 @@ class LLMBackend(Backend):
         if cached is not None:
             return Completion(cached, True)
         self._check_stopped()
-        raw = self._complete(messages, attempt)
-        self.cache.put(key, raw, model=self.model, attempt=attempt, **self.served_by())
+        raw = self._complete(messages, attempt, gen)
+        self.cache.put(key, raw, model=self.model, attempt=attempt, **self.identity())
         return Completion(raw, False)
 
     def generate(self, video: Video, spec: QuestionSpec) -> Generation:
@@ -252,7 +258,7 @@ class LLMBackend(Backend):
         messages = build_messages(video, spec)
         for attempt in range(self.max_parse_retries + 1):
             try:
-                reply = self.complete(messages, attempt)
+                reply = self.complete(messages, attempt, gen)
             except TransientFailure as err:
                 gen.complete, gen.error = False, str(err)
                 return gen
@@ -261,7 +267,6 @@ class LLMBackend(Backend):
                 gen.error = str(err)
                 return gen
             gen.cache_hits += reply.cached
-            gen.requests += not reply.cached
             try:
                 items, malformed = parse_reply(self.reply_text(reply.raw), self.tolerance)
             except ReplyFormatError:

@@ -22,7 +22,7 @@ import urllib.request
 from datetime import timezone
 from typing import Any
 
-from damo_lit.augment.backend import BackendError
+from damo_lit.augment.backend import BackendError, Generation
 from damo_lit.augment.llm import LLMBackend, Message, ReplyFormatError, RequestRejected, TransientFailure
 
 log = logging.getLogger(__name__)
@@ -122,19 +122,25 @@ class OpenAIBackend(LLMBackend):
             return self.backoff_max
         return asked
 
-    def _complete(self, messages: list[Message], attempt: int) -> str:
+    def _complete(self, messages: list[Message], attempt: int, gen: Generation) -> str:
         body = json.dumps({"model": self.model, "messages": messages, **self.params}).encode("utf-8")
         request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-        last = ""
+        last = _Retry("no try")
         for retry in range(self.max_retries + 1):
+            if retry:  # after the last try nothing waits: no delay is worked out, nor warned about
+                self.pause(self.retry_delay(retry - 1, last.wait))
+            gen.sent(retry=retry > 0)
             try:
                 return self._send(request)
             except _Retry as err:
-                last = err.reason
-                delay = self.retry_delay(retry, err.wait)
-            if retry < self.max_retries:
-                self.pause(delay)
-        raise TransientFailure(f"{self.url}: gave up after {self.max_retries + 1} tries (last: {last})")
+                last = err
+        raise TransientFailure(f"{self.url}: gave up after {self.max_retries + 1} tries (last: {last.reason})")
+
+    def _key_hint(self) -> str:
+        """What to check about the key when the server refuses: the variable, or that none was sent."""
+        if self.api_key_env:
+            return f"the key in ${self.api_key_env}"
+        return "that no key was sent: set backend.api_key_env to the environment variable that holds one"
 
     def _send(self, request: urllib.request.Request) -> str:
         """One try: the response body, or _Retry for what another try may fix; the errors that
@@ -147,7 +153,7 @@ class OpenAIBackend(LLMBackend):
             if err.code in FATAL_STATUS:
                 raise BackendError(
                     f"{self.url} answered {err.code} {err.reason}: {detail} "
-                    f"(check backend.base_url, backend.model={self.model!r} and ${self.api_key_env})"
+                    f"(check backend.base_url, backend.model={self.model!r} and {self._key_hint()})"
                 ) from None
             if err.code not in RETRY_STATUS and err.code < 500:
                 raise RequestRejected(f"{self.url} answered {err.code}: {detail}") from None

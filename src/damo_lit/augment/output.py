@@ -75,6 +75,10 @@ class ResumableOutput:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if not self.out.name:  # out=. (or /): a folder, named by its path so that the message can say so
+            self.out = self.out.absolute()
+            if not self.out.name:
+                raise self._is_a_directory(self.out)
         self.fingerprint = json.loads(json.dumps(self.fingerprint))  # compare as it reads back (tuples -> lists)
         self.progress = progress_path(self.out)
         self._out_handle = None
@@ -82,7 +86,7 @@ class ResumableOutput:
 
     def open(self) -> "ResumableOutput":
         """Start fresh, or resume: read the progress file and repair OUT to hold only finished videos."""
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._check_paths()
         if self.overwrite:
             for path in (self.out, self.progress):
                 path.unlink(missing_ok=True)
@@ -99,6 +103,24 @@ class ResumableOutput:
         self._out_handle = self.out.open("a", encoding="utf-8")
         self._progress_handle = self.progress.open("a", encoding="utf-8")
         return self
+
+    def _check_paths(self) -> None:
+        """OUT and the files beside it must be files in a folder that can be made: a directory
+        given as out= would otherwise be offered overwrite=true, and then fail with a traceback."""
+        for path in (self.out, self.progress, summary_path(self.out)):
+            if path.is_dir():
+                raise self._is_a_directory(path)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"out={self.out}: its folder cannot be made ({err.strerror}: {err.filename}); "
+                              "expected a path in a writable folder") from None
+        if not os.access(self.out.parent, os.W_OK | os.X_OK):
+            raise OutputError(f"out={self.out}: the folder {self.out.parent} is not writable; choose another out=")
+
+    def _is_a_directory(self, path: Path) -> OutputError:
+        return OutputError(f"out={self.out}: {path} is a directory; expected the path of a JSONL file to write, "
+                           f"e.g. out={self.out / 'augment.jsonl'}")
 
     def _resume(self) -> None:
         lines, torn = _complete_lines(self.progress)

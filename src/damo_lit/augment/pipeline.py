@@ -66,9 +66,20 @@ def validate_generation(
         "rejects": dict(rejects),
         "span_lengths": [round(e - s, 3) for r in records for s, e in r.spans],
         "requests": gen.requests,
+        "retries": gen.retries,
         "cache_hits": gen.cache_hits,
     }
     return records, stats
+
+
+def source_fingerprint(videos: list[Video]) -> Any:
+    """What the videos were read with (`Video.source`): one mapping for one input file, the
+    distinct ones in order when the videos come from several."""
+    distinct: list[dict[str, Any]] = []
+    for video in videos:
+        if dict(video.source) not in distinct:
+            distinct.append(dict(video.source))
+    return distinct[0] if len(distinct) == 1 else distinct
 
 
 def _generations(backend: Backend, videos: list[Video], spec: QuestionSpec) -> Iterator[tuple[Video, Generation]]:
@@ -129,22 +140,25 @@ def run_augment(
     """
     settings = settings or ValidationSettings()
     console = console or Console(stderr=True)
-    fingerprint = dict(fingerprint or {}, backend=backend.fingerprint(), spec=asdict(spec), validation=asdict(settings))
+    fingerprint = dict(fingerprint or {}, source=source_fingerprint(videos), backend=backend.fingerprint(),
+                       spec=asdict(spec), validation=asdict(settings))
+    backend.start()  # before anything is written: a backend that cannot work (its cache_dir) says so first
     output = ResumableOutput(Path(out), fingerprint, overwrite=overwrite).open()
     todo = [v for v in videos if v.video not in output.done]
     resumed = len(videos) - len(todo)
     if output.repaired:
         console.print(f"resume: dropped {output.repaired} unfinished line(s) from {out}")
-    done_now, failures, requests, cache_hits = 0, [], 0, 0
-    backend.start()
+    done_now, failures = 0, []
+    sent = Generation()  # this run's requests, retries and cache hits, over every video (failed ones too)
     generations = _generations(backend, todo, spec)
     try:
         with make_progress(progress, console) as bar:
             task = bar.add_task(f"augment ({backend.generator})", total=len(todo), records=0)
             written = 0
             for video, gen in generations:
-                requests += gen.requests
-                cache_hits += gen.cache_hits
+                sent.requests += gen.requests
+                sent.retries += gen.retries
+                sent.cache_hits += gen.cache_hits
                 if not gen.complete:
                     failures.append(f"{video.video}: {gen.error}")
                     bar.advance(task)
@@ -177,6 +191,6 @@ def run_augment(
         source_fixes=dict(sorted((source_fixes or {}).items())),
         failures=failures,
     )
-    summary.requests, summary.cache_hits = requests, cache_hits  # this run's, not the output's history
+    summary.requests, summary.retries, summary.cache_hits = sent.requests, sent.retries, sent.cache_hits
     summary.write(summary_path(out))
     return summary

@@ -7,11 +7,13 @@ module only dispatches, groups DaMO JSONL records per video, and merges windows 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from damo_lit.augment.describe import caption_events, question_description, strip_placeholders
 from damo_lit.augment.items import Moment, Video
@@ -212,9 +214,12 @@ def clean_sentence(text: str) -> str:
     return text.rstrip(". ").strip()
 
 
-def clean_video(events: VideoEvents, path: str, fixes: Fixes, on_bad_window: str = "clip") -> Video | None:
+def clean_video(
+    events: VideoEvents, path: str, fixes: Fixes, on_bad_window: str = "clip", source: Mapping[str, Any] | None = None
+) -> Video | None:
     """Fix the windows to the video (as the data sources do, counted in `fixes`), merge identical
-    windows into moments. Returns None when the video has no duration or no window left."""
+    windows into moments. Returns None when the video has no duration or no window left.
+    `source` is what the video was read with (see `source_settings`)."""
     if events.duration is None or events.duration <= 0:
         fixes.add("duration_missing_dropped")
         return None
@@ -235,7 +240,40 @@ def clean_video(events: VideoEvents, path: str, fixes: Fixes, on_bad_window: str
     for (start, end), described in sorted(windows.items()):
         sentences = tuple(dict.fromkeys(text for text, _ in described))
         moments.append(Moment(start, end, sentences, tuple(i for _, i in described)))
-    return Video(video=events.video, path=path, duration=duration, moments=tuple(moments))
+    return Video(video=events.video, path=path, duration=duration, moments=tuple(moments), source=dict(source or {}))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (an annotation file may be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_settings(
+    path: str | Path, fmt: str, durations: str | Path | None, video_path: str, on_bad_window: str
+) -> dict[str, Any]:
+    """Everything on the input side that decides the items: the files' contents (not only their
+    names: an edited sentence must not be resumed as if nothing changed), format= and how
+    windows are fixed and paths written. `limit` is not part of it: a larger limit continues a run."""
+    settings = {"format": fmt, "input_sha256": file_sha256(path), "on_bad_window": on_bad_window,
+                "video_path": video_path}
+    if durations is not None:
+        settings["durations_sha256"] = file_sha256(durations)
+    return settings
+
+
+def check_limit(limit: Any) -> int | None:
+    """limit= as a number of videos, None for all. Anything else is a mistake: a negative slice
+    would silently keep all but the last videos, and 0 would leave nothing to do."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise SourceError(f"limit={limit}: expected a whole number of videos >= 1 (the first N of the input), "
+                          "or limit=null for all of them")
+    return limit
 
 
 def load_videos(
@@ -246,7 +284,7 @@ def load_videos(
     limit: int | None = None,
     on_bad_window: str = "clip",
 ) -> LoadedSource:
-    """Read and clean the videos of one annotation file (the first `limit` when given).
+    """Read and clean the videos of one annotation file (the first `limit` when given, >= 1).
 
     `video_path` formats the record's `video` field from the source id ("{video}.mp4"); DaMO
     JSONL input keeps its records' paths as they are. `on_bad_window` (clip | drop) says what
@@ -256,16 +294,16 @@ def load_videos(
         raise SourceError(f"on_bad_window must be one of {', '.join(ON_BAD_WINDOW)}, got {on_bad_window!r}")
     if "{video}" not in video_path:
         raise SourceError(f"video_path={video_path!r} must contain '{{video}}'")
-    pairs = _read(path, fmt, durations)
-    if limit is not None:
-        pairs = pairs[: int(limit)]
+    limit = check_limit(limit)
+    pairs = _read(path, fmt, durations)[:limit]
+    source = source_settings(path, fmt, durations, video_path, on_bad_window)
     fixes = Fixes()
     skipped: Counter = Counter()
     videos = []
     for events, skips in pairs:
         skipped.update(skips)
         record_path = events.video if fmt == "damo" else video_path.format(video=events.video)
-        video = clean_video(events, record_path, fixes, on_bad_window)
+        video = clean_video(events, record_path, fixes, on_bad_window, source)
         if video is not None:
             videos.append(video)
     counts = {kind: n for kind, n in fixes.counts.items() if n}

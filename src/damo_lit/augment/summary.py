@@ -46,7 +46,8 @@ class Summary:
     span_length_histogram: dict[str, int] = field(default_factory=dict)
     rejects: dict[str, int] = field(default_factory=dict)
     source_fixes: dict[str, int] = field(default_factory=dict)
-    requests: int = 0  # LLM requests sent by this run
+    requests: int = 0  # every LLM request this run sent: retries, re-asks, failed and refused ones too
+    retries: int = 0  # of those, the ones that repeated a failed try (408, 429, 5xx, network errors)
     cache_hits: int = 0  # replies this run took from the cache
     failures: list[str] = field(default_factory=list)
 
@@ -109,7 +110,8 @@ class Summary:
             f"{self.videos_done_now} done now, {self.videos_failed} to retry"
         )
         if self.requests or self.cache_hits:
-            console.print(f"LLM requests sent: {self.requests}, answered from cache: {self.cache_hits}")
+            retries = f" ({self.retries} of them retries)" if self.retries else ""
+            console.print(f"LLM requests sent: {self.requests}{retries}, answered from cache: {self.cache_hits}")
         for title, counts in (
             ("items per question type", self.items_per_type),
             ("span lengths", self.span_length_histogram),

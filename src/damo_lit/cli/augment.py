@@ -36,7 +36,7 @@ backends (conf/backend/)
                         cached by hash in backend.cache_dir, so a rerun costs nothing
   backend=transformers  a local causal LM: backend.model=NAME_OR_PATH backend.device=cuda
 useful keys (conf/augment.yaml)
-  limit=N                         only the first N videos
+  limit=N                         only the first N videos (N >= 1; a larger N later continues the run)
   questions.types=[when,order]    question kinds; questions.per_video=8
   questions.dialogues_per_video=1 questions.dialogue_turns=3 questions.seed=0
   video_path={video}.mp4          the records' `video` field from the source id
