@@ -48,6 +48,32 @@ def test_counts_below_one_name_the_key(key: str, value: int) -> None:
         DaMOConfig.from_mapping(_with(**{key: value}))
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # each of these built a model quietly: one blind to the video, all NaN, or a 1-unit layer
+        ({"projector__layers": 0, "projector__query_init": "learned"},
+         r"projector\.layers: must be >= 1 with projector\.query_init=learned .* got 0"),
+        ({"projector__layers": -3}, r"projector\.layers: must be >= 0, got -3"),
+        ({"vision__std": [0, 0, 0]}, r"vision\.std: every value must be > 0 .*got \[0\.0, 0\.0, 0\.0\]"),
+        ({"fuseformer__mlp_ratio": 0}, r"fuseformer\.mlp_ratio: must be > 0 .*got 0"),
+        ({"projector__mlp_ratio": -1}, r"projector\.mlp_ratio: must be > 0"),
+        ({"residual__ffn_ratio": -1}, r"residual\.ffn_ratio: must be > 0"),
+        ({"text_encoder__embed_dim": 0}, r"text_encoder\.embed_dim: must be >= 1, got 0"),
+        ({"llm__lora__alpha": 0}, r"llm\.lora\.alpha: must be > 0"),
+        ({"llm__lora__r": 0}, r"llm\.lora\.r: the adapters' rank must be >= 1, got 0"),
+        ({"llm__lora__target_modules": []}, r"llm\.lora\.target_modules: empty"),
+        ({"fuseformer__dropout": 2}, r"fuseformer\.dropout: a probability in \[0, 1\), got 2"),
+        ({"llm__lora__dropout": -0.5}, r"llm\.lora\.dropout: a probability in \[0, 1\)"),
+        ({"fuseformer__kind": "concat", "fuseformer__depth": -5}, r"fuseformer\.depth: must be >= 1, got -5"),
+        ({"vision__image_size": 0}, r"vision\.image_size: must be >= 1, got 0"),
+    ],
+)
+def test_values_that_built_a_broken_model_name_the_key(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^model\.{message}"):
+        DaMOConfig.from_mapping(_with(**changes))
+
+
 def test_window_and_concat_bin_limits_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"model.residual.temporal.stride \(3\) must be <= residual.temporal.kernel \(2\)"):
         DaMOConfig.from_mapping(_with(residual__temporal__stride=3))

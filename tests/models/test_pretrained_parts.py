@@ -428,3 +428,24 @@ def test_eva_clip_loads_remote_code_and_takes_the_post_normed_cls(tmp_path: Path
         hidden = tower.model.vision_model(tower.preprocess(frames[0]))[0]
     torch.testing.assert_close(out.global_[0], tower.model.vision_model.post_layernorm(hidden[:, 0]))
     torch.testing.assert_close(out.local[0], hidden[:, 1:])
+
+
+def test_parts_that_cannot_be_built_from_their_arch_name_the_key() -> None:
+    """A kind whose model class reads another config (siglip over a CLIP arch), numbers that
+    transformers refuses, and LoRA targets the LM lacks end in a ConfigError naming the part,
+    which the CLIs print in one line, not in a transformers or peft traceback."""
+    from damo_lit.models.damo import build_damo
+
+    base = tiny_config(Path("/nonexistent"))
+    cases = [
+        ({"vision": {**base["vision"], "kind": "siglip"}},
+         r"^model\.vision: SiglipVisionModel cannot be built from model\.vision\.arch \(model_type "
+         r"'clip_vision_model'\): .*do the part's kind and its arch\.model_type name the same model\?"),
+        ({"llm": {**base["llm"], "arch": {**base["llm"]["arch"], "hidden_size": 190}}},
+         r"^model\.llm\.arch: transformers cannot build model_type 'llama': .*hidden size \(190\)"),
+        ({"llm": {**base["llm"], "lora": {**base["llm"]["lora"], "target_modules": ["foo_proj"]}}},
+         r"^model\.llm\.lora: peft cannot add the adapters: Target modules \{'foo_proj'\} not found"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            build_damo({**base, **change}, meta=True)

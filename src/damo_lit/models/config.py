@@ -8,6 +8,7 @@ OmegaConf DictConfig is one) and checks every key and type, so that a typo in
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -243,8 +244,14 @@ class DaMOConfig:
                 f"{where}.fuseformer.fusion_tokens: the concat fusion with audio pools each modality into "
                 f"its own bins, so it needs >= 2, got {self.fuseformer.fusion_tokens}"
             )
-        if self.fuseformer.depth < 1 and self.fuseformer.kind == "tfuseformer":
+        if self.fuseformer.depth < 1:  # also under kind=concat, which ignores it: a sweep's typo stays one
             raise ConfigError(f"{where}.fuseformer.depth: must be >= 1, got {self.fuseformer.depth}")
+        if self.projector.layers < 1 and self.projector.query_init == "learned":
+            raise ConfigError(f"{where}.projector.layers: must be >= 1 with projector.query_init=learned (with no "
+                              f"layer the learned queries never see the video), got {self.projector.layers}")
+        if self.projector.layers < 0:
+            raise ConfigError(f"{where}.projector.layers: must be >= 0, got {self.projector.layers}")
+        self._check_rates(where)
         for tower in ("vision", "audio"):
             if getattr(self, tower).chunk_size < 0:
                 raise ConfigError(
@@ -253,6 +260,37 @@ class DaMOConfig:
                 )
         if len(self.vision.mean) != 3 or len(self.vision.std) != 3:
             raise ConfigError(f"{where}.vision.mean/std: expected 3 values (RGB) each")
+        if not all(v > 0 and math.isfinite(v) for v in self.vision.std):
+            raise ConfigError(f"{where}.vision.std: every value must be > 0 (frames are divided by it), "
+                              f"got {list(self.vision.std)}")
+
+    def _check_rates(self, where: str) -> None:
+        """Widths as ratios must be > 0 (FeedForward would quietly build a 1-unit layer), dropouts
+        probabilities below 1, and LoRA an adapter that changes something."""
+        ratios = {"fuseformer.mlp_ratio": self.fuseformer.mlp_ratio, "projector.mlp_ratio": self.projector.mlp_ratio,
+                  "residual.ffn_ratio": self.residual.ffn_ratio}  # fmt: skip
+        for key, value in ratios.items():
+            if not value > 0:
+                raise ConfigError(f"{where}.{key}: must be > 0 (a width as a multiple of the hidden size), got {value}")
+        dropouts = {"fuseformer.dropout": self.fuseformer.dropout, "projector.dropout": self.projector.dropout,
+                    "llm.lora.dropout": self.llm.lora.dropout}  # fmt: skip
+        for key, value in dropouts.items():
+            if not 0 <= value < 1:
+                raise ConfigError(f"{where}.{key}: a probability in [0, 1), got {value}")
+        if self.text_encoder.enabled and self.text_encoder.embed_dim < 1:
+            raise ConfigError(f"{where}.text_encoder.embed_dim: must be >= 1, got {self.text_encoder.embed_dim}")
+        if self.vision.image_size < 1:
+            raise ConfigError(f"{where}.vision.image_size: must be >= 1, got {self.vision.image_size}")
+        lora = self.llm.lora
+        if lora.enabled:
+            if lora.r < 1:
+                raise ConfigError(f"{where}.llm.lora.r: the adapters' rank must be >= 1, got {lora.r}")
+            if not lora.alpha > 0:
+                raise ConfigError(f"{where}.llm.lora.alpha: must be > 0 (the adapters are scaled by alpha / r), "
+                                  f"got {lora.alpha}")
+            if not lora.target_modules:
+                raise ConfigError(f"{where}.llm.lora.target_modules: empty; name the LM's linear layers to adapt "
+                                  "(e.g. [q_proj, k_proj, v_proj, o_proj]), or set llm.lora.enabled=false")
 
     def _check_counts(self, where: str) -> None:
         """Every count of tokens, items, heads and window sizes must be >= 1: a zero builds empty

@@ -148,7 +148,10 @@ class CausalLM(nn.Module):
             )
             with warnings.catch_warnings():  # peft asks the deprecated is_gradient_checkpointing
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                model = get_peft_model(model, lora)
+                try:
+                    model = get_peft_model(model, lora)
+                except ValueError as err:  # e.g. target modules the LM does not have
+                    raise ConfigError(f"{where}.lora: peft cannot add the adapters: {err}") from err
         self.model: PreTrainedModel | PeftModel = model
 
     # -- parameters ---------------------------------------------------------------------------

@@ -37,8 +37,9 @@ def arch_config(spec: PretrainedSpec, where: str) -> PretrainedConfig:
         raise ConfigError(f"{where}.arch.model_type: missing (e.g. clip_vision_model, whisper, llama, bert)")
     try:
         return AutoConfig.for_model(model_type, **arch)
-    except (ValueError, KeyError) as err:
-        raise ConfigError(f"{where}.arch: transformers cannot build model_type {model_type!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - transformers' own checks raise several kinds (strict dataclasses)
+        said = " ".join(str(err).split())  # transformers' validation errors span lines
+        raise ConfigError(f"{where}.arch: transformers cannot build model_type {model_type!r}: {said}") from err
 
 
 @contextlib.contextmanager
@@ -81,7 +82,13 @@ def load_or_build(
     if meta or not spec.name_or_path:
         config = arch_config(spec, where)
         with build_device(meta), default_dtype(dtype):
-            model = build(config)
+            try:
+                model = build(config)
+            except (AttributeError, TypeError, ValueError) as err:  # a config another model class reads
+                raise ConfigError(
+                    f"{where}: {getattr(build, '__qualname__', build)} cannot be built from {where}.arch (model_type "
+                    f"{config.model_type!r}): {err}; do the part's kind and its arch.model_type name the same model?"
+                ) from err
         # Parameters in `dtype`; buffers a model computes in float32 on purpose (rotary inv_freq)
         # stay so, as from_pretrained leaves them.
         for param in model.parameters():
