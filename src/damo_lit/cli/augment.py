@@ -39,7 +39,8 @@ useful keys (conf/augment.yaml)
   limit=N                         only the first N videos (N >= 1; a larger N later continues the run)
   questions.types=[when,order]    question kinds; questions.per_video=8
   questions.dialogues_per_video=1 questions.dialogue_turns=3 questions.seed=0
-  video_path={video}.mp4          the records' `video` field from the source id
+  "video_path='{video}.mp4'"      the records' `video` field from the source id (quoted: Hydra
+                                  reads a bare { as the start of a dictionary)
   overwrite=true                  start over; otherwise an interrupted run resumes from
                                   OUT.progress.jsonl and skips the videos already written
   progress=false                  no progress bar
