@@ -10,7 +10,6 @@ index (`about`), so that validation can check every span against the window it c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 QUESTION_TYPES = ("when", "before", "after", "duration", "order")
 ITEM_TYPES = QUESTION_TYPES + ("dialogue",)
@@ -34,18 +33,12 @@ class Moment:
 
 @dataclass(frozen=True)
 class Video:
-    """A video ready for generation: its id, record path, duration and sorted moments.
-
-    `source` says what it was read from and cleaned with (the input file's digest, format=,
-    on_bad_window=, ...): the resume fingerprint holds it, so that a rerun on an edited input or
-    with other source settings is refused rather than mixed into the output.
-    """
+    """A video ready for generation: its id, record path, duration and sorted moments."""
 
     video: str  # the source id (ActivityNet / Charades id, or a DaMO record's video path)
     path: str  # the `video` field the records will carry
     duration: float
     moments: tuple[Moment, ...]
-    source: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

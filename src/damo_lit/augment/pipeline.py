@@ -72,16 +72,6 @@ def validate_generation(
     return records, stats
 
 
-def source_fingerprint(videos: list[Video]) -> Any:
-    """What the videos were read with (`Video.source`): one mapping for one input file, the
-    distinct ones in order when the videos come from several."""
-    distinct: list[dict[str, Any]] = []
-    for video in videos:
-        if dict(video.source) not in distinct:
-            distinct.append(dict(video.source))
-    return distinct[0] if len(distinct) == 1 else distinct
-
-
 def _generations(backend: Backend, videos: list[Video], spec: QuestionSpec) -> Iterator[tuple[Video, Generation]]:
     """(video, generation) as they finish, from `backend.concurrency` threads, with a bounded backlog.
 
@@ -140,8 +130,7 @@ def run_augment(
     """
     settings = settings or ValidationSettings()
     console = console or Console(stderr=True)
-    fingerprint = dict(fingerprint or {}, source=source_fingerprint(videos), backend=backend.fingerprint(),
-                       spec=asdict(spec), validation=asdict(settings))
+    fingerprint = dict(fingerprint or {}, backend=backend.fingerprint(), spec=asdict(spec), validation=asdict(settings))
     backend.start()  # before anything is written: a backend that cannot work (its cache_dir) says so first
     output = ResumableOutput(Path(out), fingerprint, overwrite=overwrite).open()
     todo = [v for v in videos if v.video not in output.done]

@@ -11,9 +11,9 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from damo_lit.augment.describe import caption_events, question_description, strip_placeholders
 from damo_lit.augment.items import Moment, Video
@@ -43,10 +43,13 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedSource:
-    """The cleaned videos of one input file and the fixes that cleaning made (kind -> count)."""
+    """The cleaned videos of one input file, the fixes that cleaning made (kind -> count), and
+    what they were read with (`source_settings`: the resume fingerprint holds it, so that a rerun
+    on an edited input or with other source settings is refused rather than mixed in)."""
 
     videos: list[Video]
     fixes: dict[str, int]
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def read_events(path: str | Path, fmt: str, durations: str | Path | None = None) -> list[VideoEvents]:
@@ -214,12 +217,9 @@ def clean_sentence(text: str) -> str:
     return text.rstrip(". ").strip()
 
 
-def clean_video(
-    events: VideoEvents, path: str, fixes: Fixes, on_bad_window: str = "clip", source: Mapping[str, Any] | None = None
-) -> Video | None:
+def clean_video(events: VideoEvents, path: str, fixes: Fixes, on_bad_window: str = "clip") -> Video | None:
     """Fix the windows to the video (as the data sources do, counted in `fixes`), merge identical
-    windows into moments. Returns None when the video has no duration or no window left.
-    `source` is what the video was read with (see `source_settings`)."""
+    windows into moments. Returns None when the video has no duration or no window left."""
     if events.duration is None or events.duration <= 0:
         fixes.add("duration_missing_dropped")
         return None
@@ -240,7 +240,7 @@ def clean_video(
     for (start, end), described in sorted(windows.items()):
         sentences = tuple(dict.fromkeys(text for text, _ in described))
         moments.append(Moment(start, end, sentences, tuple(i for _, i in described)))
-    return Video(video=events.video, path=path, duration=duration, moments=tuple(moments), source=dict(source or {}))
+    return Video(video=events.video, path=path, duration=duration, moments=tuple(moments))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -296,16 +296,15 @@ def load_videos(
         raise SourceError(f"video_path={video_path!r} must contain '{{video}}'")
     limit = check_limit(limit)
     pairs = _read(path, fmt, durations)[:limit]
-    source = source_settings(path, fmt, durations, video_path, on_bad_window)
     fixes = Fixes()
     skipped: Counter = Counter()
     videos = []
     for events, skips in pairs:
         skipped.update(skips)
         record_path = events.video if fmt == "damo" else video_path.format(video=events.video)
-        video = clean_video(events, record_path, fixes, on_bad_window, source)
+        video = clean_video(events, record_path, fixes, on_bad_window)
         if video is not None:
             videos.append(video)
     counts = {kind: n for kind, n in fixes.counts.items() if n}
     counts.update({kind: n for kind, n in skipped.items() if n})
-    return LoadedSource(videos, counts)
+    return LoadedSource(videos, counts, source_settings(path, fmt, durations, video_path, on_bad_window))

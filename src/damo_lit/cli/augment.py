@@ -107,7 +107,8 @@ def run(cfg: DictConfig, on_video_done: Any = None) -> Any:
         backend = instantiate(cfg.backend)
     except InstantiationException as err:
         raise _fail(f"could not build backend={cfg.backend.get('_target_')}: {err.__cause__ or err}")
-    fingerprint = {"input": str(input_path.resolve()), "format": fmt, "durations": cfg.durations, "video_path": cfg.video_path}
+    # the input's path and what it was read with (its digest, format=, on_bad_window=, video_path=)
+    fingerprint = {"input": str(input_path.resolve()), "durations": cfg.durations, "source": source.settings}
     try:
         summary = run_augment(
             source.videos,
