@@ -152,6 +152,7 @@ def test_lora_alpha_is_the_configured_one(make_damo, tmp_path: Path, alpha: int)
     damo.llm.save_lora(str(tmp_path / "adapter"))
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (saved["r"], saved["lora_alpha"]) == (r, alpha)
+    assert saved["target_modules"] == ["q_proj", "v_proj"], "sorted: peft writes its set in hash-seed order"
 
 
 def test_lora_off_has_no_lora_group(make_damo) -> None:

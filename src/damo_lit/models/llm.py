@@ -9,6 +9,7 @@ generation); the attention mask and labels are expanded alike (labels -100 on me
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,7 @@ class CausalLM(nn.Module):
             raise ValueError("model.llm.lora.enabled is false: there is no LoRA adapter to save")
         if state_dict is None:
             self.model.save_pretrained(path)
+            _sort_target_modules(Path(path) / "adapter_config.json")
             return
         adapter = self.model.active_adapter
         tensors = {_without_adapter_name(k, adapter): v.contiguous() for k, v in state_dict.items() if "lora_" in k}
@@ -187,6 +189,7 @@ class CausalLM(nn.Module):
             config.base_model_name_or_path = self.model.base_model.model.__dict__.get("name_or_path") or None
         Path(path).mkdir(parents=True, exist_ok=True)
         config.save_pretrained(path)
+        _sort_target_modules(Path(path) / "adapter_config.json")
         save_file(tensors, str(Path(path) / "adapter_model.safetensors"), metadata={"format": "pt"})
 
     def load_lora(self, name_or_path: str) -> None:
@@ -317,3 +320,13 @@ def _without_adapter_name(key: str, adapter: str) -> str:
     parts = key.split(".")
     kept = [part for i, part in enumerate(parts) if not (part == adapter and i > 0 and parts[i - 1].startswith("lora_"))]
     return ".".join(kept)
+
+
+def _sort_target_modules(config_file: Path) -> None:
+    """peft keeps target_modules as a set and writes it in the set's iteration order, which
+    changes with the process's string hash seed (and with a copy of the set): sorted, the same
+    adapter gives the same adapter_config.json in every run, so that saved adapters can be diffed."""
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
