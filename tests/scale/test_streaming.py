@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pickle
 import re
 import shutil
@@ -207,6 +208,32 @@ def test_a_sub_stream_that_fails_its_check_is_written_again_not_kept(
     assert _write([*data_overrides, f"out={stream}", *VIDEO_STREAM])["reused"] == ["train/grounding"]
     (folder / "damo_written.json").unlink()  # a write that stopped before its check is not complete either
     assert _incomplete(folder, 20) == "no damo_written.json: its write did not finish (or predates damo_written.json)"
+
+
+def test_a_write_leaves_the_machine_wide_litdata_folders_alone(
+    video_stream: Path, data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litdata's optimize empties $TMPDIR/chunks and $TMPDIR/data before it writes: another write
+    running beside this one (another job, another user) must keep its files there."""
+    import tempfile
+
+    system_tmp = tmp_path / "tmp"
+    others = [system_tmp / "chunks" / "0-index.json", system_tmp / "data" / "item.bin"]
+    for path in others:
+        path.parent.mkdir(parents=True)
+        path.write_text("another write's file")
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    for name in ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER"):
+        monkeypatch.delenv(name, raising=False)
+    stream = tmp_path / "stream"
+    shutil.copytree(video_stream, stream)
+    _fake_empty_index(stream / "train" / "grounding")
+    with pytest.warns(RuntimeWarning, match="not kept as complete"):
+        assert _write([*data_overrides, f"out={stream}", *VIDEO_STREAM])["rewritten"]
+    assert all(path.read_text() == "another write's file" for path in others)
+    assert sorted(p.name for p in system_tmp.iterdir()) == ["chunks", "data"], "its own work folder is removed"
+    assert "DATA_OPTIMIZER_CACHE_FOLDER" not in os.environ
+    assert len(list(_datamodule([f"data.streaming_dir={stream}"]).train_dataloader())) == 5
 
 
 def test_a_write_that_leaves_no_samples_fails_loudly(

@@ -30,6 +30,7 @@ iterating over all of them).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -39,7 +40,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 # litdata asks PyPI for newer versions unless told not to (there is no network here).
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
@@ -223,7 +224,8 @@ def write_stream(
     worker_context()  # litdata's worker processes start from the warm fork server (never fork after torch)
     start_method = multiprocessing.get_start_method(allow_none=True)
     try:
-        _write_datasets(datamodule, out, splits, tasks, store, report, chunk_bytes, num_workers)
+        with private_optimizer_folders():
+            _write_datasets(datamodule, out, splits, tasks, store, report, chunk_bytes, num_workers)
     finally:  # litdata sets the process-wide start method: give the caller back its own
         multiprocessing.set_start_method(start_method, force=True)
     meta = {
@@ -234,6 +236,30 @@ def write_stream(
     }  # fmt: skip
     write_json(meta_path, meta)
     return report
+
+
+# litdata's optimize first deletes its work folders ($TMPDIR/chunks and $TMPDIR/data unless these
+# variables name others) and merges the workers' indexes there: two writes on one machine at once
+# (two users, two jobs, a test beside a run) would delete each other's files.
+OPTIMIZER_FOLDERS = {"DATA_OPTIMIZER_CACHE_FOLDER": "chunks", "DATA_OPTIMIZER_DATA_CACHE_FOLDER": "data"}
+
+
+@contextlib.contextmanager
+def private_optimizer_folders() -> Iterator[None]:
+    """Point litdata's optimize at work folders of this write's own (removed afterwards), unless
+    the user named them in the environment. The calling process cleans and merges there; the
+    workers would use them only for remote inputs (this writer's are local files)."""
+    unset = [name for name in OPTIMIZER_FOLDERS if name not in os.environ]
+    if not unset:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="damo-litdata-") as work:
+        os.environ.update({name: str(Path(work) / OPTIMIZER_FOLDERS[name]) for name in unset})
+        try:
+            yield
+        finally:
+            for name in unset:
+                os.environ.pop(name, None)
 
 
 def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str], tasks: Sequence[str],
