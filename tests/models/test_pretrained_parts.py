@@ -76,6 +76,40 @@ def test_ensure_tiny_pretrained_reuses_and_rebuilds(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tiny-")]  # no staging left behind
 
 
+def test_a_run_waits_for_the_tiny_parts_another_run_builds(tmp_path: Path) -> None:
+    """Two runs started side by side on a fresh clone: the second waits for the first's build and
+    takes its folder as it is (it used to build too and replace the folder the first was reading)."""
+    import logging
+    import shutil
+    import threading
+
+    from damo_lit.locks import folder_lock
+
+    cfg = tiny_config(tmp_path)
+    built = ensure_tiny_pretrained(tmp_path / "built", cfg)
+    waiting = threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            waiting.set()
+
+    handler, logger = Waiting(), logging.getLogger("damo_lit.locks")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    folder, got = tmp_path / "tiny", []
+    try:
+        with folder_lock(folder, "building"):  # the first run, building
+            second = threading.Thread(target=lambda: got.append(ensure_tiny_pretrained(folder, cfg)))
+            second.start()
+            assert waiting.wait(60), "the second run did not wait for the first one's build"
+            shutil.copytree(built, folder)
+            (folder / "in use by the first run").touch()
+        second.join(60)
+    finally:
+        logger.removeHandler(handler)
+    assert got == [folder] and (folder / "in use by the first run").is_file(), "the folder was built again"
+
+
 def test_a_model_without_audio_shares_the_tiny_folder(tmp_path: Path) -> None:
     """model.audio.enabled=false (the no-audio ablation, run beside the full model) reuses the
     folder as it is: it must not rebuild it without the audio tower, and its LM is the full model's."""

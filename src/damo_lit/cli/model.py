@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from damo_lit.cli.common import PACKAGE_DIR, compose, user_errors
+from damo_lit.locks import folder_lock
 
 TINY_VOCAB = PACKAGE_DIR / "assets" / "tiny_vocab.txt"
 MANIFEST = "manifest.json"
@@ -67,8 +68,9 @@ def ensure_tiny_pretrained(
 
     The folder records the seed, the word list's hash and the `arch` numbers it was built
     from; any change (e.g. the data engineer extends tiny_vocab.txt) rebuilds it. The build
-    happens in a temporary sibling folder that replaces `directory` at the end, so a crash
-    never leaves half a folder. Returns the folder.
+    happens in a temporary sibling folder that replaces `directory` at the end (a crash never
+    leaves half a folder), under a lock beside it (runs started side by side build it once and
+    never replace it under one another). Returns the folder.
     """
     from damo_lit.models.tiny import build_tiny_parts
 
@@ -79,32 +81,34 @@ def ensure_tiny_pretrained(
     seed = int(model_cfg.get("seed", 0)) if seed is None else seed
     words = read_tiny_vocab()
     manifest = _tiny_manifest(model_cfg, words, seed)
-    manifest_path = directory / MANIFEST
-    if not force and manifest_path.is_file():
+    if not force and _holds(directory, manifest):
+        return directory
+    with folder_lock(directory, "building"):  # never replace the folder while another process builds or reads it
+        if not force and _holds(directory, manifest):  # built by the process this one waited for
+            return directory
+        parts = build_tiny_parts(model_cfg, words, seed)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
         try:
-            if json.loads(manifest_path.read_text()) == manifest:
-                return directory
-        except json.JSONDecodeError:
-            pass
-    parts = build_tiny_parts(model_cfg, words, seed)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        for name, model in parts.items():
-            model.save_pretrained(staging / name)
-        for name in ("llm", "text_encoder"):
-            if (staging / name).is_dir():
-                parts.tokenizer.save_pretrained(staging / name)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except OSError:
-        # Another process may have put the same folder in place meanwhile.
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest):
-            raise
+            for name, model in parts.items():
+                model.save_pretrained(staging / name)
+            for name in ("llm", "text_encoder"):
+                if (staging / name).is_dir():
+                    parts.tokenizer.save_pretrained(staging / name)
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when it was put in place
     return directory
+
+
+def _holds(directory: Path, manifest: dict[str, Any]) -> bool:
+    """True when `directory` was built from exactly `manifest`."""
+    try:
+        return json.loads((directory / MANIFEST).read_text()) == manifest
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 def ensure_model_parts(model_cfg: Mapping[str, Any]) -> None:

@@ -37,16 +37,17 @@ import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from damo_lit.data.decode import worker_context
 from damo_lit.data.schema import Record, Turn, write_jsonl
+from damo_lit.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -667,23 +668,10 @@ def is_generated(out: str | Path) -> bool:
     return manifest_path(out).is_file() and all((out / "annotations" / f"{s}.jsonl").is_file() for s in SPLITS)
 
 
-@contextmanager
-def generation_lock(out: Path) -> Iterator[None]:
-    """Hold an inter-process lock on `out` while generating into it: two runs started side by
-    side on a fresh clone (e.g. `exp.jobs=2`) would otherwise render the same files at once."""
-    from filelock import FileLock, Timeout
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out.parent / f".{out.name}.generating.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("another process is generating the synthetic set in %s; waiting for it", out)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+def generation_lock(out: Path) -> AbstractContextManager[None]:
+    """Hold an inter-process lock on `out` while generating into it (not beside another run
+    generating into the same folder)."""
+    return folder_lock(out, "generating")
 
 
 # What a generated set consists of in its folder (`clear_set` removes these and nothing else).
