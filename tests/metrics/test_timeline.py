@@ -53,6 +53,14 @@ def test_iou_in_title():
     assert fig._suptitle.get_text() == "q  |  IoU 0.33"
 
 
+@pytest.mark.parametrize("question", ["when is $#1 or $2 shown", "where does $HOME and $PATH appear", "$a_b_c$"])
+def test_a_question_with_dollars_is_drawn_as_text(question: str):
+    """A question is text: matplotlib would read `$...$` as math and fail at draw time, which
+    stopped a run at the end of validation."""
+    image = render_timeline(10.0, [(1.0, 2.0)], [(1.5, 3.0)], title=question)
+    assert image.ndim == 3 and image.dtype == np.uint8
+
+
 def test_no_prediction_is_drawn_as_no_span():
     for pred in (None, [], [(3.0, 3.0)], [(float("nan"), 2.0)]):
         fig = timeline_figure(10.0, [(2.0, 6.0)], pred)

@@ -103,7 +103,9 @@ def timeline_figure(
         score = "IoU 0.00 (no span)"
     else:
         score = "IoU n/a (no ground truth)"
-    fig.suptitle(f"{title}  |  {score}" if title else score, fontsize=10)
+    # the title is the user's question: a `$` in it is text, not the start of matplotlib math
+    # (`when is $5 shown` would raise at draw time, in the middle of validation)
+    fig.suptitle(f"{title}  |  {score}" if title else score, fontsize=10, parse_math=False)
     return fig
 
 
