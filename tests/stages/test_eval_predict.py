@@ -68,12 +68,16 @@ def test_damo_eval_writes_predictions_and_metrics_that_damo_score_agrees_with(
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in test_grounding)
+    assert not (out / "predictions.jsonl.partial").exists(), "renamed once every answer is in"
     for row in rows:
-        assert {"id", "question", "answer", "pred_spans", "gt_spans", "duration", "modality", "iou"} <= set(row)
+        assert {"id", "video", "question", "answer", "pred_spans", "gt_spans", "duration", "modality", "iou"} <= set(row)
+        assert Path(row["video"]).is_file()
         assert row["question"].startswith(("when", "at what time"))
         assert_spans_of_answer(row["pred_spans"], row["answer"], row["duration"], _timestamps(stage3_run))
     report = json.loads((out / "metrics.json").read_text())
     assert report["stage"] == "stage3" and report["split"] == "test"
+    assert report["settings"] == {"limit": None, "prompt_style": "plain", "batch_size": 16, "max_new_tokens": 24,
+                                  "annotations": [str(with_bad)]}
     metrics = report["metrics"]
     assert metrics["test/count"] == len(rows)
     assert json.loads(done.stdout) == metrics  # one JSON object, nothing else on stdout
@@ -333,3 +337,100 @@ def test_damo_eval_names_ordinary_mistakes(stage3_run: Path, synthetic_root: Pat
     if not torch.cuda.is_available():
         said = _eval_error(*common, "data.generate=null", "accelerator=gpu", f"out={tmp_path / 'eval'}")
         assert said.startswith("damo-eval: accelerator=gpu: this machine has no CUDA GPU (use accelerator=cpu or auto)")
+
+
+# ---------------------------------------------------------------- what damo-eval writes, and keeps on a crash
+def _eval_words(stage3_run: Path, synthetic_root: Path, *more: str) -> list[str]:
+    return [f"ckpt={stage3_run}", f"data.root={synthetic_root}", "data.generate=null", "data.num_workers=0",
+            f"data.decoded_cache_dir={synthetic_root / 'decoded'}", "accelerator=cpu", *more]
+
+
+def test_damo_eval_keeps_the_answers_given_before_a_crash(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evaluation that stops half way (here an error in its second batch; Ctrl-C goes the same
+    way) leaves the first batch's answers in predictions.jsonl.partial and says where; the next
+    evaluation into the folder removes them before it starts."""
+    from damo_lit.cli.eval import run_eval
+    from damo_lit.stages.temporal import TemporalStage
+
+    answer = TemporalStage.predict_step
+
+    def failing(self: Any, batch: Any, batch_idx: int, *args: Any) -> Any:
+        if batch_idx == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return answer(self, batch, batch_idx, *args)
+
+    out = tmp_path / "eval"
+    (out / "predictions.jsonl").parent.mkdir()
+    (out / "predictions.jsonl").write_text('{"id": "an older evaluation"}\n')
+    monkeypatch.setattr(TemporalStage, "predict_step", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_eval(compose("eval", _eval_words(stage3_run, synthetic_root, "batch_size=2", "limit=4", f"out={out}")))
+    kept = [json.loads(line) for line in (out / "predictions.jsonl.partial").read_text().splitlines()]
+    assert len(kept) == 2 and all(set(row) >= {"id", "answer", "pred_spans"} for row in kept)
+    assert not (out / "predictions.jsonl").exists(), "the older evaluation's file is not left beside this one's"
+    monkeypatch.setattr(TemporalStage, "predict_step", answer)
+    report = run_eval(compose("eval", _eval_words(stage3_run, synthetic_root, "batch_size=2", "limit=4", f"out={out}")))
+    assert report["settings"]["limit"] == 4
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl"]
+    assert [json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()][:2] == [
+        row["id"] for row in kept]
+
+
+def test_damo_eval_default_folders_keep_other_settings_apart(tmp_path: Path) -> None:
+    from damo_lit.cli.eval import default_output
+
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoints" / "step000600.ckpt"
+    run.mkdir()
+    assert default_output(run, "synthetic", "test", None, None) == run / "eval" / "synthetic_test"
+    assert default_output(ckpt, "synthetic", "test", None, None) == ckpt.parent / "eval" / "step000600_synthetic_test"
+    assert default_output(run, "charades_sta", "val", ["grounding", "dialogue"], 8) == (
+        run / "eval" / "charades_sta_val_grounding+dialogue_first8")
+
+
+# ---------------------------------------------------------------- the prompt style the checkpoint was trained with
+def _run_copy(stage3_run: Path, tmp_path: Path, **meta: Any) -> Path:
+    import shutil
+
+    copy = shutil.copytree(stage3_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    (copy / "stage.json").write_text(json.dumps({**json.loads((copy / "stage.json").read_text()), **meta}))
+    return copy
+
+
+def test_eval_and_predict_ask_in_the_prompt_style_the_checkpoint_was_trained_with(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """stage.json records data.prompt_style; a run trained with chat prompts is asked in chat
+    prompts (here the tiny tokenizer has no chat template, which shows that chat was used), and
+    prompt_style= (or data.prompt_style= for damo-eval) still chooses."""
+    assert json.loads((stage3_run / "stage.json").read_text())["prompt_style"] == "plain"
+    chat = _run_copy(stage3_run, tmp_path, prompt_style="chat")
+    video = f"video={_a_video(synthetic_root)}"
+    no_template = "chat template"
+    assert no_template in _predict_error(f"ckpt={chat}", video, "question=when?", "accelerator=cpu")
+    assert no_template in _eval_error(*_eval_words(chat, synthetic_root, "limit=2", f"out={tmp_path / 'e1'}"))
+    from damo_lit.cli.eval import main as damo_eval
+    from damo_lit.cli.predict import predict
+
+    assert predict(compose("predict", [f"ckpt={chat}", video, "question=when?", "accelerator=cpu",
+                                       "prompt_style=plain"]))["stage"] == "stage3"
+    damo_eval(_eval_words(chat, synthetic_root, "limit=2", "data.prompt_style=plain", f"out={tmp_path / 'e2'}"))
+    assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["settings"]["prompt_style"] == "plain"
+
+
+def test_damo_predict_checks_the_question_video_and_stage_before_building_the_model(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import damo_lit.cli.checkpoint as checkpoint
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was built before the input was checked")
+
+    monkeypatch.setattr(checkpoint, "load_stage", never)
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    video = f"video={_a_video(synthetic_root)}"
+    assert "question is empty" in _predict_error(f"ckpt={stage3_run}", video, "question=  ", "accelerator=cpu")
+    assert str(not_a_video) in _predict_error(f"ckpt={stage3_run}", f"video={not_a_video}", "question=when?",
+                                              "accelerator=cpu")
+    stage1 = _run_copy(stage3_run, tmp_path, stage="stage1")
+    assert _predict_error(f"ckpt={stage1}", video, "question=when?", "accelerator=cpu").startswith(
+        f"damo-predict: ckpt={stage1}: a stage1 checkpoint (video-text alignment) does not answer questions")

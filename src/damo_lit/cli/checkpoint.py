@@ -194,7 +194,7 @@ def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: boo
         span_parser = lambda text, duration: parse_spans(text, duration, fmt)  # noqa: E731
     init_from = None if state is not None else str(path)
     stage = cls(model_cfg=meta["model_cfg"], name=name, init_from=init_from, timestamps=meta.get("timestamps", "relative"),
-                span_parser=span_parser, trainable=meta.get("trainable"))
+                prompt_style=meta.get("prompt_style", "plain"), span_parser=span_parser, trainable=meta.get("trainable"))
     if state is not None:  # weights of other shapes: a CheckpointError naming both possible causes
         stage.load_state_dict(fitting_weights(stage.state_dict(), state, f"ckpt={path}", meta)[0], strict=False)
     return stage.eval()

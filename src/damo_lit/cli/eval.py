@@ -7,9 +7,20 @@ Stage 3 and 4 checkpoints generate an answer for every query, parse its spans an
 format damo-score grounding reads). Stage 1 and 2 checkpoints report their test figures
 (retrieval, loss); stage 1 also writes each caption's text-to-video result (predictions.jsonl:
 id, caption, video, rank, top_videos). metrics.json also counts the split's annotation fix-ups
-(`fixes`, under data.on_bad_window / on_bad_record) and decode failures. stdout carries the
-metrics JSON alone; progress bars and notes go to stderr. The config is conf/eval.yaml;
-`damo-eval --help` prints this text.
+(`fixes`, under data.on_bad_window / on_bad_record) and decode failures, and records the
+settings (limit, prompt_style, batch_size, max_new_tokens, annotation files). stdout carries the
+metrics JSON alone; progress bars and notes go to stderr.
+
+Answers are written to predictions.jsonl.partial as they come and renamed at the end: an
+evaluation stopped by Ctrl-C or a crash keeps what it answered. A new evaluation into the
+same folder first removes the old predictions.
+
+Keys (conf/eval.yaml): ckpt (run folder or .ckpt), data=<config> and data.* keys, split=val|test,
+tasks=[grounding,...] (default: the stage's own), limit=N (the first N samples),
+batch_size=16, max_new_tokens=24, accelerator=auto|cpu|gpu, prompt_style=plain|chat (default:
+the one the checkpoint was trained with), trust_remote_code=true, out=DIR (default:
+<run folder>/eval/<data>_<split>, or <folder>/eval/<ckpt name>_<data>_<split> for a .ckpt
+file, with _<tasks> and _first<N> added when tasks= or limit= are given).
 """
 
 from __future__ import annotations
@@ -113,6 +124,56 @@ def split_fixes(datamodule: Any, split: str) -> dict[str, int]:
     return fixes
 
 
+PREDICTIONS = "predictions.jsonl"
+
+
+def default_output(ckpt: Path, data: str, split: str, tasks: Sequence[str] | None, limit: int | None) -> Path:
+    """<run folder>/eval/<data>_<split> (a .ckpt file: <its folder>/eval/<file name>_<data>_<split>),
+    with the tasks and the limit when given: runs of other settings never overwrite each other."""
+    name = f"{data}_{split}" if ckpt.is_dir() else f"{ckpt.stem}_{data}_{split}"
+    if tasks:
+        name += "_" + "+".join(tasks)
+    if limit is not None:
+        name += f"_first{limit}"
+    return (ckpt if ckpt.is_dir() else ckpt.parent) / "eval" / name
+
+
+def prediction_writer(path: Path) -> Any:
+    """A callback that appends each predicted batch's rows to `path`.partial (flushed) and keeps
+    them in `.rows`; `finish()` renames the file to `path`. Stopped by Ctrl-C or an error, the
+    partial file keeps every answer given so far, and stderr says where it is."""
+    from lightning.pytorch.callbacks import Callback
+
+    class PredictionWriter(Callback):
+        def __init__(self) -> None:
+            self.partial = path.with_name(path.name + ".partial")
+            self.rows: list[dict[str, Any]] = []
+            self.handle: Any = None
+
+        def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+            self.handle = self.partial.open("w")
+
+        def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                 dataloader_idx: int = 0) -> None:
+            for row in outputs:
+                self.handle.write(json.dumps(row) + "\n")
+            self.handle.flush()
+            self.rows += outputs
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if self.handle is not None:
+                self.handle.close()
+                print(f"damo-eval stopped: the {len(self.rows)} answers given so far are in {self.partial}",
+                      file=sys.stderr)
+
+        def finish(self) -> list[dict[str, Any]]:
+            self.handle.close()
+            self.partial.replace(path)
+            return self.rows
+
+    return PredictionWriter()
+
+
 def output_folder(path: Path) -> Path:
     """Make damo-eval's output folder; one that cannot be made (a file in the way) is a ValueError
     naming out=, before anything slow has run when the user gave it."""
@@ -150,8 +211,13 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code))
     ckpt = Path(cfg.ckpt)
     tasks = list(given) if given else stage_eval_tasks(stage.stage_name)
+    prompt_style = cfg.prompt_style or stage.prompt_style
+    if prompt_style != stage.prompt_style:
+        print(f"damo-eval: the checkpoint was trained with prompt_style={stage.prompt_style}; asking with "
+              f"prompt_style={prompt_style} as told", file=sys.stderr)
     with open_dict(cfg):
         cfg.model = OmegaConf.create(stage.model_cfg)
+        cfg.data.prompt_style = prompt_style
     datamodule = instantiate(cfg.data, timestamps=stage.timestamps, eval_tasks=tasks, batch_size=cfg.batch_size,
                              max_samples_per_split=cfg.limit, _convert_="partial")
     datamodule.set_tokenizer(stage.tokenizer)
@@ -162,16 +228,18 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         raise NoSamplesError(f"{datamodule.describe_split(cfg.split)}: no sample to evaluate (tasks "
                              f"{', '.join(tasks)}); pick another split or data source (split=..., data=..., "
                              "data.splits.<split>=FILE)")
-    out = output_folder(Path(cfg.out) if cfg.out else
-                        (ckpt if ckpt.is_dir() else ckpt.parent) / "eval" / f"{datamodule.name}_{cfg.split}")
-    retrieval = retrieval_callback()
+    out = output_folder(Path(cfg.out) if cfg.out else default_output(ckpt, datamodule.name, cfg.split, given, cfg.limit))
+    for old in (out / PREDICTIONS, out / f"{PREDICTIONS}.partial"):  # another evaluation's: never left beside this one's
+        old.unlink(missing_ok=True)
+    retrieval, writer = retrieval_callback(), prediction_writer(out / PREDICTIONS)
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False,
-                        callbacks=[RichProgressBar(console_kwargs={"stderr": True}), retrieval])
-    if hasattr(stage, "max_new_tokens"):
+                        callbacks=[RichProgressBar(console_kwargs={"stderr": True}), retrieval, writer])
+    generates = hasattr(stage, "max_new_tokens")
+    if generates:
         stage.max_new_tokens = int(cfg.max_new_tokens)
-        rows = [row for batch_rows in trainer.predict(stage, dataloaders=loader) for row in batch_rows]
-        write_rows(out / "predictions.jsonl", rows)
+        trainer.predict(stage, dataloaders=loader, return_predictions=False)
+        rows = writer.finish()
         values = {f"{cfg.split}/{k}": v for k, v in grounding_figures(rows).items()}
         present = sorted({r["task"] for r in rows})
         if len(present) > 1:  # as the stage logs them: over all queries, and per task apart
@@ -182,11 +250,14 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         results = trainer.test(stage, dataloaders=loader, verbose=False)
         values = {k.replace("test/", f"{cfg.split}/"): round(float(v), 6) for k, v in results[0].items()}
         if retrieval.rows:  # stage 1; stage 2's one figure is the LM loss, with nothing per query
-            write_rows(out / "predictions.jsonl", retrieval.rows)
+            write_rows(out / PREDICTIONS, retrieval.rows)
     failures = datamodule.decode_failures()
     report = {"ckpt": str(ckpt), "stage": stage.stage_name, "data": datamodule.name, "split": cfg.split,
               "tasks": tasks, "metrics": values, "decode_failures": {k: v for k, v in failures.items()},
-              "fixes": split_fixes(datamodule, cfg.split)}
+              "fixes": split_fixes(datamodule, cfg.split),
+              "settings": {"limit": cfg.limit, "prompt_style": prompt_style, "batch_size": int(cfg.batch_size),
+                           "max_new_tokens": int(cfg.max_new_tokens) if generates else None,
+                           "annotations": datamodule.split_files(cfg.split)}}
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     print(json.dumps(values, sort_keys=True))
     print(f"predictions and metrics: {out}", file=sys.stderr)
@@ -200,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     # besides the common mistakes (a checkpoint that cannot be used among them): a split without samples, a
     # synthetic set made with other parameters, a GPU this machine lacks, an output folder that cannot be made
+    # data.prompt_style, the data config's key, means what prompt_style= means here (the default
+    # being the checkpoint's, not the data config's plain)
+    argv = [f"prompt_style={a.partition('=')[2]}" if a.startswith("data.prompt_style=") else a for a in argv]
     with user_errors("damo-eval", ValueError), quiet_inference_logs():
         run_eval(compose("eval", argv))
 

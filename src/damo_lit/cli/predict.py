@@ -10,8 +10,13 @@ parsed as Hydra overrides. Every other word is a Hydra override of conf/predict.
 Works on any MP4, including one without an audio track (the audio is masked, not an error).
 Spans are in seconds, parsed from the answer in the checkpoint's timestamp format. Other keys:
 accelerator=auto|cpu|gpu (auto: a GPU when there is one), max_new_tokens=24,
-prompt_style=plain|chat (chat: the tokenizer's chat template, for real LLMs), trust_remote_code=true
-(build a checkpoint whose stored model config runs code shipped with its weights, e.g. EVA-CLIP).
+prompt_style=plain|chat (chat: the tokenizer's chat template, for real LLMs; default: the one the
+checkpoint was trained with), trust_remote_code=true (build a checkpoint whose stored model config
+runs code shipped with its weights, e.g. EVA-CLIP).
+
+The question is checked and the video decoded before the model is built (minutes for a 7B LM),
+so that a typo costs nothing. A stage 3 or 4 checkpoint answers with timestamps; stage 2 answers
+without them (the JSON's "stage" says which answered); stage 1 does not answer questions.
 """
 
 from __future__ import annotations
@@ -64,29 +69,35 @@ def predict(cfg: Any, video: str | None = None, question: str | None = None) -> 
     import torch
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    from damo_lit.cli.checkpoint import load_stage
-    from damo_lit.data.decode import DecodeParams
-    from damo_lit.data.inference import question_batch
+    from damo_lit.cli.checkpoint import load_stage, read_checkpoint
+    from damo_lit.data.decode import DecodeParams, decode_video
+    from damo_lit.data.inference import checked_question, question_batch
 
     video = Path(cfg.video if video is None else video)
-    question = str(cfg.question if question is None else question)
+    question = checked_question(str(cfg.question if question is None else question))
     if not video.is_file():
         raise FileNotFoundError(f"video={video}: no such file")
     device = inference_device(cfg.accelerator)
-    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code)).to(device)
-    model_cfg = stage.model_cfg
+    meta, _ = read_checkpoint(cfg.ckpt)  # the stage and model config, before the model is built
+    if meta["stage"] == "stage1":
+        raise ValueError(f"ckpt={cfg.ckpt}: a stage1 checkpoint (video-text alignment) does not answer questions; "
+                         "use one of stage 3 or 4 (stage 2 answers without timestamps)")
+    model_cfg = meta["model_cfg"]
     params = DecodeParams(num_frames=model_cfg["num_frames"], frame_size=model_cfg["vision"]["image_size"],
                           num_audio_segments=model_cfg["num_audio_segments"],
                           audio_segment_frames=model_cfg["audio"]["segment_frames"],
                           n_mels=model_cfg["audio"]["n_mels"])
-    batch = question_batch(video, question, stage.tokenizer, params, prompt_style=cfg.get("prompt_style", "plain"))
+    decoded = decode_video(video, params)
+    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code)).to(device)
+    batch = question_batch(video, question, stage.tokenizer, params, decoded=decoded,
+                           prompt_style=cfg.get("prompt_style") or stage.prompt_style)
     batch = move_data_to_device(batch, device)
     with torch.no_grad():
         embeds = stage.soft_prompt(batch)
         answer = stage.generate_text(batch, embeds, int(cfg.max_new_tokens))[0]
     duration = float(batch["duration"][0])
     spans = stage.span_parser(answer, duration)
-    return {"video": str(video), "question": question, "answer": answer,
+    return {"video": str(video), "stage": stage.stage_name, "question": question, "answer": answer,
             "spans": [[round(s, 2), round(e, 2)] for s, e in spans], "duration": round(duration, 3),
             "has_audio": bool(batch["has_audio"][0])}
 

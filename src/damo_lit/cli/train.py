@@ -76,7 +76,8 @@ def build_stage(cfg: Any, **overrides: Any) -> Any:
 
     parser = functools.partial(parse_spans, fmt=cfg.timestamps)
     return instantiate(cfg.stage, model_cfg=OmegaConf.to_container(cfg.model, resolve=True),
-                       timestamps=cfg.timestamps, span_parser=parser, _convert_="partial", **overrides)  # fmt: skip
+                       timestamps=cfg.timestamps, prompt_style=cfg.data.get("prompt_style", "plain"), span_parser=parser,
+                       _convert_="partial", **overrides)  # fmt: skip
 
 
 def build_run(cfg: Any) -> tuple[Any, Any, Any]:

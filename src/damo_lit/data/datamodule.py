@@ -285,14 +285,19 @@ class DaMODataModule(L.LightningDataModule):
                 loaded.samples, loader, self.tokenizer, self.timestamps, self.prompt_style
             )
 
-    def describe_split(self, split: str) -> str:
-        """`data NAME, split SPLIT (annotation files)`: where a split's records come from, for messages."""
+    def split_files(self, split: str) -> list[str]:
+        """The annotation files a split's records come from, one per source that has the split."""
         files = []
         for spec in self.specs:
             try:
                 files.append(str(spec.annotation_file(split)))
             except ValueError:
                 continue
+        return files
+
+    def describe_split(self, split: str) -> str:
+        """`data NAME, split SPLIT (annotation files)`: where a split's records come from, for messages."""
+        files = self.split_files(split)
         return f"data {self.name}, split {split}" + (f" ({', '.join(files)})" if files else "")
 
     def _check_videos_present(self, split: str, samples: Sequence[Sample]) -> None:

@@ -10,20 +10,28 @@ from pathlib import Path
 from typing import Any
 
 from damo_lit.data.dataset import Collator
-from damo_lit.data.decode import DecodeParams, DecodeError, decode_video
+from damo_lit.data.decode import DecodedVideo, DecodeParams, DecodeError, decode_video
 from damo_lit.data.prompts import encode
 
 # The answer slot of the conversation; only the prompt before it is used.
 _PLACEHOLDER_ANSWER = "."
 
 
-def question_batch(video: str | Path, question: str, tokenizer: Any, params: DecodeParams,
-                   prompt_style: str = "plain") -> dict[str, Any]:
-    """A one-sample batch asking `question` about `video` (raises DecodeError for a bad file)."""
+def checked_question(question: str) -> str:
+    """The question without surrounding blanks; an empty one is a ValueError."""
     question = question.strip()
     if not question:
         raise ValueError("question is empty: ask something about the video")
-    decoded = decode_video(video, params)
+    return question
+
+
+def question_batch(video: str | Path, question: str, tokenizer: Any, params: DecodeParams,
+                   prompt_style: str = "plain", decoded: DecodedVideo | None = None) -> dict[str, Any]:
+    """A one-sample batch asking `question` about `video` (raises DecodeError for a bad file);
+    `decoded`, when given, is the video already decoded with `params`."""
+    question = checked_question(question)
+    if decoded is None:
+        decoded = decode_video(video, params)
     encoded = encode((("user", question), ("assistant", _PLACEHOLDER_ANSWER)), tokenizer, prompt_style)
     item = {
         "sample_id": Path(video).stem,
@@ -45,4 +53,4 @@ def question_batch(video: str | Path, question: str, tokenizer: Any, params: Dec
     return batch
 
 
-__all__ = ["DecodeError", "question_batch"]
+__all__ = ["DecodeError", "checked_question", "question_batch"]

@@ -215,6 +215,8 @@ class DaMOStage(L.LightningModule):
         trainable: module groups to train instead of the stage's default (null: the default).
         init_from: the previous stage's weights (its run folder or weights.safetensors).
         timestamps: relative | seconds, the timestamp text format (for the record in checkpoints).
+        prompt_style: plain | chat, how the data rendered prompts (data.prompt_style; recorded in
+            checkpoints so that damo-eval and damo-predict ask questions as the run was trained).
         span_parser: (text, duration) -> spans in seconds; handed in by the CLI.
         max_nonfinite_steps: steps in a row with a NaN or infinite loss (each skipped) that stop the run.
     """
@@ -235,6 +237,7 @@ class DaMOStage(L.LightningModule):
         trainable: Sequence[str] | None = None,
         init_from: str | None = None,
         timestamps: str = "relative",
+        prompt_style: str = "plain",
         span_parser: SpanParser | None = None,
         max_nonfinite_steps: int = 10,
         **stage_options: Any,
@@ -251,8 +254,10 @@ class DaMOStage(L.LightningModule):
         self.model_cfg = plain(model_cfg)
         self.stage_name = name
         self.timestamps = timestamps
+        self.prompt_style = prompt_style
         self.save_hyperparameters(
             {"model_cfg": self.model_cfg, "name": name, "scheduler": plain(scheduler), "timestamps": timestamps,
+             "prompt_style": prompt_style,
              "trainable": plain(trainable), "init_from": init_from, "max_nonfinite_steps": self.max_nonfinite_steps,
              **{k: plain(v) for k, v in stage_options.items()}}
         )
@@ -288,7 +293,7 @@ class DaMOStage(L.LightningModule):
 
     def stage_meta(self) -> dict[str, Any]:
         return {"stage": self.stage_name, "model_cfg": self.model_cfg, "timestamps": self.timestamps,
-                "trainable": self.trainable_groups}
+                "prompt_style": self.prompt_style, "trainable": self.trainable_groups}
 
     # -- the shared forward passes ---------------------------------------------------------------
     def media(self, batch: Mapping[str, Any]) -> MediaTokens:

@@ -59,12 +59,13 @@ class TemporalStage(DaMOStage):
         durations = batch["duration"].tolist()
         questions = batch.get("question") or [""] * len(texts)
         padding = batch["padding"].tolist() if "padding" in batch else [False] * len(texts)
+        videos = batch.get("video") or [None] * len(texts)
         for i, text in enumerate(texts):
             spans = self.span_parser(text, durations[i])
             gt = [tuple(map(float, s)) for s in batch["spans"][i]]
             top = spans[0] if spans else None
             rows.append({
-                "id": batch["sample_id"][i], "task": batch["task"][i], "modality": batch["modality"][i],
+                "id": batch["sample_id"][i], "video": videos[i], "task": batch["task"][i], "modality": batch["modality"][i],
                 "question": questions[i], "answer": text, "reference": batch["answer_text"][i],
                 "pred_spans": [list(s) for s in spans], "gt_spans": [list(s) for s in gt],
                 "duration": durations[i], "iou": span_iou(top, gt), "padding": bool(padding[i]),
