@@ -1,7 +1,8 @@
 # damo-lit: every target creates .venv on first use (torch==2.13.0 CPU first, so that no
 # dependency can pull a CUDA build), then runs. Hydra overrides are forwarded as key=value
 # words:  make stage3 trainer.devices=8 data=charades_sta
-# Overrides that are not key=value (e.g. ~key or +key) go in ARGS:  make stage3 ARGS="~logger"
+# Overrides that are not key=value words (~key, Hydra's -m) go in ARGS:  make stage3 ARGS="~logger"
+# A sweep:  make stage3 ARGS=-m model.fuseformer.depth=1,2,4   (make would take a bare -m itself)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -79,5 +80,6 @@ exp-priors: $(STAMP) ## what media-blind span priors reach on the test split (no
 	@test -f outputs/data/synthetic/synth.json || $(PY) -m damo_lit.cli.data synth --out outputs/data/synthetic
 	$(PY) experiments/priors/run.py $(ARGS)
 
-clean: ## remove outputs (keeps .venv)
-	rm -rf outputs multirun
+clean: ## remove runs, sweeps and caches under outputs/ and multirun/ (keeps outputs/data, where datasets live, and .venv)
+	@if [ -d outputs ]; then find outputs -mindepth 1 -maxdepth 1 ! -name data -exec rm -rf {} +; fi
+	rm -rf multirun

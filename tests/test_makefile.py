@@ -30,6 +30,13 @@ def test_stage3_forwards_overrides_in_order(repo_root):
     assert argv[1:] == ["stage=stage3_temporal", "a.b=1", "c=2", "d=x y"]
 
 
+def test_backslashes_reach_hydra_as_typed(repo_root):
+    """make doubles a backslash in MAKEOVERRIDES: `a\\,b` (Hydra's escaped comma) must go on as it was
+    typed, as damo-train given the same word directly gets it."""
+    typed = ["logger.wandb.group=a\\,b", "paths.x=C:\\data", "tag=a\\ b", "y=x\\\\y"]
+    assert _make(repo_root, "stage3", *typed)[1:] == ["stage=stage3_temporal", *typed]
+
+
 @pytest.mark.parametrize(
     ("target", "command"),
     [

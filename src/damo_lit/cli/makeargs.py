@@ -1,7 +1,7 @@
 """Turn the key=value words given to `make` back into Hydra overrides, in the order typed.
 
 make hands command-line variable assignments to recipes in $(MAKEOVERRIDES): in reverse order,
-separated by spaces, with spaces inside a value escaped as `\\ ` and `$` doubled. The Makefile
+separated by spaces, with spaces inside a value escaped as `\\ `, backslashes doubled and `$` doubled. The Makefile
 exports that string as DAMO_MAKE_OVERRIDES; this module parses it and runs the given command
 with the overrides appended. Words whose key is an upper-case make variable (ARGS, PYTEST_ARGS,
 ...) are not Hydra overrides and are not forwarded; ARGS="..." is split like a shell line and
@@ -21,14 +21,16 @@ _MAKE_VARIABLE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 def split_make_overrides(raw: str) -> list[str]:
-    """Split $(MAKEOVERRIDES) into words: unescaped spaces separate, `\\ ` is a literal space."""
+    """Split $(MAKEOVERRIDES) into words: unescaped spaces separate; make escapes a space as `\\ `
+    and a backslash as `\\\\`, so a backslash gives the character after it (`a\\,b` typed arrives
+    as `a\\\\,b` and goes on as `a\\,b`, as damo-train given it directly would get it)."""
     words: list[str] = []
     current: list[str] = []
     i = 0
     while i < len(raw):
         ch = raw[i]
-        if ch == "\\" and i + 1 < len(raw) and raw[i + 1] == " ":
-            current.append(" ")
+        if ch == "\\" and i + 1 < len(raw):
+            current.append(raw[i + 1])
             i += 2
             continue
         if ch == " ":
