@@ -103,7 +103,9 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
 
         check_tower_weights(cache[1], stage.model, cache[0])
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    progress_off = cfg.trainer.get("enable_progress_bar") is False  # Lightning refuses a bar callback then
+    callbacks = [instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
+                 if c is not None and not (progress_off and name == "progress_bar")]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="partial")
     return stage, datamodule, trainer
 
@@ -338,14 +340,20 @@ def run(cfg: Any) -> dict[str, float]:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = check_resume_from(cfg.get("resume_from"), last_checkpoint(cfg, out_dir))
     check_resume_checkpoint(resume_from, cfg)
+    testing = cfg.get("test_after_fit", True)
+    if not isinstance(testing, bool):  # bool("no") would be true
+        raise ValueError(f"test_after_fit={testing}: expected true or false")
     stage, datamodule, trainer = build_run(cfg)
-    testing = bool(cfg.get("test_after_fit", True))
     if testing:
         datamodule.fit_also_sets_up = ("test",)
     if getattr(stage, "init_report", None) is not None:
         report = stage.init_report
         log.info("started from %s: %d tensors loaded, %d not in this model",
                  report.path, len(report.loaded), len(report.unexpected))
+    elif stage.stage_name != "stage1" and resume_from is None:
+        log.warning("%s starts without stage.init_from: what earlier stages train (the projector, the "
+                    "Fuseformer, ...) starts untrained here (make demo and the experiments hand each stage the "
+                    "previous one's run folder)", stage.stage_name)
     fit(trainer, stage, datamodule, resume_from)
     retire_requeue_checkpoints(trainer)
     metrics = _plain_metrics(dict(trainer.callback_metrics))
