@@ -194,6 +194,31 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(
     assert_same_weights(resumed.weights(), reference.weights())
 
 
+def test_ctrl_c_saves_a_checkpoint_after_the_step_and_exits_130(clean_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches every process of the job (here the whole process group: the
+    run, its loader worker and the fork server): training stops after the current step with
+    checkpoints/interrupted.ckpt at a consistent position, instead of losing what followed the
+    last periodic checkpoint; the worker keeps serving until then."""
+    from damo_lit.cli.train import INTERRUPTED_EXIT_CODE
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(train_command(out, resume_overrides(clean_root, "data.num_workers=1")),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                               start_new_session=True)  # fmt: skip
+    _wait_for(out / "checkpoints" / "step000002.ckpt", process)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == INTERRUPTED_EXIT_CODE, stderr[-3000:]
+    saved = out / "checkpoints" / "interrupted.ckpt"
+    assert "stopped by Ctrl-C" in stdout + stderr and f"resume with resume_from={saved}" in stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    checkpoint = torch.load(saved, map_location="cpu", weights_only=True)
+    step = checkpoint["global_step"]
+    assert 2 <= step < STEPS
+    position = checkpoint["DaMODataModule"]["train_position"]
+    assert (position["epoch"], position["batches"]) == divmod(step, PER_EPOCH)
+
+
 def test_resume_refuses_a_checkpoint_that_lacks_trained_weights(
         reference: Run, clean_root: Path, tmp_path: Path) -> None:
     checkpoint = torch.load(reference.out / "checkpoints" / "step000004.ckpt", map_location="cpu", weights_only=True)

@@ -53,7 +53,7 @@ def test_a_run_folder_names_the_checkpoint_in_it(finished: Path, clean_root: Pat
             f"checkpoint file: resume_from={last}")
     (tmp_path / "empty").mkdir()
     assert resume_mistake(clean_root, tmp_path / "run", tmp_path / "empty").endswith(
-        "takes a Lightning checkpoint file: RUN/checkpoints/last.ckpt (or preempted.ckpt, nonfinite.ckpt)")
+        "takes a Lightning checkpoint file: RUN/checkpoints/last.ckpt (or preempted.ckpt, interrupted.ckpt, nonfinite.ckpt)")
     sharded = tmp_path / "sharded.ckpt"  # what trainer=fsdp saves: a folder with DCP's index
     sharded.mkdir()
     (sharded / DCP_METADATA).write_bytes(b"")

@@ -16,7 +16,8 @@ a new stage.optimizer.lr or weight_decay on the resume command replaces the chec
 
 On SIGTERM (preemption) the run saves checkpoints/preempted.ckpt after the current batch and exits
 with PREEMPTED_EXIT_CODE (143, 128 + SIGTERM), so that a scheduler or a `&&` chain sees an
-unfinished stage; see docs/reliability.md.
+unfinished stage; see docs/reliability.md. A first Ctrl-C does the same with
+checkpoints/interrupted.ckpt and INTERRUPTED_EXIT_CODE (130); a second one stops at once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from damo_lit.cli.common import CONF_DIR, check_conf_dir, register_resolvers, us
 log = logging.getLogger("damo_lit.train")
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped early, resumable from checkpoints/preempted.ckpt
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: stopped by Ctrl-C, resumable from checkpoints/interrupted.ckpt
 RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 
@@ -174,7 +176,7 @@ def check_checkpoint_folder(folder: Path) -> None:
     if (folder / DCP_METADATA).is_file():
         return
     found = next((c for c in (folder / "checkpoints" / "last.ckpt", folder / "last.ckpt") if c.exists()), None)
-    instead = f"resume_from={found}" if found else "RUN/checkpoints/last.ckpt (or preempted.ckpt, nonfinite.ckpt)"
+    instead = f"resume_from={found}" if found else "RUN/checkpoints/last.ckpt (or preempted.ckpt, interrupted.ckpt, nonfinite.ckpt)"
     raise CheckpointError(f"resume_from={folder} is a folder, not a checkpoint; resume_from takes a Lightning "
                           f"checkpoint file: {instead}")
 
@@ -262,7 +264,7 @@ def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> N
     from wandb.errors import CommError
 
     from damo_lit.cli.checkpoint import DCP_METADATA, UnsafeCheckpointError
-    from damo_lit.stages.callbacks import interrupt_checkpoint
+    from damo_lit.stages.callbacks import interrupt_checkpoint, interrupted_by_user
     from damo_lit.stages.fsdp import uses_fsdp
 
     # A sharded (FSDP) folder: the FSDP strategy checks it for pickled objects before loading it.
@@ -284,8 +286,9 @@ def fit(trainer: Any, stage: Any, datamodule: Any, resume_from: str | None) -> N
     except SIGTERMException:
         saved = interrupt_checkpoint(trainer)
         where = f"resume with resume_from={saved}" if saved else "no checkpoint saved (callbacks.interrupt_checkpoint is off)"
-        log.warning("stopped by SIGTERM at step %d: %s", trainer.global_step, where)
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        by_user = interrupted_by_user(trainer)
+        log.warning("stopped by %s at step %d: %s", "Ctrl-C" if by_user else "SIGTERM", trainer.global_step, where)
+        raise SystemExit(INTERRUPTED_EXIT_CODE if by_user else PREEMPTED_EXIT_CODE) from None
     except CommError as err:  # an online W&B run starts at fit's set-up (wandb.init, after WANDB_INIT_TIMEOUT)
         raise WandbUnreachableError(err) from err
 

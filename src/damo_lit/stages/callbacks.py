@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -173,35 +175,70 @@ class StageProgressBar(RichProgressBar):
 
 class InterruptCheckpoint(L.Callback):
     """A checkpoint to resume from when fit stops early: on SIGTERM (preemption; Lightning stops
-    after the current batch) DIR/preempted.ckpt, and on NonFiniteLossError DIR/nonfinite.ckpt (the
-    weights of the last good step: non-finite steps never updated them).
+    after the current batch) DIR/preempted.ckpt, on a first Ctrl-C (SIGINT, taken as SIGTERM is:
+    after the current batch) DIR/interrupted.ckpt, and on NonFiniteLossError DIR/nonfinite.ckpt
+    (the weights of the last good step: non-finite steps never updated them). A second Ctrl-C
+    stops at once, as Lightning does, without a checkpoint.
 
-    Every rank gets here together (the SIGTERM flag and the non-finite flag are shared across
-    ranks), which the collective save needs. `saved` holds the path written, if any.
+    Every rank gets here together (the SIGTERM flag, which a terminal's Ctrl-C sets on every rank,
+    and the non-finite flag are shared across ranks), which the collective save needs. `saved`
+    holds the path written, if any; `interrupted` is true after a Ctrl-C.
     """
 
     FILES: tuple[tuple[type[BaseException], str, str], ...] = (
         (SIGTERMException, "preempted.ckpt", "SIGTERM (preemption)"),
         (NonFiniteLossError, "nonfinite.ckpt", "non-finite losses"),
     )
+    CTRL_C = ("interrupted.ckpt", "Ctrl-C")
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self.saved: Path | None = None
+        self.interrupted = False
+        self._previous_sigint: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread
+
+        def first_ctrl_c(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            # Lightning stops after the current batch, as for SIGTERM (Trainer.received_sigterm reads
+            # its signal connector's flag, which the connector's own SIGTERM handler sets)
+            trainer._signal_connector.received_sigterm = True
+            self._restore_sigint()  # a second press raises KeyboardInterrupt at once
+            if trainer.is_global_zero:
+                log.warning("Ctrl-C: stopping after the current step to save a checkpoint (press again to stop now)")
+
+        self._previous_sigint = signal.signal(signal.SIGINT, first_ctrl_c)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
         if trainer.state.fn != TrainerFn.FITTING:
             return
         match = next(((name, why) for kind, name, why in self.FILES if isinstance(exception, kind)), None)
         if match is None:
             return
-        name, why = match
+        name, why = self.CTRL_C if self.interrupted and isinstance(exception, SIGTERMException) else match
         path = self.dirpath / name
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume from
         self.saved = path
         if trainer.is_global_zero:
             log.warning("training stopped by %s at step %d (epoch %d): saved %s; resume with resume_from=%s",
                         why, trainer.global_step, trainer.current_epoch, path, path)
+
+
+def interrupted_by_user(trainer: L.Trainer) -> bool:
+    """True when fit stopped on a Ctrl-C that an InterruptCheckpoint of this trainer took."""
+    return any(isinstance(cb, InterruptCheckpoint) and cb.interrupted for cb in trainer.callbacks)
 
 
 def interrupt_checkpoint(trainer: L.Trainer) -> Any:
