@@ -36,3 +36,40 @@ def test_a_later_stage_without_init_from_says_it_starts_untrained(
     with caplog.at_level(logging.WARNING, logger="damo_lit.train"):
         run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *ONE_STEP], tmp_path))
     assert "stage3 starts without stage.init_from" in caplog.text
+
+
+def test_a_run_folder_of_another_stage_is_refused(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """Stage 2 into stage 3's finished folder would replace its weights and keep its adapter and
+    checkpoints beside them; refused before anything is built."""
+    (tmp_path / "stage.json").write_text('{"stage": "stage3", "model_cfg": {}}')
+    with pytest.raises(ValueError, match=f"hydra.run.dir={tmp_path} holds a finished stage3 run \\(stage.json\\); "
+                                         "a stage2 run there would mix their files"):
+        run(compose_run("train", ["stage=stage2_bridge", *tiny_overrides, *ONE_STEP], tmp_path))
+
+
+def test_the_same_stage_again_replaces_its_checkpoints(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """A rerun into the same folder (make demo's) replaces last.ckpt: Lightning would write
+    last-v1.ckpt beside the old one, and resume_from=last would then take the old run's."""
+    for _ in range(2):
+        run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *ONE_STEP], tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_run_folders_of_slurm_jobs_are_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An array's jobs start in the same second: the job and task ids keep their folders apart."""
+    from omegaconf import OmegaConf
+
+    from damo_lit.cli.common import register_resolvers
+
+    register_resolvers()
+    folder = OmegaConf.create({"dir": "outputs/run${slurm_job_suffix:}"})
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert folder.dir == "outputs/run"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert folder.dir == "outputs/run_job4242"
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert folder.dir == "outputs/run_job4242_3"
+    hydra_conf = Path(__file__).parents[2] / "conf" / "hydra" / "default.yaml"
+    hydra = OmegaConf.to_container(OmegaConf.load(hydra_conf), resolve=False)
+    assert all(d.endswith("${slurm_job_suffix:}") for d in (hydra["run"]["dir"], hydra["sweep"]["dir"]))

@@ -58,10 +58,23 @@ def quiet_inference_logs() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def slurm_job_suffix() -> str:
+    """`_job<SLURM_JOB_ID>[_<SLURM_ARRAY_TASK_ID>]` inside a SLURM job, else "": the jobs of an
+    array start in the same second, and a run folder named by the time alone would be shared."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return ""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"_job{job}" + (f"_{task}" if task else "")
+
+
 def register_resolvers() -> None:
-    """OmegaConf resolvers used by conf/: ${project_root:} is the folder that holds conf/."""
+    """OmegaConf resolvers used by conf/: ${project_root:} is the folder that holds conf/;
+    ${slurm_job_suffix:} names the SLURM job in run folders (empty outside SLURM)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("slurm_job_suffix"):
+        OmegaConf.register_new_resolver("slurm_job_suffix", slurm_job_suffix)
 
 
 def check_conf_dir() -> None:

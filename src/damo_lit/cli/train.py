@@ -181,6 +181,21 @@ def check_checkpoint_folder(folder: Path) -> None:
                           f"checkpoint file: {instead}")
 
 
+def check_run_folder(out_dir: Path, stage_name: str) -> None:
+    """Refuse a run folder that holds another stage's finished run: its weights, stage.json and
+    metrics would be replaced while its adapter/ and checkpoints stayed beside them, and
+    `resume_from=last` would find its last.ckpt. (The same stage again, as `make demo` reruns, is
+    a new run of that stage: its files replace the old ones.)"""
+    from damo_lit.stages.weights import META_FILE, read_meta_file
+
+    if not (out_dir / META_FILE).is_file():
+        return
+    other = read_meta_file(out_dir / META_FILE).get("stage")
+    if other != stage_name:
+        raise ValueError(f"hydra.run.dir={out_dir} holds a finished {other} run ({META_FILE}); a {stage_name} run "
+                         "there would mix their files: give this run another folder")
+
+
 def last_checkpoint(cfg: Any, out_dir: Path) -> Path:
     """Where this run's ModelCheckpoint keeps last.ckpt (RUN/checkpoints unless configured otherwise)."""
     from omegaconf import OmegaConf
@@ -341,6 +356,7 @@ def run(cfg: Any) -> dict[str, float]:
     from damo_lit.stages.fsdp import uses_fsdp
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_run_folder(out_dir, str(cfg.stage.name))
     resume_from = check_resume_from(cfg.get("resume_from"), last_checkpoint(cfg, out_dir))
     check_resume_checkpoint(resume_from, cfg)
     testing = cfg.get("test_after_fit", True)
