@@ -11,7 +11,8 @@ from damo_lit.cli.loggers import wandb_logger
 
 @pytest.fixture
 def clean_wandb_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR",
+                "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: no credentials
 
@@ -51,6 +52,22 @@ def test_wandb_logger_goes_online_with_credentials(clean_wandb_env, credentials:
         (home / ".netrc").chmod(0o600)
     logger = wandb_logger(project="p", save_dir=str(tmp_path / "run"))
     assert logger._wandb_init["mode"] == "online" and os.environ["WANDB_MODE"] == "online"
+
+
+def test_a_self_hosted_login_is_kept(clean_wandb_env, tmp_path: Path) -> None:
+    """`wandb login --host https://wandb.example.com` leaves base_url in ~/.config/wandb/settings and
+    the key in ~/.netrc under that host: the run goes online to that server, though its own config
+    folder (inside the run folder) lacks the setting."""
+    import os
+
+    home = tmp_path / "home"
+    (home / ".config" / "wandb").mkdir(parents=True)
+    (home / ".config" / "wandb" / "settings").write_text("[default]\nbase_url = https://wandb.example.com\n")
+    (home / ".netrc").write_text("machine wandb.example.com\n  login user\n  password " + "0" * 40 + "\n")
+    (home / ".netrc").chmod(0o600)
+    logger = wandb_logger(project="p", save_dir=str(tmp_path / "run"))
+    assert logger._wandb_init["mode"] == "online"
+    assert os.environ["WANDB_BASE_URL"] == "https://wandb.example.com"
 
 
 def test_wandb_mode_set_by_the_user_wins(clean_wandb_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
