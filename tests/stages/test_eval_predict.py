@@ -434,3 +434,24 @@ def test_damo_predict_checks_the_question_video_and_stage_before_building_the_mo
     stage1 = _run_copy(stage3_run, tmp_path, stage="stage1")
     assert _predict_error(f"ckpt={stage1}", video, "question=when?", "accelerator=cpu").startswith(
         f"damo-predict: ckpt={stage1}: a stage1 checkpoint (video-text alignment) does not answer questions")
+
+
+# ---------------------------------------------------------------- model.* keys change the checkpoint's model config
+def test_model_keys_change_the_checkpoints_model_config(stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """model.KEY=VALUE applies to the config stored in the checkpoint (it was ignored: the eval
+    config's own model group was replaced by the checkpoint's); model=NAME is refused, since the
+    weights fit the checkpoint's model only."""
+    from damo_lit.cli.checkpoint import load_stage
+    from damo_lit.cli.common import split_model_overrides
+
+    assert split_model_overrides(["split=val", "model.num_frames=4", "+model.x.y=1"], "damo-eval") == (
+        ["num_frames=4", "x.y=1"], ["split=val"])
+    stage = load_stage(stage3_run, model_overrides=["num_frames=4"])
+    assert stage.model_cfg["num_frames"] == 4 and stage.model_cfg["vision"] == json.loads(
+        (stage3_run / "stage.json").read_text())["model_cfg"]["vision"]
+    said = _eval_error(*_eval_words(stage3_run, synthetic_root, "model.fuseformer.hidden=64", f"out={tmp_path}"))
+    assert "do not fit this model" in said, said  # the narrower Fuseformer was built: the override applied
+    for error in (_eval_error(*_eval_words(stage3_run, synthetic_root, "model=damo_paper")),
+                  _predict_error(f"ckpt={stage3_run}", f"video={_a_video(synthetic_root)}", "question=when?",
+                                 "model=damo_paper")):
+        assert "model=damo_paper: the model config is the checkpoint's; change single keys of it" in error

@@ -170,18 +170,31 @@ def remote_code_parts(model_cfg: Mapping[str, Any]) -> list[str]:
             if isinstance(model_cfg.get(part), Mapping) and model_cfg[part].get("trust_remote_code")]
 
 
-def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: bool = False) -> Any:
+def with_model_overrides(model_cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The checkpoint's model config with `KEY=VALUE` overrides (dotted keys) applied."""
+    from omegaconf import OmegaConf
+
+    if not overrides:
+        return dict(model_cfg)
+    merged = OmegaConf.merge(OmegaConf.create(dict(model_cfg)), OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: bool = False,
+               model_overrides: Sequence[str] = ()) -> Any:
     """The stage module with the checkpoint's weights, in eval mode.
 
-    The model is rebuilt from the config stored in the checkpoint. Where that config sets
-    `trust_remote_code`, building it would run code named by a file the user may have downloaded:
-    refused unless the caller says `trust_remote_code=True`."""
+    The model is rebuilt from the config stored in the checkpoint, with `model_overrides`
+    (`KEY=VALUE`, keys of the model config) applied. Where that config sets `trust_remote_code`,
+    building it would run code named by a file the user may have downloaded: refused unless the
+    caller says `trust_remote_code=True`."""
     import importlib
 
     from damo_lit.cli.model import ensure_model_parts
     from damo_lit.data.timestamps import parse_spans
 
     meta, state = read_checkpoint(path)
+    meta = {**meta, "model_cfg": with_model_overrides(meta["model_cfg"], model_overrides)}
     remote = remote_code_parts(meta["model_cfg"])
     if remote and not trust_remote_code:
         raise RemoteCodeCheckpointError(f"ckpt={path}", remote)

@@ -68,6 +68,28 @@ def slurm_job_suffix() -> str:
     return f"_job{job}" + (f"_{task}" if task else "")
 
 
+def split_model_overrides(words: Sequence[str], prog: str) -> tuple[list[str], list[str]]:
+    """(model.* overrides without the `model.` prefix, the other words) of an inference command
+    line: the model config comes from the checkpoint, and `model.KEY=VALUE` changes a key of it
+    (e.g. where the LM's weights are on this machine). `model=NAME` would replace it whole, which
+    the checkpoint's weights would not fit: refused."""
+    model, rest = [], []
+    for word in words:
+        bare = word.lstrip("+")
+        key = bare.lstrip("~").partition("=")[0]
+        if key == "model":
+            raise ValueError(f"{prog}: {word}: the model config is the checkpoint's; change single keys of it "
+                             "with model.KEY=VALUE (e.g. model.llm.name_or_path=/local/copy)")
+        if not key.startswith("model."):
+            rest.append(word)
+        elif bare.startswith("~"):
+            raise ValueError(f"{prog}: {word}: a key of the checkpoint's model config cannot be removed; "
+                             "set it with model.KEY=VALUE")
+        else:
+            model.append(bare[len("model."):])
+    return model, rest
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers used by conf/: ${project_root:} is the folder that holds conf/;
     ${slurm_job_suffix:} names the SLURM job in run folders (empty outside SLURM)."""

@@ -18,7 +18,8 @@ same folder first removes the old predictions.
 Keys (conf/eval.yaml): ckpt (run folder or .ckpt), data=<config> and data.* keys, split=val|test,
 tasks=[grounding,...] (default: the stage's own), limit=N (the first N samples),
 batch_size=16, max_new_tokens=24, accelerator=auto|cpu|gpu, prompt_style=plain|chat (default:
-the one the checkpoint was trained with), trust_remote_code=true, out=DIR (default:
+the one the checkpoint was trained with), trust_remote_code=true, model.KEY=VALUE (a key of
+the checkpoint's model config, e.g. model.llm.name_or_path=/local/copy), out=DIR (default:
 <run folder>/eval/<data>_<split>, or <folder>/eval/<ckpt name>_<data>_<split> for a .ckpt
 file, with _<tasks> and _first<N> added when tasks= or limit= are given).
 """
@@ -30,7 +31,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from damo_lit.cli.common import CONF_DIR, compose, quiet_inference_logs, unwritable_reason, user_errors
+from damo_lit.cli.common import (
+    CONF_DIR, compose, quiet_inference_logs, split_model_overrides, unwritable_reason, user_errors,
+)  # fmt: skip
 from damo_lit.cli.predict import inference_device
 
 TOP_VIDEOS = 10  # retrieved videos listed per stage 1 query
@@ -185,7 +188,9 @@ def output_folder(path: Path) -> Path:
     return path
 
 
-def run_eval(cfg: Any) -> dict[str, Any]:
+def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate cfg.ckpt as conf/eval.yaml describes; `model_overrides` (`KEY=VALUE`) change keys
+    of the checkpoint's model config."""
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import RichProgressBar
@@ -208,7 +213,9 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     inference_device(cfg.accelerator)  # a GPU this machine lacks: said now, not by Lightning after the set-up
     if cfg.out:
         output_folder(Path(cfg.out))
-    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code))
+    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code), model_overrides=model_overrides)
+    if model_overrides:
+        print(f"damo-eval: the checkpoint's model config with model.{', model.'.join(model_overrides)}", file=sys.stderr)
     ckpt = Path(cfg.ckpt)
     tasks = list(given) if given else stage_eval_tasks(stage.stage_name)
     prompt_style = cfg.prompt_style or stage.prompt_style
@@ -256,6 +263,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
               "tasks": tasks, "metrics": values, "decode_failures": {k: v for k, v in failures.items()},
               "fixes": split_fixes(datamodule, cfg.split),
               "settings": {"limit": cfg.limit, "prompt_style": prompt_style, "batch_size": int(cfg.batch_size),
+                           "model_overrides": list(model_overrides),
                            "max_new_tokens": int(cfg.max_new_tokens) if generates else None,
                            "annotations": datamodule.split_files(cfg.split)}}
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
@@ -275,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # being the checkpoint's, not the data config's plain)
     argv = [f"prompt_style={a.partition('=')[2]}" if a.startswith("data.prompt_style=") else a for a in argv]
     with user_errors("damo-eval", ValueError), quiet_inference_logs():
-        run_eval(compose("eval", argv))
+        model_overrides, argv = split_model_overrides(argv, "damo-eval")
+        run_eval(compose("eval", argv), model_overrides)
 
 
 if __name__ == "__main__":

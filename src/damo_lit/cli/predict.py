@@ -12,7 +12,8 @@ Spans are in seconds, parsed from the answer in the checkpoint's timestamp forma
 accelerator=auto|cpu|gpu (auto: a GPU when there is one), max_new_tokens=24,
 prompt_style=plain|chat (chat: the tokenizer's chat template, for real LLMs; default: the one the
 checkpoint was trained with), trust_remote_code=true (build a checkpoint whose stored model config
-runs code shipped with its weights, e.g. EVA-CLIP).
+runs code shipped with its weights, e.g. EVA-CLIP), model.KEY=VALUE (a key of the checkpoint's
+model config, e.g. model.llm.name_or_path=/local/copy where the LM lives elsewhere here).
 
 The question is checked and the video decoded before the model is built (minutes for a 7B LM),
 so that a typo costs nothing. A stage 3 or 4 checkpoint answers with timestamps; stage 2 answers
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from damo_lit.cli.common import compose, quiet_inference_logs, user_errors
+from damo_lit.cli.common import compose, quiet_inference_logs, split_model_overrides, user_errors
 
 
 def inference_device(accelerator: str) -> "torch.device":
@@ -64,12 +65,14 @@ def split_words(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return literal, overrides
 
 
-def predict(cfg: Any, video: str | None = None, question: str | None = None) -> dict[str, Any]:
-    """Answer `question` about `video` (either one, when not given, from the config's key)."""
+def predict(cfg: Any, video: str | None = None, question: str | None = None,
+            model_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Answer `question` about `video` (either one, when not given, from the config's key);
+    `model_overrides` (`KEY=VALUE`) change keys of the checkpoint's model config."""
     import torch
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    from damo_lit.cli.checkpoint import load_stage, read_checkpoint
+    from damo_lit.cli.checkpoint import load_stage, read_checkpoint, with_model_overrides
     from damo_lit.data.decode import DecodeParams, decode_video
     from damo_lit.data.inference import checked_question, question_batch
 
@@ -82,13 +85,14 @@ def predict(cfg: Any, video: str | None = None, question: str | None = None) -> 
     if meta["stage"] == "stage1":
         raise ValueError(f"ckpt={cfg.ckpt}: a stage1 checkpoint (video-text alignment) does not answer questions; "
                          "use one of stage 3 or 4 (stage 2 answers without timestamps)")
-    model_cfg = meta["model_cfg"]
+    model_cfg = with_model_overrides(meta["model_cfg"], model_overrides)
     params = DecodeParams(num_frames=model_cfg["num_frames"], frame_size=model_cfg["vision"]["image_size"],
                           num_audio_segments=model_cfg["num_audio_segments"],
                           audio_segment_frames=model_cfg["audio"]["segment_frames"],
                           n_mels=model_cfg["audio"]["n_mels"])
     decoded = decode_video(video, params)
-    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code)).to(device)
+    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code), model_overrides=model_overrides)
+    stage = stage.to(device)
     batch = question_batch(video, question, stage.tokenizer, params, decoded=decoded,
                            prompt_style=cfg.get("prompt_style") or stage.prompt_style)
     batch = move_data_to_device(batch, device)
@@ -112,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # besides the common mistakes: an empty question, a GPU this machine lacks, a video that does not decode
     literal, overrides = split_words(argv)
     with user_errors("damo-predict", ValueError, DecodeError), quiet_inference_logs():
-        result = predict(compose("predict", overrides), **literal)
+        model_overrides, overrides = split_model_overrides(overrides, "damo-predict")
+        result = predict(compose("predict", overrides), **literal, model_overrides=model_overrides)
     print(json.dumps(result))
 
 
