@@ -77,7 +77,7 @@ def test_damo_eval_writes_predictions_and_metrics_that_damo_score_agrees_with(
     report = json.loads((out / "metrics.json").read_text())
     assert report["stage"] == "stage3" and report["split"] == "test"
     assert report["settings"] == {"limit": None, "prompt_style": "plain", "batch_size": 16, "max_new_tokens": 24,
-                                  "annotations": [str(with_bad)]}
+                                  "model_overrides": [], "annotations": [str(with_bad)]}
     metrics = report["metrics"]
     assert metrics["test/count"] == len(rows)
     assert json.loads(done.stdout) == metrics  # one JSON object, nothing else on stdout
