@@ -11,7 +11,7 @@ from damo_lit.cli.common import compose
 
 def description(max_epochs: int, max_steps: int, epoch: int = 0) -> str:
     """The epoch text of conf/callbacks/default.yaml's progress bar under such a trainer."""
-    bar = instantiate(compose("train", ["experiment=tiny_smoke"]).callbacks.progress_bar)
+    bar = instantiate(compose("train", ["experiment=tiny_smoke", "callbacks.progress_bar.style=rich"]).callbacks.progress_bar)
     trainer = L.Trainer(max_epochs=max_epochs, max_steps=max_steps, logger=False, enable_checkpointing=False,
                         callbacks=[bar], accelerator="cpu")  # fmt: skip
     bar.setup(trainer, None, "fit")

@@ -21,7 +21,8 @@ def test_progress_bar_off_needs_no_second_key(tiny_overrides: list[str], tmp_pat
     assert "trainer.enable_progress_bar=false" in overrides
     _, _, trainer = build_run(compose_run("train", ["stage=stage3_temporal", *overrides], tmp_path))
     assert trainer.progress_bar_callback is None
-    with_bar = [o for o in overrides if not o.startswith("trainer.enable_progress_bar")]
+    with_bar = [o for o in overrides if not o.startswith("trainer.enable_progress_bar")] + [
+        "callbacks.progress_bar.style=rich"]
     _, _, trainer = build_run(compose_run("train", ["stage=stage3_temporal", *with_bar], tmp_path / "bar"))
     assert type(trainer.progress_bar_callback).__name__ == "StageProgressBar"
 

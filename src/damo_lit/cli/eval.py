@@ -193,12 +193,12 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     of the checkpoint's model config."""
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import RichProgressBar
     from omegaconf import OmegaConf, open_dict
 
     from damo_lit.cli.checkpoint import load_stage
     from damo_lit.data.collection import check_tasks
     from damo_lit.data.datamodule import NoSamplesError
+    from damo_lit.stages.progress import progress_bar
 
     # damo-eval's own keys are checked here, so that the message names the key the user typed
     # (the datamodule would name data.eval_tasks and data.max_samples_per_split).
@@ -241,7 +241,7 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     retrieval, writer = retrieval_callback(), prediction_writer(out / PREDICTIONS)
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False,
-                        callbacks=[RichProgressBar(console_kwargs={"stderr": True}), retrieval, writer])
+                        callbacks=[progress_bar(stderr=True), retrieval, writer])
     generates = hasattr(stage, "max_new_tokens")
     if generates:
         stage.max_new_tokens = int(cfg.max_new_tokens)
