@@ -23,7 +23,7 @@ from damo_lit.cli.predict import main as damo_predict
     ("command", "argv", "message"),
     [
         (damo_eval, [], "damo-eval: Missing mandatory value: ckpt"),
-        (damo_eval, ["ckpt=/no/such/run"], "damo-eval: ckpt=/no/such/run: not a run folder or a .ckpt file"),
+        (damo_eval, ["ckpt=/no/such/run"], "damo-eval: ckpt=/no/such/run: no such file or folder"),
         (damo_eval, ["ckpt=x", "bogus.key=1"], "damo-eval: Could not override 'bogus.key'."),
         (damo_predict, ["ckpt=x", "video=/no/such.mp4", "question=when?"], "damo-predict: video=/no/such.mp4: no such file"),
         (damo_data, ["stats", "data=nope"], "damo-data stats: In 'data_stats': Could not find 'data/nope'"),

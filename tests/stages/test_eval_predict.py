@@ -455,3 +455,14 @@ def test_model_keys_change_the_checkpoints_model_config(stage3_run: Path, synthe
                   _predict_error(f"ckpt={stage3_run}", f"video={_a_video(synthetic_root)}", "question=when?",
                                  "model=damo_paper")):
         assert "model=damo_paper: the model config is the checkpoint's; change single keys of it" in error
+
+
+def test_damo_eval_names_a_missing_checkpoint_a_sharded_one_and_unscorable_tasks(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    assert _eval_error(f"ckpt={tmp_path / 'nope'}").startswith(f"damo-eval: ckpt={tmp_path / 'nope'}: no such file")
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()
+    (sharded / ".metadata").write_bytes(b"")
+    assert _eval_error(f"ckpt={sharded}").startswith(f"damo-eval: ckpt={sharded}: a sharded (FSDP) training checkpoint")
+    said = _eval_error(*_eval_words(stage3_run, synthetic_root, "tasks=[grounding,qa]", f"out={tmp_path / 'e'}"))
+    assert said.startswith("damo-eval: tasks=qa: a stage3 checkpoint is scored on the time spans of its answers")

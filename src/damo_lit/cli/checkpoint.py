@@ -95,6 +95,10 @@ def stage_meta_of(meta: Any, where: str) -> dict[str, Any]:
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """(stage meta, Lightning state dict or None when the weights are a stage folder's file)."""
     path = Path(path)
+    if path.is_dir() and (path / DCP_METADATA).is_file():
+        raise FileNotFoundError(f"ckpt={path}: a sharded (FSDP) training checkpoint, which only a resumed FSDP run "
+                                f"reads; give the run folder instead (an FSDP run also writes {WEIGHTS_FILE} and "
+                                f"{META_FILE} there)")
     if path.is_dir():
         meta_file = path / META_FILE
         if not (meta_file.is_file() and (path / WEIGHTS_FILE).is_file()):
@@ -107,6 +111,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             raise CheckpointError(f"ckpt={path}: not a damo-lit checkpoint (no 'damo' entry and 'state_dict': a "
                                   "Lightning checkpoint that damo-train saved has both)")
         return stage_meta_of(checkpoint["damo"], f"ckpt={path}"), checkpoint["state_dict"]
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt={path}: no such file or folder")
     raise FileNotFoundError(f"ckpt={path}: not a run folder or a .ckpt file")
 
 

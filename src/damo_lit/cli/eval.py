@@ -27,6 +27,7 @@ file, with _<tasks> and _first<N> added when tasks= or limit= are given).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -50,8 +51,6 @@ def stage_eval_tasks(stage_name: str) -> list[str]:
 
 def grounding_figures(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """GroundingMetrics over predicted rows (top-1 span of each), NaN figures left out."""
-    import math
-
     from damo_lit.metrics import GroundingMetrics
 
     metric = GroundingMetrics()
@@ -198,6 +197,7 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     from damo_lit.cli.checkpoint import load_stage
     from damo_lit.data.collection import check_tasks
     from damo_lit.data.datamodule import NoSamplesError
+    from damo_lit.data.schema import EVALUATED_BY_SPAN
     from damo_lit.stages.progress import progress_bar
 
     # damo-eval's own keys are checked here, so that the message names the key the user typed
@@ -217,6 +217,10 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     if model_overrides:
         print(f"damo-eval: the checkpoint's model config with model.{', model.'.join(model_overrides)}", file=sys.stderr)
     ckpt = Path(cfg.ckpt)
+    unscorable = [t for t in (given or []) if hasattr(stage, "max_new_tokens") and t not in EVALUATED_BY_SPAN]
+    if unscorable:  # their rows would count as misses in every grounding figure
+        raise SystemExit(f"damo-eval: tasks={','.join(unscorable)}: a {stage.stage_name} checkpoint is scored on "
+                         f"the time spans of its answers, which only {' and '.join(EVALUATED_BY_SPAN)} records hold")
     tasks = list(given) if given else stage_eval_tasks(stage.stage_name)
     prompt_style = cfg.prompt_style or stage.prompt_style
     if prompt_style != stage.prompt_style:
@@ -255,7 +259,9 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
                 values.update({f"{cfg.split}/{task}_{k}": v for k, v in figures.items()})
     else:
         results = trainer.test(stage, dataloaders=loader, verbose=False)
-        values = {k.replace("test/", f"{cfg.split}/"): round(float(v), 6) for k, v in results[0].items()}
+        # a non-finite figure (a NaN loss) is null: NaN is no JSON, and stdout must parse
+        values = {k.replace("test/", f"{cfg.split}/"): round(float(v), 6) if math.isfinite(float(v)) else None
+                  for k, v in results[0].items()}
         if retrieval.rows:  # stage 1; stage 2's one figure is the LM loss, with nothing per query
             write_rows(out / PREDICTIONS, retrieval.rows)
     failures = datamodule.decode_failures()
