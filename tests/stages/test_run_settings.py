@@ -4,6 +4,7 @@ test_after_fit given a word that is not a boolean, a later stage started without
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,31 @@ def test_run_folders_of_slurm_jobs_are_their_own(monkeypatch: pytest.MonkeyPatch
     hydra_conf = Path(__file__).parents[2] / "conf" / "hydra" / "default.yaml"
     hydra = OmegaConf.to_container(OmegaConf.load(hydra_conf), resolve=False)
     assert all(d.endswith("${slurm_job_suffix:}") for d in (hydra["run"]["dir"], hydra["sweep"]["dir"]))
+
+
+@pytest.mark.parametrize(("word", "expected"), [
+    ("trainer.max_steps=1O", "trainer.max_steps=1O: expected an integer (the default is"),
+    ("seed=abc", "seed=abc: expected an integer (the default is 42)"),
+    ("stage.optimizer.lr=fast", "stage.optimizer.lr=fast: expected a number (the default is 0.001)"),  # tiny_smoke's
+    ("test_after_fit=no", "test_after_fit=no: expected true or false (the default is True)"),
+    ("trainer.max_steps=2.5", "trainer.max_steps=2.5: expected an integer"),
+])
+def test_a_value_of_the_wrong_kind_names_its_key(word: str, expected: str) -> None:
+    """A word where the default is a number or a boolean failed deep in Lightning or torch without
+    naming the key (or, for a boolean, was read as true)."""
+    from damo_lit.cli.common import compose
+    from damo_lit.cli.train import check_override_types
+
+    overrides = ["experiment=tiny_smoke", word]
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        check_override_types(compose("train", overrides), overrides)
+
+
+def test_values_of_the_right_kind_pass() -> None:
+    from damo_lit.cli.common import compose
+    from damo_lit.cli.train import check_override_types
+
+    overrides = ["stage=stage3_temporal", "trainer=ddp", "trainer.devices=auto", "stage.optimizer.lr=1",
+                 "model.fuseformer.depth=2", "trainer.max_steps=3", "test_after_fit=false", "+extra.key=word",
+                 "data.root=/somewhere", "trainer.limit_val_batches=0.5", "callbacks.progress_bar=null"]
+    check_override_types(compose("train", overrides), overrides)

@@ -33,9 +33,9 @@ import pickle
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from damo_lit.cli.common import CONF_DIR, check_conf_dir, register_resolvers, user_errors
+from damo_lit.cli.common import CONF_DIR, check_conf_dir, compose, register_resolvers, user_errors
 
 log = logging.getLogger("damo_lit.train")
 
@@ -179,6 +179,50 @@ def check_checkpoint_folder(folder: Path) -> None:
     instead = f"resume_from={found}" if found else "RUN/checkpoints/last.ckpt (or preempted.ckpt, interrupted.ckpt, nonfinite.ckpt)"
     raise CheckpointError(f"resume_from={folder} is a folder, not a checkpoint; resume_from takes a Lightning "
                           f"checkpoint file: {instead}")
+
+
+# Keys whose default is a number but which also take words Lightning reads (devices=auto).
+OVERRIDE_TYPE_EXEMPT = ("trainer.devices",)
+
+
+def check_override_types(cfg: Any, overrides: Sequence[str]) -> None:
+    """Refuse a `key=value` override whose value is not of the kind the default it replaces is (a
+    word for a number or a boolean: `trainer.max_steps=1O`, `seed=abc`, `test_after_fit=no`): it
+    would fail deep inside Lightning or torch without naming the key, or be read as true. The
+    defaults are the config composed with the same config groups (experiment included) and none
+    of the single keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    keys = [o for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())]
+    groups = [o.input_line for o in parsed if (CONF_DIR / o.key_or_group.split("@")[0]).is_dir()]
+    defaults = _compose_inside_app("train", groups)
+    kinds = {bool: "true or false", int: "an integer", float: "a number"}
+    for override in keys:
+        key = override.key_or_group
+        if key in OVERRIDE_TYPE_EXEMPT or (CONF_DIR / key).is_dir():
+            continue
+        default = OmegaConf.select(defaults, key, default=None, throw_on_resolution_failure=False)
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        kind = type(default) if type(default) in kinds else None
+        if kind is None or value is None:
+            continue
+        fits = (isinstance(value, bool) if kind is bool else
+                isinstance(value, int) and not isinstance(value, bool) if kind is int else
+                isinstance(value, (int, float)) and not isinstance(value, bool))  # fmt: skip
+        if not fits:
+            raise ValueError(f"{override.input_line}: expected {kinds[kind]} (the default is {default})")
+
+
+def _compose_inside_app(config_name: str, overrides: Sequence[str]) -> Any:
+    """Compose a config whether or not Hydra's app (damo-train's @hydra.main) holds GlobalHydra."""
+    from hydra import compose as hydra_compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    return compose(config_name, overrides)
 
 
 def check_run_folder(out_dir: Path, stage_name: str) -> None:
@@ -356,6 +400,7 @@ def run(cfg: Any) -> dict[str, float]:
     from damo_lit.stages.fsdp import uses_fsdp
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_override_types(cfg, list(HydraConfig.get().overrides.task))
     check_run_folder(out_dir, str(cfg.stage.name))
     resume_from = check_resume_from(cfg.get("resume_from"), last_checkpoint(cfg, out_dir))
     check_resume_checkpoint(resume_from, cfg)
