@@ -210,6 +210,36 @@ def test_a_sub_stream_that_fails_its_check_is_written_again_not_kept(
     assert _incomplete(folder, 20) == "no damo_written.json: its write did not finish (or predates damo_written.json)"
 
 
+def test_a_sub_stream_of_other_content_is_written_again(
+    video_stream: Path, data_overrides: list[str], tmp_path: Path
+) -> None:
+    """Same sample count, other content (another feature cache, edited records, regenerated
+    videos): rewritten, never kept and served as this run's data."""
+    from types import SimpleNamespace
+
+    from damo_lit.data.streaming import content_digest
+
+    stream = tmp_path / "stream"
+    shutil.copytree(video_stream, stream)
+    written = stream / "train" / "grounding" / "damo_written.json"
+    marker = json.loads(written.read_text())
+    written.write_text(json.dumps({**marker, "content": "0" * 64}))
+    with pytest.warns(RuntimeWarning, match="written from other content"):
+        report = _write([*data_overrides, f"out={stream}", *VIDEO_STREAM])
+    assert list(report["rewritten"]) == ["train/grounding"]
+    assert json.loads(written.read_text())["content"] == marker["content"], "the same inputs give the same digest"
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    entries = [('{"id": "a"}', str(video), "v")]
+    base = content_digest(entries, None)
+    assert content_digest([('{"id": "b"}', str(video), "v")], None) != base  # an edited record
+    video.write_bytes(b"xy")
+    assert content_digest(entries, None) != base  # another file
+    one, two = SimpleNamespace(manifest={"tower_weights": "a"}), SimpleNamespace(manifest={"tower_weights": "b"})
+    assert content_digest(entries, one) != content_digest(entries, two)  # another feature cache
+
+
 def test_a_write_leaves_the_machine_wide_litdata_folders_alone(
     video_stream: Path, data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -281,7 +281,8 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
                 continue
             report.samples.setdefault(split, {})[task] = len(entries)
             target, name = out / split / task, f"{split}/{task}"
-            reason = _incomplete(target, len(entries))
+            digest = content_digest(entries, store)
+            reason = _incomplete(target, len(entries), digest)
             if reason is None:
                 report.reused.append(name)
                 continue
@@ -299,11 +300,30 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
                 check_index(target, len(entries))
             except (FeatureCacheError, UnsafeStreamError) as err:
                 raise FeatureCacheError(f"sub-stream {name}: litdata's optimize reported success, but {err}") from None
-            write_json(target / WRITTEN, {"format": FORMAT, "samples": len(entries)})
+            write_json(target / WRITTEN, {"format": FORMAT, "samples": len(entries), "content": digest})
 
 
-def _incomplete(target: Path, samples: int) -> str | None:
-    """Why the dataset in `target` is not a finished write of `samples` samples; None when it is."""
+def content_digest(entries: Sequence[tuple[str, str, str]], store: FeatureStore | None) -> str:
+    """What a sub-stream holds, as a SHA-256: its records and, per video, the feature cache's
+    manifest (a features stream) or the file's size and modification time (MP4 bytes). A rerun
+    keeps a sub-stream only when this is unchanged: the same number of samples from another cache,
+    edited annotations or regenerated videos would otherwise be kept and served."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if store is not None:
+        digest.update(json.dumps(store.manifest, sort_keys=True, default=str).encode())
+    for record, path, key in entries:
+        if store is None:
+            stat = Path(path).stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        digest.update(f"{key}\0{record}\0".encode())
+    return digest.hexdigest()
+
+
+def _incomplete(target: Path, samples: int, digest: str | None = None) -> str | None:
+    """Why the dataset in `target` is not a finished write of `samples` samples (of content
+    `digest`, when given); None when it is."""
     if not (target / WRITTEN).is_file():
         return f"no {WRITTEN}: its write did not finish (or predates {WRITTEN})"
     try:
@@ -314,6 +334,9 @@ def _incomplete(target: Path, samples: int) -> str | None:
     written = marker.get("samples") if isinstance(marker, dict) else None
     if written != samples:
         return f"{WRITTEN} counts {written} samples, this run writes {samples}"
+    if digest is not None and marker.get("content") != digest:
+        return (f"{WRITTEN} was written from other content (records, feature cache or video files)"
+                if marker.get("content") else f"{WRITTEN} does not record its content (an older write)")
     return None
 
 
