@@ -26,6 +26,7 @@ import logging
 import sys
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from damo_lit.cli.common import compose, user_errors
@@ -77,6 +78,45 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_settings(cfg: Any) -> None:
+    """damo-cache's own keys, checked before any data is read or model built (minutes for
+    damo_paper): each mistake is one line naming the key and what it takes."""
+    import torch
+
+    from damo_lit.cli.common import unwritable_reason
+    from damo_lit.data.sources.base import SPLITS
+
+    def whole(key: str, least: int) -> None:
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise SystemExit(f"damo-cache: {key}={value}: expected an integer >= {least}")
+
+    unknown = [s for s in cfg.splits if s not in SPLITS]
+    if unknown:
+        raise SystemExit(f"damo-cache: splits: unknown {unknown}; expected some of {list(SPLITS)}")
+    whole("num_workers", 0)
+    if cfg.kind == "features":
+        whole("batch_size", 1)
+        whole("shard_size", 1)
+        if cfg.get("dtype") is not None and str(cfg.dtype) not in CACHE_DTYPES:
+            raise SystemExit(f"damo-cache: dtype={cfg.dtype}: expected null or one of {', '.join(CACHE_DTYPES)}")
+        device = str(cfg.device)
+        try:
+            chosen = _device(device)
+        except RuntimeError:
+            raise SystemExit(f"damo-cache: device={device}: expected auto, cpu, cuda or cuda:N") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"damo-cache: device={device}: this machine has no CUDA GPU (use device=cpu or auto)")
+    out = Path(str(cfg.out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"damo-cache: out={out}: cannot make the output folder ({unwritable_reason(out, err)})") from None
+
+
 def _datamodule(cfg: Any) -> Any:
     """The data config's datamodule, its synthetic set generated first when it is absent."""
     from hydra.utils import instantiate
@@ -106,6 +146,7 @@ def build_cache(cfg: Any) -> Any:
     )  # fmt: skip
     from damo_lit.models.damo import build_damo
 
+    check_settings(cfg)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     towers = trainable_towers(model_cfg)
     if towers:
@@ -186,6 +227,10 @@ def build_cache(cfg: Any) -> Any:
                 progress.advance(task, len(batch))
         if pending:
             writer.write_shard(pending)
+    if not done and report.encoded == 0:  # a wrong video folder, most likely: not a complete, empty cache
+        key, reason = next(iter(sorted(report.bad.items())), ("?", "?"))
+        raise SystemExit(f"damo-cache: none of the {len(paths)} videos could be encoded (e.g. {key}: {reason}); "
+                         f"check data.video_dir (or data.root) of data {datamodule.name}")
     manifest = writer.finish(split_keys)
     report.shards = len(writer.shards)
     report.videos = int(manifest["videos"])
@@ -198,6 +243,7 @@ def build_stream(cfg: Any) -> Any:
 
     from damo_lit.data.streaming import write_stream
 
+    check_settings(cfg)
     datamodule = _datamodule(cfg)
     tasks = list(OmegaConf.to_container(cfg.tasks, resolve=True))
     return write_stream(datamodule, cfg.out, list(cfg.splits), tasks, str(cfg.chunk_bytes), int(cfg.num_workers))
