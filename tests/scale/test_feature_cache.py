@@ -247,3 +247,22 @@ def test_damo_cache_fails_when_no_video_could_be_encoded(data_overrides: list[st
     said = _cache_error(*data_overrides, *FROZEN, f"data.video_dir={tmp_path / 'nowhere'}", f"out={tmp_path / 'c'}")
     assert said.startswith("damo-cache: none of the ") and "videos could be encoded (e.g. " in said
     assert said.endswith("check data.video_dir (or data.root) of data synthetic")
+
+
+def test_a_cache_of_other_decode_settings_or_missing_shards_is_named(
+        data_overrides: list[str], feature_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from damo_lit.data.decode import DecodeParams
+    from damo_lit.data.features import FeatureCacheError, FeatureStore, read_json
+
+    manifest = read_json(feature_cache / "manifest.json")
+    params = DecodeParams(**{**manifest["decode"], "sample_rate": 8000})
+    with pytest.raises(FeatureCacheError, match=r"decoded with other settings: data\.sample_rate: cache 16000, "
+                                                r"this run 8000; rebuild it"):
+        FeatureStore(feature_cache, None, params)
+    copy = shutil.copytree(feature_cache, tmp_path / "cache")
+    first = sorted((copy / "shards").glob("*.safetensors"))[0]
+    first.unlink()
+    with pytest.raises(FeatureCacheError, match=rf"1 shard file\(s\) its index.json lists are gone \(first: {first.name}\)"):
+        FeatureStore(copy)

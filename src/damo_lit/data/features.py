@@ -290,7 +290,7 @@ class FeatureCacheWriter:
             old = read_json(manifest_path)
             problems = signature_diff(old.get("signature", {}), self.signature)
             if old.get("decode") != _plain(asdict(params)):
-                problems.append(f"decode parameters: cache {old.get('decode')}, this run {asdict(params)}")
+                problems.append(f"decode parameters: {decode_diff(old.get('decode'), params)}")
             if problems:
                 raise FeatureCacheError(
                     f"{self.root} holds a feature cache made with another config ({'; '.join(problems)}); "
@@ -356,6 +356,14 @@ class FeatureCacheWriter:
         return read_json(self.root / MANIFEST)
 
 
+def decode_diff(cached: Any, params: DecodeParams) -> str:
+    """`data.KEY: cache A, this run B` for each decode setting that differs."""
+    now = _plain(asdict(params))
+    cached = cached if isinstance(cached, dict) else {}
+    keys = sorted(set(now) | set(cached), key=lambda k: (k not in now, k))
+    return "; ".join(f"data.{k}: cache {cached.get(k)}, this run {now.get(k)}" for k in keys if cached.get(k) != now.get(k))
+
+
 class FeatureStore:
     """Reads a finished cache: one video's row by key (memory-mapped safetensors, row slices only).
 
@@ -389,10 +397,16 @@ class FeatureStore:
                 )
         if params is not None and self.manifest.get("decode") != _plain(asdict(params)):
             raise FeatureCacheError(
-                f"data.features={self.root} was decoded with {self.manifest.get('decode')}, this run decodes with "
-                f"{asdict(params)}; rebuild the cache"
+                f"data.features={self.root} was decoded with other settings: {decode_diff(self.manifest.get('decode'), params)}; "
+                "rebuild it with this run's (damo-cache with the same data keys, out=NEW_DIR) or use its settings"
             )
         index = read_json(self.root / INDEX)
+        missing = sorted(shard for shard in index["shards"] if not (self.root / SHARD_DIR / shard).is_file())
+        if missing:
+            raise FeatureCacheError(
+                f"data.features={self.root}: {len(missing)} shard file(s) its {INDEX} lists are gone (first: "
+                f"{missing[0]}); rerun the damo-cache command that made it, which writes them again"
+            )
         self.bad: dict[str, str] = dict(index.get("bad", {}))
         self.rows: dict[str, tuple[str, int]] = {}
         for shard, keys in index["shards"].items():
