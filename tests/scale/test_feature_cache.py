@@ -266,3 +266,15 @@ def test_a_cache_of_other_decode_settings_or_missing_shards_is_named(
     first.unlink()
     with pytest.raises(FeatureCacheError, match=rf"1 shard file\(s\) its index.json lists are gone \(first: {first.name}\)"):
         FeatureStore(copy)
+
+
+def test_a_changed_model_key_is_named_before_the_tower_weights_are_blamed(
+        train_overrides: list[str], feature_cache: Path, tmp_path: Path) -> None:
+    """model.seed changes the tiny towers' weights too: the run named the weights digest and
+    pointed at stage.init_from, where the key that differs is model.seed."""
+    from damo_lit.data.features import FeatureCacheError
+
+    cfg = compose_run("train", ["stage=stage3_temporal", *train_overrides, *FROZEN, f"data.features={feature_cache}",
+                                "model.seed=5"], tmp_path)  # fmt: skip
+    with pytest.raises(FeatureCacheError, match=r"another model config: model\.seed"):
+        build_run(cfg)

@@ -103,6 +103,9 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     if cache is not None:
         from damo_lit.data.features import check_tower_weights
 
+        # a changed model key or decode setting is named as such, before the weights digest (which
+        # such a change alters too) would blame the tower weights
+        datamodule.check_feature_cache()
         check_tower_weights(cache[1], stage.model, cache[0])
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     progress_off = cfg.trainer.get("enable_progress_bar") is False  # Lightning refuses a bar callback then

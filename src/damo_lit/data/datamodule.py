@@ -337,12 +337,23 @@ class DaMODataModule(L.LightningDataModule):
                                  f"damo-cache data=... model=... out={self.features}")  # fmt: skip
         return f"data.features={self.features}", manifest.get("signature", {})
 
+    def open_feature_store(self) -> FeatureStore:
+        """The feature cache, opened once: its model config and decode settings are checked against
+        this run's here (a differing key is named)."""
+        if self.feature_store is None:
+            self.feature_store = FeatureStore(self.features, self.features_model, self.params)
+        return self.feature_store
+
+    def check_feature_cache(self) -> None:
+        """Check the feature cache this data reads against this run's model config and decode
+        settings (naming a differing key); the training run calls it before the tower-weights check."""
+        if self.features:
+            self.open_feature_store()
+
     def _from_features(self, split: str, samples: list[Sample]) -> tuple[list[Sample], FeatureLoader]:
         """The samples the feature cache serves (videos that failed to decode left out and counted),
         and the loader that reads their rows; an error when the cache lacks some video."""
-        if self.feature_store is None:
-            self.feature_store = FeatureStore(self.features, self.features_model, self.params)
-        store = self.feature_store
+        store = self.open_feature_store()
         kept, keys, missing = [], {}, []
         for sample in samples:
             key = video_key(sample)

@@ -456,6 +456,9 @@ class StreamingDataModule(DaMODataModule):
             return None
         return f"data.streaming_dir={self.streaming_dir}", self.meta["features_manifest"]["signature"]
 
+    def check_feature_cache(self) -> None:
+        self._check_features()
+
     def _check_features(self) -> None:
         """A features stream serves only a model with the same frozen towers (as data.features)."""
         if self.features_model is None:
