@@ -176,6 +176,10 @@ def test_interrupted_cache_is_refused_then_resumed(data_overrides: list[str], tm
     assert len(list((out / "shards").glob("*.safetensors"))) == 1, "only the finished shard is on disk"
     with pytest.raises(FeatureCacheError, match="incomplete"):
         FeatureStore(out)
+    other_dtype = compose("cache", [*data_overrides, *FROZEN, f"out={out}", "num_workers=0", "shard_size=4",
+                                    "batch_size=4", "dtype=float16"])  # fmt: skip
+    with pytest.raises(FeatureCacheError, match=r"another config \(dtype: cache None, this run float16\)"):
+        build_cache(other_dtype)  # its shards would be float16 beside the float32 one
 
     report = build_cache(cfg)
     assert report.reused == 4, "the finished shard is kept"

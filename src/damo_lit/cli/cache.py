@@ -183,7 +183,8 @@ def build_cache(cfg: Any) -> Any:
     signature = {**encoder_signature(model_cfg, pooled=pooled), TOWER_WEIGHTS: tower_digest(damo)}
     writer = FeatureCacheWriter(
         cfg.out, signature, datamodule.params, int(cfg.shard_size),
-        info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled, "towers_from": towers_from},
+        info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled, "towers_from": towers_from,
+              "dtype": cfg.get("dtype")},
     )  # fmt: skip
     done = writer.done()
     todo = [(key, paths[key]) for key in sorted(paths) if key not in done]

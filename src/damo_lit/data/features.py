@@ -291,6 +291,9 @@ class FeatureCacheWriter:
             problems = signature_diff(old.get("signature", {}), self.signature)
             if old.get("decode") != _plain(asdict(params)):
                 problems.append(f"decode parameters: {decode_diff(old.get('decode'), params)}")
+            stored, now = (old.get("info") or {}).get("dtype"), self.info.get("dtype")
+            if "dtype" in (old.get("info") or {}) and stored != now:  # shards of two dtypes would mix
+                problems.append(f"dtype: cache {stored}, this run {now}")
             if problems:
                 raise FeatureCacheError(
                     f"{self.root} holds a feature cache made with another config ({'; '.join(problems)}); "
