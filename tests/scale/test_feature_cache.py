@@ -186,6 +186,7 @@ def test_interrupted_cache_is_refused_then_resumed(data_overrides: list[str], tm
     assert report.encoded == report.videos - 4 == 12
     store = FeatureStore(out)
     assert len(store) == 16 and store.manifest["status"] == "complete"
+    assert report.bytes == sum(p.stat().st_size for p in (out / "shards").glob("*.safetensors")) > 0
     again = build_cache(cfg)
     assert again.encoded == 0 and again.reused == 16
 

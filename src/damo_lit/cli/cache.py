@@ -17,6 +17,13 @@ only such a run, can then read the cache.
 kind=stream writes litdata shards instead (damo_lit.data.streaming): one dataset per split and
 task, of MP4 bytes plus records, or of cached features when data.features is set; training
 streams them with data=streaming data.streaming_dir=DIR on any number of nodes.
+
+Keys (conf/cache.yaml): kind=features|stream, data=<config> and data.* keys, model=<config> and
+model.* keys, out=DIR (default: <paths.cache_dir>/<kind>/<data name>), splits=[train,val,test],
+init_from=STAGE_DIR, batch_size=8, num_workers=2, shard_size=64 (videos per shard file),
+pool_local=auto|true|false, device=auto|cpu|cuda|cuda:N, dtype=null|float32|float16|bfloat16;
+kind=stream: tasks=[caption,grounding,qa,dialogue], chunk_bytes=64MB. The last line printed is
+the report as JSON (videos, shards, bytes, encoded now, kept, failed).
 """
 
 from __future__ import annotations
@@ -141,7 +148,7 @@ def build_cache(cfg: Any) -> Any:
     from damo_lit.data.collection import load_split
     from damo_lit.data.decode import worker_context
     from damo_lit.data.features import (
-        TOWER_WEIGHTS, CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list,
+        SHARD_DIR, TOWER_WEIGHTS, CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list,
         row_tensors, tower_digest, trainable_towers, video_key,
     )  # fmt: skip
     from damo_lit.models.damo import build_damo
@@ -235,6 +242,7 @@ def build_cache(cfg: Any) -> Any:
     manifest = writer.finish(split_keys)
     report.shards = len(writer.shards)
     report.videos = int(manifest["videos"])
+    report.bytes = sum(path.stat().st_size for path in (Path(str(cfg.out)) / SHARD_DIR).glob("*.safetensors"))
     return report
 
 
@@ -269,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with user_errors("damo-cache", FeatureCacheError):
         report = build_cache(cfg) if cfg.kind == "features" else build_stream(cfg)
     if cfg.kind == "features":
-        print(f"{report.out}: {report.videos} videos in {report.shards} shards "
+        print(f"{report.out}: {report.videos} videos in {report.shards} shards, {report.bytes / 1e6:.1f} MB "
               f"(encoded now {report.encoded}, kept {report.reused}, failed {len(report.bad)})")
         failed = report.bad
     else:

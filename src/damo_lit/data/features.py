@@ -217,6 +217,7 @@ class CacheReport:
     bad: dict[str, str] = field(default_factory=dict)
     shards: int = 0
     videos: int = 0
+    bytes: int = 0  # the shard files' size on disk
 
 
 def read_json(path: Path) -> dict[str, Any]:
