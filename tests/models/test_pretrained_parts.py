@@ -483,3 +483,24 @@ def test_parts_that_cannot_be_built_from_their_arch_name_the_key() -> None:
     for change, message in cases:
         with pytest.raises(ConfigError, match=message):
             build_damo({**base, **change}, meta=True)
+
+
+def test_the_tiny_parts_never_replace_a_folder_of_other_files(tmp_path: Path) -> None:
+    """A mistyped --out (or model.tiny_dir) named a folder of the user's: the build replaced it
+    whole, deleting its files."""
+    from damo_lit.cli.model import NotTinyPartsFolderError
+
+    cfg = tiny_config(tmp_path)
+    precious = tmp_path / "precious"
+    (precious / "runs").mkdir(parents=True)
+    (precious / "runs" / "result.txt").write_text("x")
+    with pytest.raises(NotTinyPartsFolderError, match=r"holds other files \(runs\); the tiny parts replace"):
+        ensure_tiny_pretrained(precious, cfg)
+    assert (precious / "runs" / "result.txt").read_text() == "x"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(NotTinyPartsFolderError, match="is a file; expected a folder"):
+        ensure_tiny_pretrained(a_file, cfg)
+    folder = ensure_tiny_pretrained(tmp_path / "tiny", cfg)  # an older build of the parts is replaced, as before
+    (folder / MANIFEST).write_text("{}")
+    assert ensure_tiny_pretrained(folder, cfg) == folder and json.loads((folder / MANIFEST).read_text()) != {}

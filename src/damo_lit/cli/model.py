@@ -83,6 +83,7 @@ def ensure_tiny_pretrained(
     manifest = _tiny_manifest(model_cfg, words, seed)
     if not force and _holds(directory, manifest):
         return directory
+    check_replaceable(directory)
     with folder_lock(directory, "building"):  # never replace the folder while another process builds or reads it
         if not force and _holds(directory, manifest):  # built by the process this one waited for
             return directory
@@ -103,11 +104,32 @@ def ensure_tiny_pretrained(
     return directory
 
 
+# What a folder of tiny parts holds: rebuilding replaces such a folder whole, and no other.
+TINY_FOLDER_ENTRIES = ("audio", "llm", "text_encoder", "vision", MANIFEST)
+
+
+class NotTinyPartsFolderError(ValueError):
+    """A folder to build the tiny parts into that holds something else (it would be replaced whole)."""
+
+
+def check_replaceable(directory: Path) -> None:
+    """Refuse to build into a file, or into a folder that holds anything but tiny parts: the build
+    replaces the folder whole, which deleted whatever a mistyped --out or model.tiny_dir named."""
+    if directory.exists() and not directory.is_dir():
+        raise NotTinyPartsFolderError(f"{directory} is a file; expected a folder for the tiny model parts")
+    others = sorted(p.name for p in directory.iterdir() if p.name not in TINY_FOLDER_ENTRIES) if directory.is_dir() else []
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise NotTinyPartsFolderError(
+            f"{directory} holds other files ({shown}); the tiny parts replace their folder whole: give an empty "
+            "or new folder (--out, model.tiny_dir)")
+
+
 def _holds(directory: Path, manifest: dict[str, Any]) -> bool:
     """True when `directory` was built from exactly `manifest`."""
     try:
         return json.loads((directory / MANIFEST).read_text()) == manifest
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return False
 
 
@@ -206,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiny.add_argument("overrides", nargs="*", help="Hydra overrides of the tiny model config")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with user_errors(f"damo-model {args.command}"):
+    with user_errors(f"damo-model {args.command}", NotTinyPartsFolderError):
         if args.command == "summary":
             summary_command(args.overrides)
             return 0
