@@ -292,8 +292,25 @@ def test_a_set_missing_a_video_is_not_taken_for_complete(tmp_path, caplog):
         ("min_seconds", float("nan"), "min_seconds must be a finite number, got nan"),
         ("max_seconds", float("inf"), "max_seconds must be a finite number, got inf"),
         ("max_event_seconds", float("inf"), "max_event_seconds must be a finite number"),
+        ("fps", 8.5, "fps must be a whole number, got 8.5"),
+        ("size", "64", "size must be a whole number, got '64'"),
+        ("workers", 0, "workers must be >= 1, got 0"),
+        ("faults", "some", "faults must be a number, got 'some'"),
     ],
 )
 def test_synth_config_refuses_what_numpy_or_the_renderer_cannot_take(field, value, message):
     with pytest.raises(ValueError, match=message):
         SynthConfig(videos=2, **{field: value})
+
+
+def test_data_generate_names_a_value_of_the_wrong_kind(tmp_path):
+    """Hydra reads data.generate.videos=1e3 as a float (taken as 1000); a word failed deep in numpy,
+    and was reported as an unknown key."""
+    from damo_lit.data.synthetic import ensure_generated
+
+    assert SynthConfig(videos=1e3).videos == 1000
+    with pytest.raises(ValueError, match="^data.generate: videos must be a whole number, got '20'$"):
+        ensure_generated(tmp_path / "set", {"videos": "20"})
+    with pytest.raises(ValueError, match=r"^data.generate: .*unexpected keyword argument 'vidoes'"):
+        ensure_generated(tmp_path / "set", {"vidoes": 20})
+    assert not (tmp_path / "set").exists()

@@ -113,6 +113,18 @@ class SynthConfig:
     faults: float = 0.0  # share of each split's videos made faulty (FAULT_KINDS), for reliability tests
 
     def __post_init__(self) -> None:
+        # Kinds first: a word or a fraction where a count goes (Hydra reads 1e3 as a float) failed
+        # deep in numpy or in a render worker, after the annotations were written.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, f.name, int(value))  # 1e3 -> 1000
+            elif f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be a whole number, got {value!r}")
+            elif f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{f.name} must be a number, got {value!r}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         for name in ("min_seconds", "max_seconds", "min_event_seconds", "max_event_seconds", "faults"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -756,8 +768,10 @@ def ensure_generated(out: str | Path, params: dict[str, Any] | None = None) -> S
     """
     try:
         cfg = SynthConfig(**dict(params or {}))
-    except TypeError as err:
+    except TypeError as err:  # an unknown key
         raise ValueError(f"data.generate: {err} (keys: {', '.join(SynthConfig.__dataclass_fields__)})") from None
+    except ValueError as err:  # a value of the wrong kind or range
+        raise ValueError(f"data.generate: {err}") from None
     if not is_generated(out):
         with generation_lock(Path(out)):
             if not is_generated(out):  # another process may have finished it while we waited
