@@ -187,19 +187,20 @@ def with_model_overrides(model_cfg: Mapping[str, Any], overrides: Sequence[str])
 
 
 def load_stage(path: str | Path, span_parser: Any = None, trust_remote_code: bool = False,
-               model_overrides: Sequence[str] = ()) -> Any:
+               model_overrides: Sequence[str] = (), checkpoint: tuple[dict[str, Any], Any] | None = None) -> Any:
     """The stage module with the checkpoint's weights, in eval mode.
 
     The model is rebuilt from the config stored in the checkpoint, with `model_overrides`
     (`KEY=VALUE`, keys of the model config) applied. Where that config sets `trust_remote_code`,
     building it would run code named by a file the user may have downloaded: refused unless the
-    caller says `trust_remote_code=True`."""
+    caller says `trust_remote_code=True`. `checkpoint`: what `read_checkpoint(path)` gave, when
+    the caller has read it already (a .ckpt file is read whole)."""
     import importlib
 
     from damo_lit.cli.model import ensure_model_parts
     from damo_lit.data.timestamps import parse_spans
 
-    meta, state = read_checkpoint(path)
+    meta, state = checkpoint if checkpoint is not None else read_checkpoint(path)
     meta = {**meta, "model_cfg": with_model_overrides(meta["model_cfg"], model_overrides)}
     remote = remote_code_parts(meta["model_cfg"])
     if remote and not trust_remote_code:

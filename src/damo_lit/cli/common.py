@@ -75,8 +75,7 @@ def split_model_overrides(words: Sequence[str], prog: str) -> tuple[list[str], l
     the checkpoint's weights would not fit: refused."""
     model, rest = [], []
     for word in words:
-        bare = word.lstrip("+")
-        key = bare.lstrip("~").partition("=")[0]
+        bare, key = word.lstrip("+"), override_key(word)
         if key == "model":
             raise ValueError(f"{prog}: {word}: the model config is the checkpoint's; change single keys of it "
                              "with model.KEY=VALUE (e.g. model.llm.name_or_path=/local/copy)")
@@ -108,12 +107,16 @@ def check_conf_dir() -> None:
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose conf/<config_name>.yaml with Hydra overrides, outside of @hydra.main (tests, tools)."""
+    """Compose conf/<config_name>.yaml with Hydra overrides: in tests and tools, and inside a
+    running @hydra.main app (damo-train), whose Hydra already knows conf/."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     register_resolvers()
     check_conf_dir()
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 

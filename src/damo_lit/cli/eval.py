@@ -217,7 +217,8 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     if model_overrides:
         print(f"damo-eval: the checkpoint's model config with model.{', model.'.join(model_overrides)}", file=sys.stderr)
     ckpt = Path(cfg.ckpt)
-    unscorable = [t for t in (given or []) if hasattr(stage, "max_new_tokens") and t not in EVALUATED_BY_SPAN]
+    generates = hasattr(stage, "max_new_tokens")  # stages 3 and 4: answers with spans, scored
+    unscorable = [t for t in (given or []) if generates and t not in EVALUATED_BY_SPAN]
     if unscorable:  # their rows would count as misses in every grounding figure
         raise SystemExit(f"damo-eval: tasks={','.join(unscorable)}: a {stage.stage_name} checkpoint is scored on "
                          f"the time spans of its answers, which only {' and '.join(EVALUATED_BY_SPAN)} records hold")
@@ -246,7 +247,6 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False,
                         callbacks=[progress_bar(stderr=True), retrieval, writer])
-    generates = hasattr(stage, "max_new_tokens")
     if generates:
         stage.max_new_tokens = int(cfg.max_new_tokens)
         trainer.predict(stage, dataloaders=loader, return_predictions=False)

@@ -81,7 +81,8 @@ def predict(cfg: Any, video: str | None = None, question: str | None = None,
     if not video.is_file():
         raise FileNotFoundError(f"video={video}: no such file")
     device = inference_device(cfg.accelerator)
-    meta, _ = read_checkpoint(cfg.ckpt)  # the stage and model config, before the model is built
+    checkpoint = read_checkpoint(cfg.ckpt)  # the stage and model config, before the model is built
+    meta = checkpoint[0]
     if meta["stage"] == "stage1":
         raise ValueError(f"ckpt={cfg.ckpt}: a stage1 checkpoint (video-text alignment) does not answer questions; "
                          "use one of stage 3 or 4 (stage 2 answers without timestamps)")
@@ -91,7 +92,8 @@ def predict(cfg: Any, video: str | None = None, question: str | None = None,
                           audio_segment_frames=model_cfg["audio"]["segment_frames"],
                           n_mels=model_cfg["audio"]["n_mels"])
     decoded = decode_video(video, params)
-    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code), model_overrides=model_overrides)
+    stage = load_stage(cfg.ckpt, trust_remote_code=bool(cfg.trust_remote_code), model_overrides=model_overrides,
+                       checkpoint=checkpoint)
     stage = stage.to(device)
     batch = question_batch(video, question, stage.tokenizer, params, decoded=decoded,
                            prompt_style=cfg.get("prompt_style") or stage.prompt_style)

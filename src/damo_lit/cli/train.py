@@ -200,7 +200,7 @@ def check_override_types(cfg: Any, overrides: Sequence[str]) -> None:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     keys = [o for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())]
     groups = [o.input_line for o in parsed if (CONF_DIR / o.key_or_group.split("@")[0]).is_dir()]
-    defaults = _compose_inside_app("train", groups)
+    defaults = compose("train", groups)
     kinds = {bool: "true or false", int: "an integer", float: "a number"}
     for override in keys:
         key = override.key_or_group
@@ -216,16 +216,6 @@ def check_override_types(cfg: Any, overrides: Sequence[str]) -> None:
                 isinstance(value, (int, float)) and not isinstance(value, bool))  # fmt: skip
         if not fits:
             raise ValueError(f"{override.input_line}: expected {kinds[kind]} (the default is {default})")
-
-
-def _compose_inside_app(config_name: str, overrides: Sequence[str]) -> Any:
-    """Compose a config whether or not Hydra's app (damo-train's @hydra.main) holds GlobalHydra."""
-    from hydra import compose as hydra_compose
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
-    return compose(config_name, overrides)
 
 
 def check_run_folder(out_dir: Path, stage_name: str) -> None:

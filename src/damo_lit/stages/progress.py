@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, TextIO
+from functools import partialmethod
+from typing import Any, Callable, TextIO
 
 import lightning as L
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
@@ -72,8 +73,10 @@ class LineProgressBar(ProgressBar):
         self._started[loop] = (now, count)
         self._last[loop] = now
 
-    def _line(self, loop: str, what: str, unit: str, done: int, total: float | int | None, extra: str = "",
-              final: bool = False) -> None:
+    def _line(self, loop: str, what: str, unit: str, done: int, total: float | int | None,
+              extra: Callable[[], str] | None = None, final: bool = False) -> None:
+        """Write a line when `every_s` has passed (or `final`); `extra` (the metrics) is only
+        gathered for a line that is written, not at every step."""
         now = time.monotonic()
         if not final and now - self._last.get(loop, 0.0) < self.every_s:
             return
@@ -88,8 +91,9 @@ class LineProgressBar(ProgressBar):
         if known and not final and rate > 0:
             timing += f", {_clock(max(0.0, total - done) / rate)} left"
         parts.append(timing + (" (done)" if final else ""))
-        if extra:
-            parts.append(extra)
+        shown = extra() if extra is not None else ""
+        if shown:
+            parts.append(shown)
         self._write(" | ".join(parts))
 
     def _metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
@@ -116,59 +120,37 @@ class LineProgressBar(ProgressBar):
                            batch_idx: int) -> None:
         self._epoch = trainer.current_epoch  # at fit's end the counter has moved past the last epoch
         self._line("train", f"Epoch {self._epoch}", "step ", trainer.global_step,
-                   self._train_total(trainer), self._metrics(trainer, pl_module))
+                   self._train_total(trainer), lambda: self._metrics(trainer, pl_module))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._line("train", f"Epoch {self._epoch}", "step ", trainer.global_step,
-                   self._train_total(trainer), self._metrics(trainer, pl_module), final=True)
+                   self._train_total(trainer), lambda: self._metrics(trainer, pl_module), final=True)
 
     # -- validation, test, predict: batches of the loop --------------------------------------------
-    def _eval_start(self, loop: str) -> None:
-        self._start(loop)
-        self._done = 0
+    # loop -> the base class's (description, batch total) attributes for it
+    EVAL_LOOPS = {"validate": ("validation_description", "total_val_batches"),
+                  "test": ("test_description", "total_test_batches_current_dataloader"),
+                  "predict": ("predict_description", "total_predict_batches_current_dataloader")}
 
-    def _eval_batch(self, loop: str, what: str, total: float | int) -> None:
-        self._done += 1
-        self._line(loop, what, "batch ", self._done, total)
+    def _on_eval(self, loop: str, event: str, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any,
+                 **kwargs: Any) -> None:
+        """One hook of an evaluation loop (`event`: start, batch_start, batch or end)."""
+        if loop == "validate" and trainer.sanity_checking:
+            return
+        if event == "start":
+            self._start(loop)
+            self._done = 0
+            return
+        if event == "batch_start":  # the base class's "current dataloader", for its totals
+            self.has_dataloader_changed(kwargs.get("dataloader_idx", args[2] if len(args) > 2 else 0))
+            return
+        if event == "batch":
+            self._done += 1
+        what, total = (getattr(self, name) for name in self.EVAL_LOOPS[loop])
+        self._line(loop, what, "batch ", self._done, total, final=event == "end")
 
-    def _eval_end(self, loop: str, what: str, total: float | int) -> None:
-        self._line(loop, what, "batch ", self._done, total, final=True)
 
-    def _batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
-                     dataloader_idx: int = 0) -> None:
-        self.has_dataloader_changed(dataloader_idx)  # the base class's "current dataloader", for its totals
-
-    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = _batch_start
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._eval_start("validate")
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking:
-            self._eval_batch("validate", self.validation_description, self.total_val_batches)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._eval_end("validate", self.validation_description, self.total_val_batches)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start("test")
-
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_batch("test", self.test_description, self.total_test_batches_current_dataloader)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_end("test", self.test_description, self.total_test_batches_current_dataloader)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_start("predict")
-
-    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_batch("predict", self.predict_description, self.total_predict_batches_current_dataloader)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_end("predict", self.predict_description, self.total_predict_batches_current_dataloader)
+# Lightning's hooks of the three evaluation loops, all served by LineProgressBar._on_eval.
+for _loop, _prefix in (("validate", "validation"), ("test", "test"), ("predict", "predict")):
+    for _event, _suffix in (("start", "start"), ("batch_start", "batch_start"), ("batch", "batch_end"), ("end", "end")):
+        setattr(LineProgressBar, f"on_{_prefix}_{_suffix}", partialmethod(LineProgressBar._on_eval, _loop, _event))
