@@ -452,3 +452,26 @@ def test_pooled_projector_queries_carry_their_time_bins_content(make_damo) -> No
     assert int(change.argmax()) == 5
     with pytest.raises(ValueError, match="query_init"):
         make_damo("projector.query_init=mean")
+
+
+@pytest.mark.parametrize("towers", ["pretrained", "random-init"])
+def test_encoders_alone_are_the_models_towers(tiny_cache, towers: str) -> None:
+    """build_encoders (what damo-cache runs) has no LLM, yet the very towers of build_damo: the same
+    state and features, also when the towers are random-initialised from the seed."""
+    from damo_lit.data.features import tower_digest
+    from damo_lit.models.damo import build_damo, build_encoders
+    from tests.models.conftest import tiny_config
+
+    extra = ["model.vision.name_or_path=null", "model.audio.name_or_path=null"] if towers == "random-init" else []
+    cfg = tiny_config(tiny_cache, extra)
+    damo, encoders = build_damo(cfg).eval(), build_encoders(cfg)
+    assert not hasattr(encoders, "llm") and not any(p.requires_grad for p in encoders.parameters())
+    assert {k.split(".")[0] for k in encoders.state_dict()} == {"vision", "audio"}
+    assert tower_digest(encoders) == tower_digest(damo)
+    b = make_batch(damo, batch=2)
+    with torch.no_grad():
+        want = damo.encoder_features(b.frames, b.audio_mel, b.frame_mask, b.audio_mask)
+        got = encoders.encoder_features(b.frames, b.audio_mel, b.frame_mask, b.audio_mask)
+    assert want.keys() == got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)

@@ -6,10 +6,10 @@
     damo-cache kind=stream data=synthetic out=DIR [data.features=CACHE] [tasks=[grounding]]
 
 Composes conf/cache.yaml (defaults: paths default, model damo_tiny, data synthetic), decodes
-every video of every split through the data layer, runs `DaMO.encoder_features` on it once and
-writes the rows into safetensors shards with a manifest of the encoder config they were made
-with (and a digest of the tower weights). An interrupted run keeps its finished shards; the same
-command continues it. Training then takes `data.features=DIR` (with frozen towers) and skips
+every video of every split through the data layer, runs the vision and audio towers on it once
+(only they are built, not the LLM: `build_encoders`) and writes the rows into safetensors shards
+with a manifest of the encoder config they were made with (and a digest of the tower weights).
+An interrupted run keeps its finished shards; the same command continues it. Training then takes `data.features=DIR` (with frozen towers) and skips
 decoding and the towers. init_from=STAGE_DIR encodes with the towers of a stage checkpoint (the
 tiny model's random towers train in stages 1-2); a run that starts from that checkpoint, and
 only such a run, can then read the cache.
@@ -151,7 +151,7 @@ def build_cache(cfg: Any) -> Any:
         SHARD_DIR, TOWER_WEIGHTS, CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list,
         row_tensors, tower_digest, trainable_towers, video_key,
     )  # fmt: skip
-    from damo_lit.models.damo import build_damo
+    from damo_lit.models.damo import build_encoders
 
     check_settings(cfg)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -175,19 +175,19 @@ def build_cache(cfg: Any) -> Any:
         raise SystemExit(f"damo-cache: data {datamodule.name} has no videos in splits {list(cfg.splits)}")
 
     ensure_model_parts(model_cfg)
-    damo = build_damo(model_cfg)
+    encoders = build_encoders(model_cfg)
     towers_from = "pretrained"
     if cfg.get("init_from"):
         from damo_lit.stages.weights import inherited_groups, load_stage_weights
 
-        loaded = load_stage_weights(damo, cfg.init_from, key="init_from").loaded
-        towers = [g for g in inherited_groups(damo, loaded) if g in ("vision", "audio")]
+        loaded = load_stage_weights(encoders, cfg.init_from, key="init_from").loaded
+        towers = [g for g in inherited_groups(encoders, loaded) if g in ("vision", "audio")]
         if not towers:
             raise SystemExit(f"damo-cache: init_from={cfg.init_from} holds no tower weights (vision.*, audio.*); "
                              "the pretrained towers need no init_from")
         towers_from = str(cfg.init_from)
         log.info("towers (%s) from %s", ", ".join(towers), cfg.init_from)
-    signature = {**encoder_signature(model_cfg, pooled=pooled), TOWER_WEIGHTS: tower_digest(damo)}
+    signature = {**encoder_signature(model_cfg, pooled=pooled), TOWER_WEIGHTS: tower_digest(encoders)}
     writer = FeatureCacheWriter(
         cfg.out, signature, datamodule.params, int(cfg.shard_size),
         info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled, "towers_from": towers_from,
@@ -198,8 +198,7 @@ def build_cache(cfg: Any) -> Any:
     report = CacheReport(out=str(cfg.out), reused=len(paths) - len(todo))
     if todo:
         device = _device(str(cfg.device))
-        damo = damo.to(device).eval()
-        damo.requires_grad_(False)
+        encoders = encoders.to(device)
         dtype = getattr(torch, str(cfg.dtype)) if cfg.get("dtype") else None
         workers = int(cfg.num_workers)
         loader = DataLoader(
@@ -219,9 +218,9 @@ def build_cache(cfg: Any) -> Any:
                     def stack(name: str) -> torch.Tensor:
                         return torch.from_numpy(np.stack([getattr(v, name) for _, v in good])).to(device)
 
-                    feats = damo.encoder_features(
-                        stack("frames"), stack("audio_mel") if damo.has_audio else None,
-                        stack("frame_mask"), stack("audio_mask") if damo.has_audio else None,
+                    feats = encoders.encoder_features(
+                        stack("frames"), stack("audio_mel") if encoders.has_audio else None,
+                        stack("frame_mask"), stack("audio_mask") if encoders.has_audio else None,
                     )  # fmt: skip
                     if pooled:
                         feats = pool_local_tokens(feats, model_cfg)

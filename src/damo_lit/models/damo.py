@@ -45,7 +45,50 @@ RELATIVE_TIME_TOKENS = 100
 MAX_SECOND_TOKENS = 1000
 
 
-class DaMO(nn.Module):
+class TowerFeatures:
+    """What DaMO and EncoderTowers share: the towers' outputs, from their `vision` and `audio`."""
+
+    vision: VisionTower
+    audio: AudioTower | None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None
+
+    def encoder_features(
+        self,
+        frames: Tensor,
+        audio_mel: Tensor | None = None,
+        frame_mask: Tensor | None = None,
+        audio_mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The tower outputs, exactly what the frozen-feature cache stores (batch-contract keys)."""
+        seen = self.vision(frames, frame_mask)
+        out = {"vision_global": seen.global_, "vision_local": seen.local}
+        if self.audio is not None:
+            if audio_mel is None:
+                raise ValueError("audio_mel is required: this model has an audio stream (model.audio.enabled=true)")
+            heard = self.audio(audio_mel, audio_mask)
+            out.update(audio_global=heard.global_, audio_local=heard.local)
+        return out
+
+
+class EncoderTowers(TowerFeatures, nn.Module):
+    """The vision and audio towers alone, as DaMO holds them (same names, same weights): what the
+    frozen-feature cache runs, without the 7.2B LLM of the paper size (nor the text encoder,
+    Fuseformer and projector). Build it with `build_encoders(cfg)`."""
+
+    def __init__(self, vision: VisionTower, audio: AudioTower | None) -> None:
+        super().__init__()
+        self.vision = vision
+        self.audio = audio
+
+    def module_groups(self) -> dict[str, nn.Module | list[nn.Parameter]]:
+        """DaMO's two tower groups (so that stage weights load into it by name)."""
+        return {"vision": self.vision, "audio": self.audio if self.audio is not None else []}
+
+
+class DaMO(TowerFeatures, nn.Module):
     """The audio-visual video LLM. Build it with `build_damo(cfg)`; see docs/model.md."""
 
     def __init__(
@@ -147,27 +190,6 @@ class DaMO(nn.Module):
         return self
 
     # -- media encoding -----------------------------------------------------------------------
-    @property
-    def has_audio(self) -> bool:
-        return self.audio is not None
-
-    def encoder_features(
-        self,
-        frames: Tensor,
-        audio_mel: Tensor | None = None,
-        frame_mask: Tensor | None = None,
-        audio_mask: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """The tower outputs, exactly what the frozen-feature cache stores (batch-contract keys)."""
-        vision = self.vision(frames, frame_mask)
-        out = {"vision_global": vision.global_, "vision_local": vision.local}
-        if self.audio is not None:
-            if audio_mel is None:
-                raise ValueError("audio_mel is required: this model has an audio stream (model.audio.enabled=true)")
-            audio = self.audio(audio_mel, audio_mask)
-            out.update(audio_global=audio.global_, audio_local=audio.local)
-        return out
-
     def encode(
         self,
         frames: Tensor,
@@ -330,8 +352,7 @@ def build_damo(
         time_ids = _time_token_ids(tokenizer, cfg.projector.time_tokens)
     with torch.random.fork_rng(devices=[]), build_device(meta):
         torch.manual_seed(cfg.seed)
-        vision = VisionTower(cfg.vision, meta)
-        audio = AudioTower(cfg.audio, meta) if cfg.audio.enabled else None
+        vision, audio = _build_towers(cfg, meta)
         text = TextEncoder(cfg.text_encoder, meta) if cfg.text_encoder.enabled else None
         llm = CausalLM(
             cfg.llm,
@@ -344,6 +365,23 @@ def build_damo(
         damo = DaMO(cfg, vision, audio, text, llm, time_ids)
     damo.tokenizer = tokenizer
     return damo
+
+
+def build_encoders(cfg: DaMOConfig | Mapping[str, Any]) -> EncoderTowers:
+    """The towers of `build_damo(cfg)` without the rest (no LLM, no tokenizer): built first, from
+    the same seed, so that random-init towers come out identical to the full model's. Frozen,
+    in eval mode."""
+    cfg = DaMOConfig.from_mapping(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        towers = EncoderTowers(*_build_towers(cfg, meta=False))
+    towers.requires_grad_(False)
+    return towers.eval()
+
+
+def _build_towers(cfg: DaMOConfig, meta: bool) -> tuple[VisionTower, AudioTower | None]:
+    """The first parts build_damo makes after seeding (the order fixes random-init weights)."""
+    return VisionTower(cfg.vision, meta), AudioTower(cfg.audio, meta) if cfg.audio.enabled else None
 
 
 def _time_token_ids(tokenizer: PreTrainedTokenizerBase, unit: str) -> list[int]:
