@@ -192,6 +192,70 @@ def test_synth_refuses_an_unfinished_set(tmp_path, capsys):
     assert _listed_videos(out) == {f"videos/{p.name}" for p in (out / "videos").glob("*.mp4")}
 
 
+def _files(out) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_synth_continues_where_it_stopped(tmp_path, capsys, monkeypatch):
+    """Ctrl-C mid-render exits 130 with how far it got; the same command renders only the rest and
+    the set is byte for byte the one an uninterrupted run makes; other parameters are refused."""
+    import damo_lit.data.synthetic as synthetic
+
+    fresh = tmp_path / "fresh"
+    assert _synth(fresh, 10, "--faults", "0.2") == 0
+    out = tmp_path / "set"
+    real_render, rendered = synthetic.render_plan, []
+
+    def render_then_interrupt(plan, out_dir):
+        if len(rendered) == 4:
+            raise KeyboardInterrupt
+        rendered.append(plan.video)
+        return real_render(plan, out_dir)
+
+    monkeypatch.setattr(synthetic, "render_plan", render_then_interrupt)
+    capsys.readouterr()
+    assert _synth(out, 10, "--faults", "0.2") == 130
+    said = capsys.readouterr().out
+    assert "interrupted with 4 of 10 videos rendered" in said and "the same command continues" in said
+    assert not synthetic.is_generated(out) and (out / "synth.partial.json").is_file()
+    assert _synth(out, 12, "--faults", "0.2") == 1  # another set: refused, as any unfinished one
+    assert "an unfinished set of other parameters" in capsys.readouterr().err
+    first = [v for v in rendered if "missing" not in v]
+    rendered.clear()
+    monkeypatch.setattr(synthetic, "render_plan", lambda plan, out_dir: rendered.append(plan.video) or real_render(plan, out_dir))
+    assert _synth(out, 10, "--faults", "0.2") == 0
+    assert "continuing the unfinished set" in capsys.readouterr().out
+    sound = {v for v, kind in json.loads((out / "synth.json").read_text())["faults"].items() if kind != "no_audio"}
+    assert not set(rendered) & (set(first) - sound)  # what was rendered is kept
+    assert len(rendered) < 10
+    assert _files(out) == _files(fresh) and not (out / "synth.partial.json").exists()
+
+
+def test_ctrl_c_stops_the_render_workers_without_a_traceback(tmp_path):
+    """A real Ctrl-C (SIGINT to the process group) while two workers render: exit 130, one line,
+    no traceback from the workers; the rerun finishes the set."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "set"
+    command = [sys.executable, "-m", "damo_lit.cli.data", "synth", "--out", str(out), "--videos", "80", "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while proc.poll() is None and not list((out / "videos").glob("train_*[0-9].mp4")):
+        time.sleep(0.05)  # the first finished video: the workers are at work
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted with" in stdout and "Traceback" not in stdout + stderr
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")}
+    assert kept
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "continuing the unfinished set" in done.stdout
+    assert all((out / "videos" / name).stat().st_mtime_ns == t for name, t in kept.items())
+    assert not list((out / "videos").glob("*.partial.mp4")) and (out / "synth.json").is_file()
+
+
 def test_generate_removes_the_manifest_first(tmp_path, monkeypatch):
     """A generation cut short under an old synth.json must not look finished (is_generated)."""
     import damo_lit.data.synthetic as synthetic

@@ -38,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         help="generate synthetic MP4s (H.264 + AAC) and DaMO JSONL annotations",
         description="Write DIR/videos/*.mp4 and DIR/annotations/{train,val,test}.jsonl (80/10/10 of --videos) and "
         "DIR/synth.json. The same --seed gives identical annotations and pixels. A DIR that already holds the set "
-        "these parameters make is left as it is (as training's data.generate does); one that holds a set made "
-        "with other parameters (or an unfinished one) is refused unless --force.",
+        "these parameters make is left as it is (as training's data.generate does); an interrupted run (Ctrl-C) "
+        "of the same parameters is continued, keeping its rendered videos; a set made with other parameters (or "
+        "an unknown unfinished one) is refused unless --force.",
     )
     synth.add_argument("--out", required=True, type=Path, help="output folder")
     synth.add_argument("--videos", type=int, default=1000, help="number of videos over all splits (default 1000)")
@@ -79,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def existing_set_refusal(out: Path, cfg: Any, force: bool) -> tuple[bool, str] | None:
     """What to do about a set already in `out` before generating `cfg` there: None to generate
-    (nothing there, or --force, after which the old set has been removed), else (True, why) when
+    (nothing there; an interrupted run of this very set, which generating continues; or --force,
+    after which the old set has been removed), else (True, why) when
     the very set is there already (nothing to do but render again any of its videos that is
     missing), or (False, why) to refuse."""
     from damo_lit.data.synthetic import (
@@ -88,8 +90,10 @@ def existing_set_refusal(out: Path, cfg: Any, force: bool) -> tuple[bool, str] |
         is_generated,
         listed,
         manifest_path,
+        partial_manifest_path,
         restore_videos,
         set_differences,
+        unfinished_matches,
     )
 
     if not holds_a_set(out):
@@ -103,8 +107,13 @@ def existing_set_refusal(out: Path, cfg: Any, force: bool) -> tuple[bool, str] |
             return True, (f"{out} already holds this set ({cfg.videos} videos, seed {cfg.seed}); {done} "
                           "(--force generates it again)")
         what = f"a synthetic set made with other parameters ({'; '.join(differences)})"
+    elif unfinished_matches(out, cfg) and not force:
+        return None  # generate() keeps the videos this set's interrupted run rendered
     else:
         what = f"an unfinished or unknown set (videos/ or annotations/ without a complete {manifest_path(out).name})"
+        partial = partial_manifest_path(out)
+        if partial.is_file():
+            what = f"an unfinished set of other parameters (see {partial})"
     if not force:
         return False, (f"{out} already holds {what}; generating into it would mix the two sets. Use another --out, "
                        "or add --force to remove its videos/, annotations/ and synth.json first")
@@ -123,7 +132,7 @@ def out_problem(out: Path) -> str | None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from damo_lit.data.synthetic import SynthConfig, generation_lock, generate
+    from damo_lit.data.synthetic import SynthConfig, generate, generation_lock, unfinished_matches
 
     problem = out_problem(args.out)
     if problem is not None:
@@ -150,7 +159,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
             print(f"damo-data synth: {message}", file=sys.stdout if done else sys.stderr)
             return 0 if done else 1
         start = time.time()
-        result = generate(args.out, cfg)
+        if unfinished_matches(args.out, cfg):
+            print(f"damo-data synth: continuing the unfinished set in {args.out} (its rendered videos are kept)")
+        try:
+            result = generate(args.out, cfg)
+        except KeyboardInterrupt:
+            return 130  # generate said how far it got and how to go on
     size = sum(p.stat().st_size for p in (args.out / "videos").glob("*.mp4"))
     print(
         f"wrote {result.videos} videos ({size / 1e6:.0f} MB) and "

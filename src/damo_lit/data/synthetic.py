@@ -36,12 +36,13 @@ import json
 import logging
 import math
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -624,36 +625,94 @@ class SynthResult:
     records: dict[str, int]  # per split
 
 
+def _ignore_interrupts() -> None:
+    """Render workers leave Ctrl-C to the parent, which stops them in order (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _render_all(plans: list[VideoPlan], out: Path, workers: int) -> None:
+    """Render `plans` with a progress bar. Ctrl-C stops after the videos being rendered (each is
+    written whole or not at all), says how far it got and raises KeyboardInterrupt."""
     from rich.progress import Progress
 
+    if not plans:
+        return
     workers = max(1, min(workers, os.cpu_count() or 1, len(plans)))
     with Progress(transient=False) as progress:
         task = progress.add_task(f"rendering {len(plans)} videos", total=len(plans))
-        if workers <= 1:
-            for plan in plans:
-                render_plan(plan, str(out))
-                progress.advance(task)
-            return
-        context = worker_context()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            chunk = max(1, min(16, len(plans) // (workers * 4)))
-            for _ in pool.map(render_plan, plans, [str(out)] * len(plans), chunksize=chunk):
-                progress.advance(task)
+        try:
+            if workers <= 1:
+                for plan in plans:
+                    render_plan(plan, str(out))
+                    progress.advance(task)
+                return
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=_ignore_interrupts)
+            try:
+                chunk = max(1, min(16, len(plans) // (workers * 4)))
+                for _ in pool.map(render_plan, plans, [str(out)] * len(plans), chunksize=chunk):
+                    progress.advance(task)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            done = sum((out / plan.video).is_file() for plan in plans)  # workers finish what they hold
+            progress.console.print(f"interrupted with {done} of {len(plans)} videos rendered; they stay in {out}, "
+                                   "and the same command continues from there", soft_wrap=True)
+            raise
 
 
 def manifest_path(out: str | Path) -> Path:
     return Path(out) / "synth.json"
 
 
+def partial_manifest_path(out: str | Path) -> Path:
+    """What an unfinished generation is making (written first, removed when synth.json is written):
+    a later run with the same parameters keeps the videos already rendered."""
+    return Path(out) / "synth.partial.json"
+
+
+def _config_differences(config: Mapping[str, Any], cfg: SynthConfig) -> dict[str, tuple[Any, Any]]:
+    """Per parameter, (recorded, asked) where a recorded config differs from `cfg` (workers change
+    no byte; a key recorded before it existed counts as its default)."""
+    defaults = {f.name: f.default for f in fields(SynthConfig)}
+    wanted = asdict(cfg)
+    there = {k: config.get(k, defaults[k]) for k in wanted}
+    return {k: (there[k], wanted[k]) for k in sorted(wanted) if k != "workers" and there[k] != wanted[k]}
+
+
+def unfinished_matches(out: str | Path, cfg: SynthConfig) -> bool:
+    """True when `out` holds an unfinished generation of exactly this set (same layout and
+    parameters): generating `cfg` there continues it."""
+    path = partial_manifest_path(out)
+    if is_generated(out) or not path.is_file():
+        return False
+    try:
+        partial = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return partial.get("layout") == LAYOUT_VERSION and not _config_differences(partial.get("config", {}), cfg)
+
+
+def rendered_videos(out: str | Path, plans: Sequence[VideoPlan]) -> set[str]:
+    """The plans' sound videos already written in `out` (a file is renamed into place whole).
+    Broken ones are cheap and always written again."""
+    out = Path(out)
+    return {plan.video for plan in plans if plan.fault in (None, "no_audio") and (out / plan.video).is_file()}
+
+
 def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
     """Write out/videos/*.mp4 and out/annotations/{train,val,test}.jsonl (and out/synth.json).
 
     The manifest is written last and removed first, so that a run cut short never leaves a set
-    that `is_generated` takes for finished under an older manifest."""
+    that `is_generated` takes for finished under an older manifest. A run cut short leaves
+    synth.partial.json; generating the same parameters there again keeps its rendered videos."""
     out = Path(out)
+    resuming = unfinished_matches(out, cfg)
     manifest_path(out).unlink(missing_ok=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    for leftover in (out / "videos").glob("*.partial.mp4"):
+        leftover.unlink()
+    header = {"generator": "damo_lit.data.synthetic", "layout": LAYOUT_VERSION, "config": asdict(cfg)}
+    partial_manifest_path(out).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
     plans: list[VideoPlan] = []
     counts: dict[str, int] = {}
     for split, count in split_sizes(cfg.videos).items():
@@ -661,11 +720,14 @@ def generate(out: str | Path, cfg: SynthConfig) -> SynthResult:
         plans += split_plans
         records = [r for plan in split_plans for r in annotate(plan, cfg.seed)]
         counts[split] = write_jsonl(out / "annotations" / f"{split}.jsonl", records)
-    _render_all(plans, out, cfg.workers)
+    kept = rendered_videos(out, plans) if resuming else set()
+    if kept:
+        log.info("continuing the unfinished set in %s: %d of its %d videos are rendered", out, len(kept), len(plans))
+    _render_all([plan for plan in plans if plan.video not in kept], out, cfg.workers)
     faults = {plan.video: plan.fault for plan in plans if plan.fault}
-    manifest = {"generator": "damo_lit.data.synthetic", "layout": LAYOUT_VERSION, "config": asdict(cfg),
-                "records": counts, "faults": faults}
+    manifest = {**header, "records": counts, "faults": faults}
     manifest_path(out).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    partial_manifest_path(out).unlink()
     return SynthResult(out, len(plans), counts)
 
 
@@ -694,7 +756,7 @@ def holds_a_set(out: str | Path) -> bool:
     """True when `out` holds a synthetic set, finished or not: a manifest, or any file under
     videos/ or annotations/."""
     out = Path(out)
-    return manifest_path(out).is_file() or any(
+    return manifest_path(out).is_file() or partial_manifest_path(out).is_file() or any(
         (out / name).is_dir() and any((out / name).iterdir()) for name in SET_FOLDERS
     )
 
@@ -706,11 +768,7 @@ def manifest_differences(out: str | Path, cfg: SynthConfig) -> tuple[int | None,
     lacks (added since the set was made) counts as its default."""
     manifest = json.loads(manifest_path(out).read_text())
     layout = int(manifest.get("layout", 1))
-    defaults = {f.name: f.default for f in fields(SynthConfig)}
-    existing, wanted = manifest.get("config", {}), asdict(cfg)
-    there = {k: existing.get(k, defaults[k]) for k in wanted}
-    differ = {k: (there[k], wanted[k]) for k in sorted(wanted) if k != "workers" and there[k] != wanted[k]}
-    return (layout if layout != LAYOUT_VERSION else None), differ
+    return (layout if layout != LAYOUT_VERSION else None), _config_differences(manifest.get("config", {}), cfg)
 
 
 def set_differences(out: str | Path, cfg: SynthConfig) -> list[str]:
@@ -752,6 +810,7 @@ def clear_set(out: str | Path) -> None:
 
     out = Path(out)
     manifest_path(out).unlink(missing_ok=True)  # first: a half-removed set is never taken for finished
+    partial_manifest_path(out).unlink(missing_ok=True)
     for name in SET_FOLDERS:
         path = out / name
         if path.is_dir() and not path.is_symlink():
