@@ -29,3 +29,13 @@ def test_torch_leafspec_deprecation_from_lightning_is_silenced() -> None:
         quiet_upstream_warnings()  # what importing damo_lit.cli does
         _tree_flatten(2)
     assert ["LeafSpec" in str(w.message) for w in caught] == [True]  # the first call only
+
+
+def test_litdata_cache_size_chatter_is_dropped_but_its_warnings_are_kept(caplog) -> None:
+    from litdata.utilities import format as litdata_format
+
+    with caplog.at_level(logging.INFO):
+        litdata_format._resolve_max_cache_size(None, ".")  # what every optimize and StreamingDataset does
+        litdata_format.logger.warning("a litdata warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["a litdata warning"]

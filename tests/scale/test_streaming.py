@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -278,6 +279,27 @@ def test_a_write_that_leaves_no_samples_fails_loudly(
                                          r".*index\.json: 0 samples in 0 chunks, expected 20"):  # fmt: skip
         _write([*data_overrides, f"out={tmp_path}", *VIDEO_STREAM])
     assert not (tmp_path / "train" / "grounding" / "damo_written.json").exists()
+
+
+def test_a_write_says_what_it_writes_and_holds_back_litdatas_chatter(
+    data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One line per sub-stream and litdata's progress bar; its dozen set-up lines only when it fails."""
+    with caplog.at_level(logging.INFO, logger="damo_lit"):
+        _write([*data_overrides, f"out={tmp_path / 'ok'}", *VIDEO_STREAM])
+    assert f"writing train/grounding: 20 samples into {tmp_path / 'ok' / 'train' / 'grounding'}" in caplog.messages
+    out, err = capsys.readouterr()
+    assert "Progress" in err and "Storing the files" not in out + err and "lightning.ai" not in out + err
+
+    def optimize(output_dir: str, **kwargs) -> None:
+        print(f"Storing the files under {output_dir}")
+        raise RuntimeError("a worker died")
+
+    monkeypatch.setattr(litdata, "optimize", optimize)
+    with pytest.raises(RuntimeError, match="a worker died"):
+        _write([*data_overrides, f"out={tmp_path / 'failed'}", *VIDEO_STREAM])
+    assert "Storing the files under" in capsys.readouterr().err
 
 
 # -- two tasks (CombinedStreamingDataset), as stages 2 and 4 train ------------------------------------------------

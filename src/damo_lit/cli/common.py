@@ -32,6 +32,9 @@ class _DropAdvertisement(logging.Filter):
 
 quiet_upstream_warnings()
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvertisement())
+# litdata logs at INFO, for every dataset it writes or opens, the disk its download cache may take
+# (damo-lit's streams are local: nothing is downloaded). Its warnings still show.
+logging.getLogger("litdata.utilities.format").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -32,10 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
+import logging
 import multiprocessing
 import os
 import re
+import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -56,6 +59,8 @@ from damo_lit.data.features import (  # noqa: E402
 )  # fmt: skip
 from damo_lit.data.schema import TASKS, Record  # noqa: E402
 from damo_lit.data.sources.base import SPLITS  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 FORMAT = "damo-stream-v1"
 META = "damo_stream.json"
@@ -291,16 +296,31 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
                 warnings.warn(f"{target}: not kept as complete ({reason}); writing it again", RuntimeWarning,
                               stacklevel=3)  # fmt: skip
             (target / WRITTEN).unlink(missing_ok=True)
-            optimize(
-                fn=StreamItem(datamodule.features), inputs=entries, output_dir=str(target), chunk_bytes=chunk_bytes,
-                num_workers=max(1, int(num_workers)), reorder_files=False, verbose=False,
-                start_method="forkserver", mode="overwrite",
-            )  # fmt: skip
+            log.info("writing %s: %d samples into %s", name, len(entries), target)
+            with litdata_chatter_held():
+                optimize(
+                    fn=StreamItem(datamodule.features), inputs=entries, output_dir=str(target),
+                    chunk_bytes=chunk_bytes, num_workers=max(1, int(num_workers)), reorder_files=False, verbose=True,
+                    start_method="forkserver", mode="overwrite",
+                )  # fmt: skip
             try:
                 check_index(target, len(entries))
             except (FeatureCacheError, UnsafeStreamError) as err:
                 raise FeatureCacheError(f"sub-stream {name}: litdata's optimize reported success, but {err}") from None
             write_json(target / WRITTEN, {"format": FORMAT, "samples": len(entries), "content": digest})
+
+
+@contextlib.contextmanager
+def litdata_chatter_held() -> Iterator[None]:
+    """Let optimize show its progress bar (stderr) but hold back the dozen lines it prints per
+    write (set-up, workers starting and ending, an advertisement); shown on stderr if it fails."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            yield
+    except BaseException:
+        sys.stderr.write(said.getvalue())
+        raise
 
 
 def content_digest(entries: Sequence[tuple[str, str, str]], store: FeatureStore | None) -> str:
