@@ -92,6 +92,80 @@ def test_damo_eval_writes_predictions_and_metrics_that_damo_score_agrees_with(
         assert figures[key] == pytest.approx(metrics[f"test/{key}"], abs=1e-6)
 
 
+def test_damo_eval_on_qvhighlights_writes_an_official_submission_and_its_figures(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """QVHighlights queries (the synthetic test split's grounding queries written in the official
+    format): the answers become an official moment-retrieval submission, scored
+    by the official evaluator, whose R1@0.5 is the grounding R@0.5 of the same answers."""
+    test = [r for r in map(json.loads, (synthetic_root / "annotations" / "test.jsonl").read_text().splitlines())
+            if r["task"] == "grounding"]
+    official = tmp_path / "highlight_val_release.jsonl"
+    with official.open("w") as handle:
+        for qid, r in enumerate(test, start=7000):
+            handle.write(json.dumps({"qid": qid, "query": r["turns"][0]["content"], "vid": Path(r["video"]).stem,
+                                     "duration": r["duration"], "relevant_windows": r["spans"],
+                                     "relevant_clip_ids": [], "saliency_scores": []}) + "\n")
+    out = tmp_path / "eval"
+    done = _cli("damo_lit.cli.eval", f"ckpt={stage3_run}", "data=qvhighlights", f"data.annotations={official}",
+                f"data.video_dir={synthetic_root / 'videos'}", f"data.decoded_cache_dir={synthetic_root / 'decoded'}",
+                "data.num_workers=0", "split=val", f"out={out}", "accelerator=cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "qvhighlights_submission.jsonl").read_text().splitlines()]
+    assert sorted(line["qid"] for line in lines) == list(range(7000, 7000 + len(test)))  # the official ints
+    rows = {r["id"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    for line in lines:
+        row = rows[f"qvhighlights-{line['qid']}"]
+        assert line["vid"] == Path(row["video"]).stem and line["query"] in row["question"]  # asked as a question
+        windows = line["pred_relevant_windows"]
+        if row["pred_spans"]:
+            assert [w[:2] for w in windows] == pytest.approx(row["pred_spans"], abs=1e-4)
+            assert [w[2] for w in windows] == sorted((w[2] for w in windows), reverse=True)
+        else:
+            assert windows == [[0.0, 0.0, 0.0]]  # the evaluator reads a first window: a miss
+    report = json.loads((out / "metrics.json").read_text())
+    brief = report["qvhighlights"]["brief"]
+    assert report["metrics"]["val/MR-full-R1@0.5"] == brief["MR-full-R1@0.5"]
+    hits = sum(r["iou"] >= 0.5 for r in rows.values())  # iou: the top-1 window against its best-matching one
+    assert brief["MR-full-R1@0.5"] == pytest.approx(100 * hits / len(rows), abs=0.01)
+    scored = _cli("damo_lit.cli.score", "qvhighlights", "--pred", str(out / "qvhighlights_submission.jsonl"),
+                  "--gt", str(official))
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["brief"] == brief
+
+
+def test_qvhighlights_figures_are_the_official_ones_of_the_answers(shared_data: Path, tmp_path: Path) -> None:
+    """Answers to 30 official validation queries (the first window exactly, a shifted one, or
+    none): the submission scores R1@IoU as the answers' own top-1 IoUs say, through the official
+    evaluator, on the queries answered."""
+    from types import SimpleNamespace
+
+    from damo_lit.cli.eval import qvhighlights_figures
+    from damo_lit.data.collection import load_split
+    from damo_lit.data.sources.base import SourceSpec
+    from damo_lit.stages.reporting import span_iou
+
+    official = shared_data / "qvhighlights" / "highlight_val_release.jsonl"
+    spec = SourceSpec(format="qvhighlights", annotations=str(official), video_dir=str(tmp_path))
+    samples = load_split([spec], "val").samples[:30]
+    rows = []
+    for i, sample in enumerate(samples):
+        start, end = sample.record.spans[0]
+        spans = [[[start, end]], [[start + (end - start) * 0.6, end + (end - start) * 0.6]], []][i % 3]
+        rows.append({"id": sample.record.id, "pred_spans": spans, "iou": span_iou(tuple(spans[0]) if spans else None,
+                                                                                  sample.record.spans)})
+    datamodule = SimpleNamespace(splits={"val": SimpleNamespace(samples=samples)}, specs=[spec])
+    figures = qvhighlights_figures(rows, datamodule, "val", tmp_path)
+    for threshold in ("0.5", "0.7"):
+        hits = sum(r["iou"] >= float(threshold) for r in rows)
+        assert figures["brief"][f"MR-full-R1@{threshold}"] == pytest.approx(100 * hits / len(rows), abs=0.01)
+    assert 0 < figures["brief"]["MR-full-R1@0.5"] < 100
+    lines = (tmp_path / "qvhighlights_submission.jsonl").read_text().splitlines()
+    assert [json.loads(line)["qid"] for line in lines] == [s.record.meta["qid"] for s in samples]
+    elsewhere = SimpleNamespace(splits=datamodule.splits, specs=[SourceSpec(format="charades_sta", annotations="x")])
+    assert qvhighlights_figures([{"id": "other", "pred_spans": []}], elsewhere, "val", tmp_path) is None
+    assert not (tmp_path / "qvhighlights_submission.jsonl").exists(), "an earlier evaluation's submission is removed"
+
+
 def test_decoding_progress_goes_to_stderr(synthetic_root: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture) -> None:
     from damo_lit.data.cache import prepare

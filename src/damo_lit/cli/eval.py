@@ -6,7 +6,9 @@ Stage 3 and 4 checkpoints generate an answer for every query, parse its spans an
 (predictions.jsonl: id, question, answer, pred_spans, gt_spans, duration, modality, iou; the
 format damo-score grounding reads). Stage 1 and 2 checkpoints report their test figures
 (retrieval, loss); stage 1 also writes each caption's text-to-video result (predictions.jsonl:
-id, caption, video, rank, top_videos). metrics.json also counts the split's annotation fix-ups
+id, caption, video, rank, top_videos). On QVHighlights queries (data=qvhighlights) the answers
+are also written as an official submission (qvhighlights_submission.jsonl) and scored with the
+official evaluator (val/MR-full-R1@0.5, ...). metrics.json also counts the split's annotation fix-ups
 (`fixes`, under data.on_bad_window / on_bad_record) and decode failures, and records the
 settings (limit, prompt_style, batch_size, max_new_tokens, annotation files). stdout carries the
 metrics JSON alone; progress bars and notes go to stderr.
@@ -187,6 +189,27 @@ def output_folder(path: Path) -> Path:
     return path
 
 
+def qvhighlights_figures(rows: Sequence[dict[str, Any]], datamodule: Any, split: str, out: Path) -> dict[str, Any] | None:
+    """For answers to QVHighlights queries: write them as an official submission into `out` and
+    score it with the official evaluator against the split's own file (the queries answered,
+    so a limit= or dropped records score the rest). None when no row is a QVHighlights query."""
+    from damo_lit.cli.score import json_safe, score_qvhighlights
+    from damo_lit.cli.submission import SUBMISSION, qvhighlights_submission
+
+    (out / SUBMISSION).unlink(missing_ok=True)  # another evaluation's: never left beside this one's
+    lines = qvhighlights_submission(rows, datamodule.splits[split].samples)
+    if not lines:
+        return None
+    write_rows(out / SUBMISSION, lines)
+    files = [spec.annotation_file(split) for spec in datamodule.specs if spec.format == "qvhighlights"]
+    if len(files) != 1:
+        print(f"damo-eval: {out / SUBMISSION} written; not scored, as the answers come from {len(files)} "
+              "QVHighlights files (damo-score qvhighlights --allow-partial scores it against one)", file=sys.stderr)
+        return None
+    # a length range without queries gives NaN figures: null, as damo-score writes them
+    return json_safe(score_qvhighlights(out / SUBMISSION, files[0], match_number=False))
+
+
 def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate cfg.ckpt as conf/eval.yaml describes; `model_overrides` (`KEY=VALUE`) change keys
     of the checkpoint's model config."""
@@ -257,7 +280,11 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
             for task in present:
                 figures = grounding_figures([r for r in rows if r["task"] == task])
                 values.update({f"{cfg.split}/{task}_{k}": v for k, v in figures.items()})
+        official = qvhighlights_figures(rows, datamodule, cfg.split, out)
+        if official:
+            values.update({f"{cfg.split}/{k}": v for k, v in official["brief"].items()})
     else:
+        official = None
         results = trainer.test(stage, dataloaders=loader, verbose=False)
         # a non-finite figure (a NaN loss) is null: NaN is no JSON, and stdout must parse
         values = {k.replace("test/", f"{cfg.split}/"): round(float(v), 6) if math.isfinite(float(v)) else None
@@ -272,6 +299,8 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
                            "model_overrides": list(model_overrides),
                            "max_new_tokens": int(cfg.max_new_tokens) if generates else None,
                            "annotations": datamodule.split_files(cfg.split)}}
+    if official:
+        report["qvhighlights"] = official
     (out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     print(json.dumps(values, sort_keys=True))
     print(f"predictions and metrics: {out}", file=sys.stderr)

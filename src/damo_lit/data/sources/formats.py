@@ -121,7 +121,7 @@ def qvhighlights(spec: SourceSpec, path: Path) -> Iterator[Item]:
         duration = _duration(obj.get("duration"))
         yield Draft(where, f"qvhighlights-{obj['qid']}", _video_name(str(obj["vid"]), spec.video_ext), duration,
                     "grounding", windows, grounding_build(obj["query"]),
-                    meta={"source": spec.label, "qid": obj["qid"], "query": obj["query"]})
+                    meta={"source": spec.label, "qid": obj["qid"], "query": obj["query"], "vid": obj["vid"]})
 
 
 _ISO_DURATION = re.compile(r"^P(?:T)?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
