@@ -128,4 +128,7 @@ def test_damo_train_help_says_how_to_call_it_and_lists_the_groups() -> None:
     assert done.stdout.startswith("damo-train: one DaMO training stage")
     assert "experiment: paper_stage3_charades, tiny_smoke" in done.stdout
     assert "stage: stage1_align, stage2_bridge, stage3_temporal, stage4_dialogue" in done.stdout
+    groups = done.stdout.split("== Configuration groups")[1].split("== The composed config")[0]
+    assert "backend:" not in groups, "damo-augment's group is no choice of damo-train"
+    assert "data: activitynet_captions, caption_list, charades_sta, damo_jsonl, qvhighlights" in groups  # no common
     assert "== The composed config" in done.stdout and "optimized_metric: null" in done.stdout

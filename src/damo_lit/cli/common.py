@@ -92,13 +92,31 @@ def split_model_overrides(words: Sequence[str], prog: str) -> tuple[list[str], l
     return model, rest
 
 
+# The groups conf/train.yaml composes, as damo-train --help lists them (Hydra's own list also shows
+# the other commands' groups, such as damo-augment's backend/, and files that are only included).
+TRAIN_GROUPS = ("stage", "model", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search", "paths")
+INCLUDED_ONLY = {"data": {"common"}}  # bases that the group's options include, never picked alone
+
+
+def train_config_groups() -> str:
+    """`group: option, option, ...` per line: what damo-train's group=option words can pick."""
+    lines = []
+    for group in TRAIN_GROUPS:
+        names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem not in INCLUDED_ONLY.get(group, ()))
+        lines.append(f"{group}: {', '.join(names)}")
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers used by conf/: ${project_root:} is the folder that holds conf/;
-    ${slurm_job_suffix:} names the SLURM job in run folders (empty outside SLURM)."""
+    ${slurm_job_suffix:} names the SLURM job in run folders (empty outside SLURM);
+    ${train_config_groups:} lists damo-train's groups in its --help."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("slurm_job_suffix"):
         OmegaConf.register_new_resolver("slurm_job_suffix", slurm_job_suffix)
+    if not OmegaConf.has_resolver("train_config_groups"):
+        OmegaConf.register_new_resolver("train_config_groups", train_config_groups)
 
 
 def check_conf_dir() -> None:
