@@ -49,5 +49,5 @@ def test_damo_predict_help_says_the_words_are_literal(capsys: pytest.CaptureFixt
 
 
 def test_missing_question_is_still_named(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="damo-predict: Missing mandatory value: question"):
+    with pytest.raises(SystemExit, match="damo-predict: missing question=: give video=PATH and question=TEXT"):
         damo_predict(["ckpt=x", f"video={tmp_path / 'a.mp4'}"])

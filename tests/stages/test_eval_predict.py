@@ -220,6 +220,78 @@ def test_damo_predict_returns_the_windows_an_answer_states(
     assert_spans_of_answer(result["spans"], result["answer"], result["duration"], fmt, digits=2)
 
 
+def test_damo_predict_answers_a_file_of_queries(
+        stage3_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """queries=FILE: plain and QVHighlights lines answered in batches, in file order; a missing
+    video is a row with its reason, not the end of the run; QVHighlights lines also make an
+    official submission (answers scripted, as above)."""
+    import damo_lit.cli.checkpoint as checkpoint
+    from damo_lit.cli.predict import predict_many
+    from damo_lit.data.timestamps import format_span
+
+    load, fmt = checkpoint.load_stage, _timestamps(stage3_run)
+    asked: list[int] = []
+
+    def scripted(*args: Any, **kwargs: Any) -> Any:
+        stage = load(*args, **kwargs)
+
+        def answer(batch: Any, embeds: Any, max_new_tokens: int) -> list[str]:
+            asked.append(len(batch["question"]))
+            return ["no idea." if "nothing" in q else f"{format_span(1.0, 3.0, float(d), fmt)}."
+                    for q, d in zip(batch["question"], batch["duration"])]
+
+        stage.generate_text = answer
+        return stage
+
+    monkeypatch.setattr(checkpoint, "load_stage", scripted)
+    videos = synthetic_root / "videos"
+    names = sorted(p.name for p in videos.glob("*.mp4"))[:3]
+    lines = [{"video": names[0], "question": "when does the tone sound?", "id": "a"},
+             {"video": names[1], "question": "when does the cross appear?"},
+             {"video": "gone.mp4", "question": "when?", "id": "missing"},
+             {"qid": 9001, "query": "A red circle moves.", "vid": Path(names[2]).stem},
+             {"qid": 9002, "query": "nothing happens", "vid": Path(names[0]).stem}]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps(line) + "\n" for line in lines) + "\n")
+    out = tmp_path / "answers"
+    cfg = compose("predict", [f"ckpt={stage3_run}", "accelerator=cpu", "batch_size=2", "num_workers=0",
+                              f"video_dir={videos}", f"out={out}"])
+    summary = predict_many(cfg, str(queries))
+    assert summary == {"out": str(out), "stage": "stage3", "queries": 5, "answered": 4, "with_spans": 3, "failed": 1,
+                       "submission": str(out / "qvhighlights_submission.jsonl")}
+    assert asked == [2, 1, 1]  # two per batch, the missing video left out of its batch
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", 2, "missing", 9001, 9002]  # a line without an id: its line number
+    assert rows[3]["question"] == "when does this happen: A red circle moves?"  # as training asks QVHighlights
+    assert "error" in rows[2] and "answer" not in rows[2]
+    for row in (rows[0], rows[1], rows[3]):
+        assert _flat(row["spans"]) == pytest.approx([1.0, 3.0], abs=0.25)
+        assert_spans_of_answer(row["spans"], row["answer"], row["duration"], fmt, digits=2)
+    submission = [json.loads(line) for line in (out / "qvhighlights_submission.jsonl").read_text().splitlines()]
+    assert [(s["qid"], s["vid"]) for s in submission] == [(9001, Path(names[2]).stem), (9002, Path(names[0]).stem)]
+    assert [w[2] for w in submission[0]["pred_relevant_windows"]] == [1.0]
+    assert submission[1]["pred_relevant_windows"] == [[0.0, 0.0, 0.0]]
+    assert not (out / "predictions.jsonl.partial").exists()
+    assert "no answer for 'missing'" in capsys.readouterr().err
+
+
+def test_damo_predict_names_bad_query_lines_before_building_anything(stage3_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"video": "a.mp4", "question": "when?", "id": 1}\nnot json\n{"video": "b.mp4"}\n'
+                   '{"video": "c.mp4", "question": "when?", "id": 1}\n{"qid": 3, "query": " ", "vid": "x"}\n')
+    message = _predict_error(f"ckpt={stage3_run}", f"queries={bad}")
+    assert "4 bad line(s)" in message
+    for number, reason in ((2, "Expecting value"), (3, "missing 'question'"), (4, "id 1 repeats line 1"),
+                           (5, "'query' must be a non-empty string")):
+        assert f"{bad}:{number}: {reason}" in message
+    assert "no such file" in _predict_error(f"ckpt={stage3_run}", f"queries={tmp_path / 'none.jsonl'}")
+    both = _predict_error(f"ckpt={stage3_run}", f"queries={bad}", "video=a.mp4", "question=when?")
+    assert "give one or the other" in both
+    assert "queries=FILE" in _predict_error(f"ckpt={stage3_run}", "video=a.mp4")
+    assert "batch_size=0" in _predict_error(f"ckpt={stage3_run}", f"queries={bad}", "batch_size=0")
+
+
 def test_damo_predict_names_a_missing_video(stage3_run: Path, tmp_path: Path) -> None:
     done = _cli("damo_lit.cli.predict", f"ckpt={stage3_run}", f"video={tmp_path / 'nope.mp4'}", "question=when?")
     assert done.returncode != 0 and "nope.mp4" in done.stderr

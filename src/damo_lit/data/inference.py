@@ -1,4 +1,4 @@
-"""One question about one video file, as a batch of the batch contract (damo-predict).
+"""Questions about video files, as batches of the batch contract (damo-predict).
 
 The video goes through the same decode path as training data and the question through the same
 prompt encoding, so that a model answers it exactly as it answered its validation questions.
@@ -25,17 +25,15 @@ def checked_question(question: str) -> str:
     return question
 
 
-def question_batch(video: str | Path, question: str, tokenizer: Any, params: DecodeParams,
-                   prompt_style: str = "plain", decoded: DecodedVideo | None = None) -> dict[str, Any]:
-    """A one-sample batch asking `question` about `video` (raises DecodeError for a bad file);
-    `decoded`, when given, is the video already decoded with `params`."""
+def question_item(video_key: str, sample_id: str, question: str, decoded: DecodedVideo, tokenizer: Any,
+                  prompt_style: str = "plain") -> dict[str, Any]:
+    """One sample of the batch contract asking `question` about a decoded video (the Collator
+    stacks several into a batch)."""
     question = checked_question(question)
-    if decoded is None:
-        decoded = decode_video(video, params)
     encoded = encode((("user", question), ("assistant", _PLACEHOLDER_ANSWER)), tokenizer, prompt_style)
-    item = {
-        "sample_id": Path(video).stem,
-        "video_key": str(video),
+    return {
+        "sample_id": sample_id,
+        "video_key": video_key,
         "task": "qa",
         "modality": None,
         "duration": decoded.duration,
@@ -48,9 +46,19 @@ def question_batch(video: str | Path, question: str, tokenizer: Any, params: Dec
         "question": question,
         "caption": None,
     }
+
+
+def question_batch(video: str | Path, question: str, tokenizer: Any, params: DecodeParams,
+                   prompt_style: str = "plain", decoded: DecodedVideo | None = None) -> dict[str, Any]:
+    """A one-sample batch asking `question` about `video` (raises DecodeError for a bad file);
+    `decoded`, when given, is the video already decoded with `params`."""
+    question = checked_question(question)
+    if decoded is None:
+        decoded = decode_video(video, params)
+    item = question_item(str(video), Path(video).stem, question, decoded, tokenizer, prompt_style)
     batch = Collator(tokenizer.pad_token_id)([item])
     assert batch is not None
     return batch
 
 
-__all__ = ["DecodeError", "checked_question", "question_batch"]
+__all__ = ["DecodeError", "checked_question", "question_batch", "question_item"]

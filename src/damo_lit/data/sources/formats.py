@@ -27,7 +27,7 @@ Reader = Callable[[SourceSpec, Path], Iterator[Item]]
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 
 
-def _video_name(video_id: str, ext: str) -> str:
+def video_file_name(video_id: str, ext: str) -> str:
     """The file of a video id: `ext` appended unless the id already ends in a container suffix.
 
     Any suffix is not enough: QVHighlights ids such as `-4Mlqc7PbZY_210.0_360.0` end in `.0`.
@@ -53,7 +53,7 @@ def charades_sta(spec: SourceSpec, path: Path) -> Iterator[Item]:
         yield Draft(
             where=f"{path}:{item.lineno}",
             id=f"charades_sta-{item.video}-{item.lineno}",
-            video=_video_name(item.video, spec.video_ext),
+            video=video_file_name(item.video, spec.video_ext),
             duration=durations.get(item.video),
             task="grounding",
             windows=[(item.start, item.end)],
@@ -82,7 +82,7 @@ def activitynet_captions(spec: SourceSpec, path: Path) -> Iterator[Item]:
             yield item
             continue
         where = f"{path}:{item.video}"
-        video = _video_name(item.video, spec.video_ext)
+        video = video_file_name(item.video, spec.video_ext)
         meta = {"source": spec.label}
         windows = [(s, e) for s, e, _ in item.events]
         yield Draft(where, f"activitynet-{item.video}-caption", video, item.duration, "caption", windows,
@@ -119,7 +119,7 @@ def qvhighlights(spec: SourceSpec, path: Path) -> Iterator[Item]:
             yield RecordError(where, "'query' must be a non-empty string")
             continue
         duration = _duration(obj.get("duration"))
-        yield Draft(where, f"qvhighlights-{obj['qid']}", _video_name(str(obj["vid"]), spec.video_ext), duration,
+        yield Draft(where, f"qvhighlights-{obj['qid']}", video_file_name(str(obj["vid"]), spec.video_ext), duration,
                     "grounding", windows, grounding_build(obj["query"]),
                     meta={"source": spec.label, "qid": obj["qid"], "query": obj["query"], "vid": obj["vid"]})
 
@@ -211,7 +211,7 @@ def _caption_draft(spec: SourceSpec, where: str, row: Any) -> Item:
     window = _clip_window(row, cols, where)
     if isinstance(window, RecordError):
         return window
-    video = _video_name(video, spec.video_ext)
+    video = video_file_name(video, spec.video_ext)
     folder = _text(row, cols["folder"])
     path = f"{folder}/{video}" if folder else video
     duration = _duration(row.get(cols["duration"])) if cols["duration"] else None
