@@ -192,6 +192,13 @@ def test_synth_refuses_an_unfinished_set(tmp_path, capsys):
     assert _listed_videos(out) == {f"videos/{p.name}" for p in (out / "videos").glob("*.mp4")}
 
 
+def test_synth_says_when_a_split_is_left_empty(tmp_path, capsys):
+    assert _synth(tmp_path / "two", 2) == 0
+    assert "--videos 2 leaves the val and test split(s) empty" in capsys.readouterr().err
+    assert _synth(tmp_path / "six", 6) == 0
+    assert "empty" not in capsys.readouterr().err
+
+
 def _files(out) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
