@@ -177,7 +177,7 @@ def predict_many(cfg: Any, queries_file: str, model_overrides: Sequence[str] = (
 
     from damo_lit.cli.eval import output_folder
     from damo_lit.cli.queries import read_queries
-    from damo_lit.cli.submission import NO_WINDOW, SUBMISSION, submission_windows
+    from damo_lit.cli.submission import SUBMISSION, submission_windows
     from damo_lit.data.dataset import Collator
     from damo_lit.data.decode import worker_context
     from damo_lit.data.features import VideoFiles, keep_list
@@ -223,11 +223,14 @@ def predict_many(cfg: Any, queries_file: str, model_overrides: Sequence[str] = (
     official = [(q, r) for q, r in zip(queries, rows) if q.official]
     if official:
         with submission.open("w") as handle:
-            for query, row in official:
-                windows = submission_windows(row.get("spans", [])) if "error" not in row else [list(NO_WINDOW)]
+            for query, row in official:  # a failed video's query: no spans, so the window of a miss
+                windows = submission_windows(row.get("spans", []))
                 handle.write(json.dumps({**query.official, "pred_relevant_windows": windows}) + "\n")
     for row in failed[:20]:
         print(f"damo-predict: no answer for {row['id']!r}: {row['video']}: {row['error']}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"damo-predict: ... and {len(failed) - 20} more without an answer (each row in {final} says why)",
+              file=sys.stderr)
     return {"out": str(out), "stage": stage.stage_name, "queries": len(rows), "answered": len(rows) - len(failed),
             "with_spans": sum(bool(r.get("spans")) for r in rows), "failed": len(failed),
             "submission": str(submission) if official else None}
