@@ -2,8 +2,9 @@
 
 The towers never change while they are frozen, and decoding plus encoding costs more than a
 training step of everything after them. `damo-cache` (damo_lit.cli.cache) runs the towers once
-over every video of a dataset and writes what `DaMO.encoder_features` returns, plus each video's
-frame / segment times, masks and duration, into safetensors shards (never pickle):
+over every video of a dataset and writes what `encoder_features` returns (of the towers alone,
+`build_encoders`), plus each video's frame / segment times, masks and duration, into
+safetensors shards (never pickle):
 
     DIR/manifest.json          format, status (partial | complete), the encoder signature (the
                                model-config keys that decide the towers' outputs, and a digest
