@@ -246,7 +246,7 @@ def test_ctrl_c_stops_the_render_workers_without_a_traceback(tmp_path):
     import time
 
     out = tmp_path / "set"
-    command = [sys.executable, "-m", "damo_lit.cli.data", "synth", "--out", str(out), "--videos", "80", "--workers", "2"]
+    command = [sys.executable, "-m", "damo_lit.cli.data", "synth", "--out", str(out), "--videos", "40", "--workers", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     while proc.poll() is None and not list((out / "videos").glob("train_*[0-9].mp4")):
         time.sleep(0.05)  # the first finished video: the workers are at work

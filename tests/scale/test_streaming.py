@@ -242,10 +242,12 @@ def test_a_sub_stream_of_other_content_is_written_again(
 
 
 def test_a_write_leaves_the_machine_wide_litdata_folders_alone(
-    video_stream: Path, data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    video_stream: Path, data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """litdata's optimize empties $TMPDIR/chunks and $TMPDIR/data before it writes: another write
-    running beside this one (another job, another user) must keep its files there."""
+    running beside this one (another job, another user) must keep its files there. Also: a write
+    says what it writes, shows litdata's progress bar and holds back its set-up chatter."""
     import tempfile
 
     system_tmp = tmp_path / "tmp"
@@ -259,8 +261,12 @@ def test_a_write_leaves_the_machine_wide_litdata_folders_alone(
     stream = tmp_path / "stream"
     shutil.copytree(video_stream, stream)
     _fake_empty_index(stream / "train" / "grounding")
-    with pytest.warns(RuntimeWarning, match="not kept as complete"):
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match="not kept as complete"), caplog.at_level(logging.INFO, logger="damo_lit"):
         assert _write([*data_overrides, f"out={stream}", *VIDEO_STREAM])["rewritten"]
+    assert f"writing train/grounding: 20 samples into {stream / 'train' / 'grounding'}" in caplog.messages
+    out, err = capsys.readouterr()
+    assert "Progress" in err and "Storing the files" not in out + err and "lightning.ai" not in out + err
     assert all(path.read_text() == "another write's file" for path in others)
     assert sorted(p.name for p in system_tmp.iterdir()) == ["chunks", "data"], "its own work folder is removed"
     assert "DATA_OPTIMIZER_CACHE_FOLDER" not in os.environ
@@ -268,7 +274,7 @@ def test_a_write_leaves_the_machine_wide_litdata_folders_alone(
 
 
 def test_a_write_that_leaves_no_samples_fails_loudly(
-    data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     def optimize(output_dir: str, **kwargs) -> None:  # reports success, writes an index of nothing
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -280,26 +286,15 @@ def test_a_write_that_leaves_no_samples_fails_loudly(
         _write([*data_overrides, f"out={tmp_path}", *VIDEO_STREAM])
     assert not (tmp_path / "train" / "grounding" / "damo_written.json").exists()
 
-
-def test_a_write_says_what_it_writes_and_holds_back_litdatas_chatter(
-    data_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """One line per sub-stream and litdata's progress bar; its dozen set-up lines only when it fails."""
-    with caplog.at_level(logging.INFO, logger="damo_lit"):
-        _write([*data_overrides, f"out={tmp_path / 'ok'}", *VIDEO_STREAM])
-    assert f"writing train/grounding: 20 samples into {tmp_path / 'ok' / 'train' / 'grounding'}" in caplog.messages
-    out, err = capsys.readouterr()
-    assert "Progress" in err and "Storing the files" not in out + err and "lightning.ai" not in out + err
-
-    def optimize(output_dir: str, **kwargs) -> None:
+    def crashing(output_dir: str, **kwargs) -> None:
         print(f"Storing the files under {output_dir}")
         raise RuntimeError("a worker died")
 
-    monkeypatch.setattr(litdata, "optimize", optimize)
+    monkeypatch.setattr(litdata, "optimize", crashing)
+    capsys.readouterr()
     with pytest.raises(RuntimeError, match="a worker died"):
-        _write([*data_overrides, f"out={tmp_path / 'failed'}", *VIDEO_STREAM])
-    assert "Storing the files under" in capsys.readouterr().err
+        _write([*data_overrides, f"out={tmp_path / 'crashed'}", *VIDEO_STREAM])
+    assert "Storing the files under" in capsys.readouterr().err, "litdata's lines are shown when it fails"
 
 
 # -- two tasks (CombinedStreamingDataset), as stages 2 and 4 train ------------------------------------------------
