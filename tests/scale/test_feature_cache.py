@@ -156,9 +156,13 @@ def test_towers_from_a_stage_checkpoint_need_a_cache_made_from_it(
 
 
 def test_interrupted_cache_is_refused_then_resumed(data_overrides: list[str], tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    from damo_lit.cli.cache import main as damo_cache
+
     out = tmp_path / "cache"
-    cfg = compose("cache", [*data_overrides, *FROZEN, f"out={out}", "num_workers=0", "shard_size=4", "batch_size=4"])
+    words = [*data_overrides, *FROZEN, f"out={out}", "num_workers=0", "shard_size=4", "batch_size=4"]
+    cfg = compose("cache", words)
     original = FeatureCacheWriter.write_shard
     calls = []
 
@@ -169,8 +173,11 @@ def test_interrupted_cache_is_refused_then_resumed(data_overrides: list[str], tm
         return original(self, rows)
 
     monkeypatch.setattr(FeatureCacheWriter, "write_shard", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        build_cache(cfg)
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, the shell's status for SIGINT
+        damo_cache(words)
+    assert stopped.value.code == 130
+    said = capsys.readouterr().err
+    assert f"damo-cache: interrupted (Ctrl-C); its finished shards stay in {out}" in said and "Traceback" not in said
     monkeypatch.setattr(FeatureCacheWriter, "write_shard", original)
     assert json.loads((out / "manifest.json").read_text())["status"] == "partial"
     assert len(list((out / "shards").glob("*.safetensors"))) == 1, "only the finished shard is on disk"

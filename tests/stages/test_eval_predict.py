@@ -232,12 +232,15 @@ def test_damo_predict_answers_a_file_of_queries(
 
     load, fmt = checkpoint.load_stage, _timestamps(stage3_run)
     asked: list[int] = []
+    ctrl_c_at = 0  # the batch (1-based) at which Ctrl-C comes; 0: never
 
     def scripted(*args: Any, **kwargs: Any) -> Any:
         stage = load(*args, **kwargs)
 
         def answer(batch: Any, embeds: Any, max_new_tokens: int) -> list[str]:
             asked.append(len(batch["question"]))
+            if ctrl_c_at == len(asked):
+                raise KeyboardInterrupt
             return ["no idea." if "nothing" in q else f"{format_span(1.0, 3.0, float(d), fmt)}."
                     for q, d in zip(batch["question"], batch["duration"])]
 
@@ -274,6 +277,20 @@ def test_damo_predict_answers_a_file_of_queries(
     assert submission[1]["pred_relevant_windows"] == [[0.0, 0.0, 0.0]]
     assert not (out / "predictions.jsonl.partial").exists()
     assert "no answer for 'missing'" in capsys.readouterr().err
+    # Ctrl-C at the second batch: exit 130, the first batch's answers kept in .partial and named
+    from damo_lit.cli.predict import main as damo_predict
+
+    asked.clear()
+    ctrl_c_at = 2
+    with pytest.raises(SystemExit) as stopped:
+        damo_predict([f"ckpt={stage3_run}", "accelerator=cpu", "batch_size=2", "num_workers=0",
+                      f"video_dir={videos}", f"out={out}", f"queries={queries}"])
+    assert stopped.value.code == 130
+    said = capsys.readouterr().err
+    assert f"the 2 answers given so far are in {out / 'predictions.jsonl.partial'}" in said
+    assert "damo-predict: interrupted (Ctrl-C)" in said and "Traceback" not in said
+    assert len((out / "predictions.jsonl.partial").read_text().splitlines()) == 2
+    assert not (out / "predictions.jsonl").exists(), "the last run's answers are not left as this one's"
 
 
 def test_damo_predict_names_bad_query_lines_before_building_anything(stage3_run: Path, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ Composes conf/cache.yaml (defaults: paths default, model damo_tiny, data synthet
 every video of every split through the data layer, runs the vision and audio towers on it once
 (only they are built, not the LLM: `build_encoders`) and writes the rows into safetensors shards
 with a manifest of the encoder config they were made with (and a digest of the tower weights).
-An interrupted run keeps its finished shards; the same command continues it. Training then takes `data.features=DIR` (with frozen towers) and skips
-decoding and the towers. init_from=STAGE_DIR encodes with the towers of a stage checkpoint (the
+An interrupted run (Ctrl-C: exit 130, one line) keeps its finished shards; the same command
+continues it. Training then takes `data.features=DIR` (with frozen towers) and skips decoding
+and the towers. init_from=STAGE_DIR encodes with the towers of a stage checkpoint (the
 tiny model's random towers train in stages 1-2); a run that starts from that checkpoint, and
 only such a run, can then read the cache.
 
@@ -36,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from damo_lit.cli.common import compose, user_errors
+from damo_lit.cli.common import compose, stopped_by_ctrl_c, user_errors
 
 log = logging.getLogger("damo_lit.cache")
 
@@ -273,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose("cache", args)
     if cfg.kind not in ("features", "stream"):
         raise SystemExit(f"damo-cache: kind must be features or stream, got {cfg.kind!r}")
-    with user_errors("damo-cache", FeatureCacheError):
+    kept = ("its finished shards stay in {out}, and the same command encodes only the rest" if cfg.kind == "features"
+            else "the sub-streams written in full stay in {out}, and the same command keeps them")
+    with user_errors("damo-cache", FeatureCacheError), stopped_by_ctrl_c("damo-cache", kept.format(out=cfg.out)):
         report = build_cache(cfg) if cfg.kind == "features" else build_stream(cfg)
     if cfg.kind == "features":
         print(f"{report.out}: {report.videos} videos in {report.shards} shards, {report.bytes / 1e6:.1f} MB "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -208,6 +209,17 @@ def user_errors(prog: str, *more: type[BaseException], traceback_to: Path | None
             except OSError:
                 pass
         raise SystemExit(f"{prog}: {user_error_message(err)}\n{where}") from None
+
+
+@contextlib.contextmanager
+def stopped_by_ctrl_c(prog: str, what_stays: str) -> Iterator[None]:
+    """Ctrl-C: `prog: interrupted; <what_stays>` on stderr (what was kept, how to go on) and exit
+    status 130, the shell's for SIGINT, instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (Ctrl-C); {what_stays}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def unwritable_reason(path: Path, err: OSError) -> str:

@@ -154,8 +154,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return 2
     empty = [split for split, count in split_sizes(cfg.videos).items() if count == 0]
     if empty:
-        print(f"damo-data synth: note: --videos {cfg.videos} leaves the {' and '.join(empty)} split(s) empty (80/10/10, "
-              "rounded); training validates on val and tests on test, so give --videos 6 or more", file=sys.stderr)
+        print(f"damo-data synth: note: --videos {cfg.videos} leaves the {' and '.join(empty)} split(s) empty "
+              "(80/10/10, rounded); training validates on val and tests on test, so give --videos 6 or more",
+              file=sys.stderr)
     with generation_lock(args.out):  # not beside a training run generating into the same folder
         refusal = existing_set_refusal(args.out, cfg, args.force)
         if refusal is not None:

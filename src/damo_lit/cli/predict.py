@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from damo_lit.cli.common import compose, quiet_inference_logs, split_model_overrides, user_errors
+from damo_lit.cli.common import compose, quiet_inference_logs, split_model_overrides, stopped_by_ctrl_c, user_errors
 
 
 def inference_device(accelerator: str) -> "torch.device":
@@ -245,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     # besides the common mistakes: an empty question, a GPU this machine lacks, a video that does not decode
     literal, overrides = split_words(argv)
-    with user_errors("damo-predict", ValueError, DecodeError), quiet_inference_logs():
+    with user_errors("damo-predict", ValueError, DecodeError), quiet_inference_logs(), \
+            stopped_by_ctrl_c("damo-predict", "stopped before the end"):
         model_overrides, overrides = split_model_overrides(overrides, "damo-predict")
         cfg = compose("predict", overrides)
         queries = literal.pop("queries", None)
