@@ -222,8 +222,9 @@ def test_an_interrupted_synth_continues_where_it_stopped(tmp_path, capsys, monke
     monkeypatch.setattr(synthetic, "render_plan", render_then_interrupt)
     capsys.readouterr()
     assert _synth(out, 10, "--faults", "0.2") == 130
-    said = capsys.readouterr().out
-    assert "interrupted with 4 of 10 videos rendered" in said and "the same command continues" in said
+    said = capsys.readouterr()
+    assert "interrupted with 4 of 10 videos rendered" in said.err and "the same command continues" in said.err
+    assert "rendering 10 videos" in said.err and not said.out, "progress and notes on stderr, results on stdout"
     assert not synthetic.is_generated(out) and (out / "synth.partial.json").is_file()
     assert _synth(out, 12, "--faults", "0.2") == 1  # another set: refused, as any unfinished one
     assert "an unfinished set of other parameters" in capsys.readouterr().err
@@ -253,7 +254,7 @@ def test_ctrl_c_stops_the_render_workers_without_a_traceback(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
-    assert "interrupted with" in stdout and "Traceback" not in stdout + stderr
+    assert "interrupted with" in stderr and "Traceback" not in stdout + stderr
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")}
     assert kept
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)

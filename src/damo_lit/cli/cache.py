@@ -142,6 +142,7 @@ def build_cache(cfg: Any) -> Any:
     import numpy as np
     import torch
     from omegaconf import OmegaConf
+    from rich.console import Console
     from rich.progress import Progress
     from torch.utils.data import DataLoader
 
@@ -207,7 +208,7 @@ def build_cache(cfg: Any) -> Any:
             num_workers=workers, collate_fn=keep_list, multiprocessing_context=worker_context() if workers else None,
         )  # fmt: skip
         pending: list[FeatureRow] = []
-        with Progress() as progress, torch.inference_mode():
+        with Progress(console=Console(stderr=True)) as progress, torch.inference_mode():  # stdout: the report
             task = progress.add_task(f"encoding {len(todo)} videos into {cfg.out}", total=len(todo))
             for batch in loader:
                 good = [(key, video) for key, video, _ in batch if video is not None]

@@ -633,12 +633,13 @@ def _ignore_interrupts() -> None:
 def _render_all(plans: list[VideoPlan], out: Path, workers: int) -> None:
     """Render `plans` with a progress bar. Ctrl-C stops after the videos being rendered (each is
     written whole or not at all), says how far it got and raises KeyboardInterrupt."""
+    from rich.console import Console
     from rich.progress import Progress
 
     if not plans:
         return
     workers = max(1, min(workers, os.cpu_count() or 1, len(plans)))
-    with Progress(transient=False) as progress:
+    with Progress(transient=False, console=Console(stderr=True)) as progress:  # stdout: what was written
         task = progress.add_task(f"rendering {len(plans)} videos", total=len(plans))
         try:
             if workers <= 1:
