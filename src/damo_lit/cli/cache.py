@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from damo_lit.cli.common import compose, stopped_by_ctrl_c, user_errors
+from damo_lit.cli.common import compose, integer_problem, stopped_by_ctrl_c, user_errors
 
 log = logging.getLogger("damo_lit.cache")
 
@@ -98,9 +98,9 @@ def check_settings(cfg: Any) -> None:
     from damo_lit.data.sources.base import SPLITS
 
     def whole(key: str, least: int) -> None:
-        value = cfg.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise SystemExit(f"damo-cache: {key}={value}: expected an integer >= {least}")
+        problem = integer_problem(cfg, key, least)
+        if problem:
+            raise SystemExit(f"damo-cache: {problem}")
 
     unknown = [s for s in cfg.splits if s not in SPLITS]
     if unknown:

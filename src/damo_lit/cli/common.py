@@ -9,7 +9,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -209,6 +209,15 @@ def user_errors(prog: str, *more: type[BaseException], traceback_to: Path | None
             except OSError:
                 pass
         raise SystemExit(f"{prog}: {user_error_message(err)}\n{where}") from None
+
+
+def integer_problem(cfg: Any, key: str, least: int) -> str | None:
+    """`key=value: expected an integer >= least` when a command's own count key is no such integer
+    (a bool, a word, a fraction), else None."""
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        return f"{key}={value}: expected an integer >= {least}"
+    return None
 
 
 @contextlib.contextmanager

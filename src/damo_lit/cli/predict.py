@@ -42,7 +42,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from damo_lit.cli.common import compose, quiet_inference_logs, split_model_overrides, stopped_by_ctrl_c, user_errors
+from damo_lit.cli.common import (
+    compose, integer_problem, quiet_inference_logs, split_model_overrides, stopped_by_ctrl_c, user_errors,
+)  # fmt: skip
 
 
 def inference_device(accelerator: str) -> "torch.device":
@@ -177,16 +179,15 @@ def predict_many(cfg: Any, queries_file: str, model_overrides: Sequence[str] = (
 
     from damo_lit.cli.eval import output_folder
     from damo_lit.cli.queries import read_queries
-    from damo_lit.cli.submission import SUBMISSION, submission_windows
+    from damo_lit.cli.submission import SUBMISSION, submission_line
     from damo_lit.data.dataset import Collator
     from damo_lit.data.decode import worker_context
     from damo_lit.data.features import VideoFiles, keep_list
     from damo_lit.data.inference import question_item
 
-    for key in ("batch_size", "num_workers"):
-        value, least = cfg.get(key), 1 if key == "batch_size" else 0
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{key}={value}: expected an integer >= {least}")
+    problem = integer_problem(cfg, "batch_size", 1) or integer_problem(cfg, "num_workers", 0)
+    if problem:
+        raise ValueError(problem)
     queries = read_queries(queries_file, cfg.get("video_dir"))
     inference_device(cfg.accelerator)
     checkpoint, params = answering_checkpoint(cfg, model_overrides)
@@ -224,8 +225,7 @@ def predict_many(cfg: Any, queries_file: str, model_overrides: Sequence[str] = (
     if official:
         with submission.open("w") as handle:
             for query, row in official:  # a failed video's query: no spans, so the window of a miss
-                windows = submission_windows(row.get("spans", []))
-                handle.write(json.dumps({**query.official, "pred_relevant_windows": windows}) + "\n")
+                handle.write(json.dumps(submission_line(query.official, row.get("spans", []))) + "\n")
     for row in failed[:20]:
         print(f"damo-predict: no answer for {row['id']!r}: {row['video']}: {row['error']}", file=sys.stderr)
     if len(failed) > 20:

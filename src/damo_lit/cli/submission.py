@@ -23,6 +23,11 @@ def submission_windows(spans: Sequence[Sequence[float]]) -> list[list[float]]:
     return [[round(float(s), 4), round(float(e), 4), round(1.0 / (rank + 1), 4)] for rank, (s, e) in enumerate(spans)]
 
 
+def submission_line(official: Mapping[str, Any], spans: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """One submission object: the query's official qid, query and vid, and the answer's windows."""
+    return {**{k: official[k] for k in ("qid", "query", "vid")}, "pred_relevant_windows": submission_windows(spans)}
+
+
 def qvhighlights_submission(rows: Iterable[Mapping[str, Any]], samples: Iterable[Any]) -> list[dict[str, Any]]:
     """The submission lines of the prediction `rows` whose records came from a QVHighlights file
     (their `meta` keeps the official qid, with its type, query and vid); other rows are left out."""
@@ -32,6 +37,5 @@ def qvhighlights_submission(rows: Iterable[Mapping[str, Any]], samples: Iterable
         meta = official.get(row["id"])
         if meta is None or row.get("padding"):
             continue
-        lines.append({"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"],
-                      "pred_relevant_windows": submission_windows(row["pred_spans"])})
+        lines.append(submission_line(meta, row["pred_spans"]))
     return lines
