@@ -133,15 +133,15 @@ class FakeChatServer:
             self.requests += 1
             return self.script.pop(0) if self.script else "ok"
 
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
-        """Count one request in flight while it is answered (after `delay`)."""
+    def hold(self) -> None:
+        """Hold one request in flight for `delay` seconds. It counts as done before its answer is
+        written: a client that has read the answer may send its next request at once, before this
+        thread would get to count the last one done (which counted 4 in flight at concurrency 3)."""
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             time.sleep(self.delay)
-            yield
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -180,8 +180,8 @@ def serve_chat() -> Iterator[FakeChatServer]:
             self.wfile.write(raw)
 
         def do_POST(self) -> None:
-            with state.serving():
-                self._answer()
+            state.hold()
+            self._answer()
 
         def _answer(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
