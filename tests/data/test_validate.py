@@ -72,6 +72,12 @@ GROUNDING = {"id": "g", "video": "v.mp4", "duration": 10, "task": "grounding", "
         ({"task": "dialogue", "turns": [*GROUNDING["turns"], {"role": "user", "content": "and then?"},
                                         {"role": "assistant", "content": "nothing."}]},
          "the final answer of a 'dialogue' record must refer to the span"),
+        ({"turns": [{"role": "user", "content": "what is in the <video> ?"}, GROUNDING["turns"][1]]},
+         "turns[0] holds <video>, the token the video is spliced in at"),
+        ({"task": "caption", "caption": "a <video> of a dog", "turns": []}, "'caption' holds <video>"),
+        ({"duration": True}, "'duration' must be a number, got True"),
+        ({"duration": "10"}, "'duration' must be a number, got '10'"),
+        ({"spans": [[True, 2]]}, "spans[0] must hold numbers, got [True, 2]"),
     ],
 )
 def test_records_that_would_break_training_or_scoring_are_bad(tmp_path, capsys, change, reason):
@@ -88,3 +94,21 @@ def test_a_byte_order_mark_opens_a_file_without_harm(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GROUNDING) + "\n" + json.dumps({**GROUNDING, "id": "h"})).encode())
     assert validate_files([path]) == (2, [])
+
+
+def test_a_file_named_twice_is_checked_once(tmp_path, val_records, capsys):
+    path = tmp_path / "v.jsonl"
+    _write(path, val_records[:3])
+    assert main(["validate", str(path), str(tmp_path / "." / "v.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert "named more than once; checked once" in captured.err and "3 records OK" in captured.out
+
+
+def test_a_file_in_a_public_format_gets_a_short_list_and_a_hint(shared_data, capsys):
+    release = shared_data / "qvhighlights" / "highlight_val_release.jsonl"
+    assert main(["validate", str(release)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert sum("missing required key 'id'" in line for line in err) == 50  # not all 1,550
+    assert f"  ... and 1500 more bad record(s) in {release}" in err
+    assert any("no record is DaMO JSONL" in line and "data=NAME" in line and "qvhighlights" in line for line in err)
+    assert err[-1] == "1550 bad record(s), 0 good"

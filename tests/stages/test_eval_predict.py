@@ -297,10 +297,12 @@ def test_damo_predict_names_bad_query_lines_before_building_anything(stage3_run:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"video": "a.mp4", "question": "when?", "id": 1}\nnot json\n{"video": "b.mp4"}\n'
                    '{"video": "c.mp4", "question": "when?", "id": 1}\n{"qid": 3, "query": " ", "vid": "x"}\n')
+    with bad.open("ab") as handle:
+        handle.write(b'{"video": "d\xff.mp4", "question": "when?"}\n')
     message = _predict_error(f"ckpt={stage3_run}", f"queries={bad}")
-    assert "4 bad line(s)" in message
-    for number, reason in ((2, "Expecting value"), (3, "missing 'question'"), (4, "id 1 repeats line 1"),
-                           (5, "'query' must be a non-empty string")):
+    assert "5 bad line(s)" in message
+    for number, reason in ((2, "not valid JSON (Expecting value"), (3, "missing 'question'"), (4, "id 1 repeats line 1"),
+                           (5, "'query' must be a non-empty string"), (6, "not UTF-8 text")):
         assert f"{bad}:{number}: {reason}" in message
     assert "no such file" in _predict_error(f"ckpt={stage3_run}", f"queries={tmp_path / 'none.jsonl'}")
     both = _predict_error(f"ckpt={stage3_run}", f"queries={bad}", "video=a.mp4", "question=when?")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from damo_lit.data.schema import RecordError, json_lines
 from damo_lit.data.sources.base import sentence_question
 from damo_lit.data.sources.formats import video_file_name
 
@@ -65,21 +66,23 @@ def read_queries(path: str | Path, video_dir: str | Path | None = None) -> list[
     queries: list[Query] = []
     problems: list[str] = []
     seen: dict[Any, int] = {}
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                query = _query(json.loads(line), number, folder)
-            except ValueError as err:  # json.JSONDecodeError is one
-                problems.append(f"{path}:{number}: {err}")
-                continue
-            key = json.dumps(query.id)  # 7 and "7" are two ids, as QVHighlights compares them
-            if key in seen:
-                problems.append(f"{path}:{number}: id {query.id!r} repeats line {seen[key]}")
-                continue
-            seen[key] = number
-            queries.append(query)
+    for number, where, obj in json_lines(path):  # a line that is not JSON (or not UTF-8) is a RecordError
+        try:
+            if isinstance(obj, RecordError):
+                raise obj
+            query = _query(obj, number, folder)
+        except RecordError as err:
+            problems.append(str(err))
+            continue
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        key = json.dumps(query.id)  # 7 and "7" are two ids, as QVHighlights compares them
+        if key in seen:
+            problems.append(f"{where}: id {query.id!r} repeats line {seen[key]}")
+            continue
+        seen[key] = number
+        queries.append(query)
     if problems:
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise ValueError(f"{len(problems)} bad line(s) in {path}:\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)

@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from damo_lit.data.schema import Record
+from damo_lit.data.schema import VIDEO_TOKEN, Record
 from damo_lit.data.timestamps import referenced_spans, render
 
-VIDEO_TOKEN = "<video>"
 CAPTION_PROMPT = "describe the video."
 PROMPT_STYLES = ("plain", "chat")
 IGNORE_INDEX = -100

@@ -28,6 +28,9 @@ TASKS = ("caption", "grounding", "qa", "dialogue")
 MODALITIES = ("audio", "visual", "audio-visual")
 ROLES = ("user", "assistant")
 PLACEHOLDER = re.compile(r"\{(span|start|end):(\d+)\}")
+# The token at which the video's embeddings are spliced in: the prompt places exactly one, so
+# annotation text may hold none (one more would take a second slot in the sequence).
+VIDEO_TOKEN = "<video>"
 # Tasks whose final answer is scored against the spans it refers to (stages 3 and 4).
 EVALUATED_BY_SPAN = ("grounding", "dialogue")
 
@@ -74,10 +77,9 @@ class Record:
             raise RecordError(where, "'id' must be a non-empty string")
         if not isinstance(video, str) or not video:
             raise RecordError(where, "'video' must be a non-empty path string")
-        try:
-            duration = float(obj["duration"])
-        except (TypeError, ValueError):
-            raise RecordError(where, f"'duration' must be a number, got {obj['duration']!r}") from None
+        duration = _number(obj["duration"])
+        if duration is None:
+            raise RecordError(where, f"'duration' must be a number, got {obj['duration']!r}")
         if not math.isfinite(duration) or duration <= 0:
             raise RecordError(where, f"'duration' must be > 0 seconds, got {obj['duration']!r}")
         if task not in TASKS:
@@ -116,10 +118,9 @@ class Record:
         for i, span in enumerate(raw):
             if not (isinstance(span, (list, tuple)) and len(span) == 2):
                 raise RecordError(where, f"spans[{i}] must be [start, end], got {span!r}")
-            try:
-                start, end = float(span[0]), float(span[1])
-            except (TypeError, ValueError):
-                raise RecordError(where, f"spans[{i}] must hold numbers, got {span!r}") from None
+            start, end = _number(span[0]), _number(span[1])
+            if start is None or end is None:
+                raise RecordError(where, f"spans[{i}] must hold numbers, got {span!r}")
             if not (math.isfinite(start) and math.isfinite(end)):
                 raise RecordError(where, f"spans[{i}] is not finite: {span!r}")
             if end < start:
@@ -174,8 +175,20 @@ class Record:
         return out
 
 
+def _number(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else (true, "10", null), which the schema
+    refuses rather than reads as 1.0 or 10.0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 def _check_placeholders(text: str, n_spans: int, where: str, what: str) -> None:
-    """Every {span:i} / {start:i} / {end:i} of `text` must name one of the record's spans."""
+    """Every {span:i} / {start:i} / {end:i} of `text` must name one of the record's spans, and
+    no text may hold the video token itself."""
+    if VIDEO_TOKEN in text:
+        raise RecordError(where, f"{what} holds {VIDEO_TOKEN}, the token the video is spliced in at: the prompt "
+                                 "places it once by itself, so annotation text may not")
     for match in PLACEHOLDER.finditer(text):
         if int(match.group(2)) >= n_spans:
             raise RecordError(where, f"{what} refers to {match.group(0)} but the record has {n_spans} span(s)")
