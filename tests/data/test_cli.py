@@ -103,6 +103,9 @@ def test_synth_command_and_help(tmp_path, capsys):
         (["--seed", "-1"], "damo-data synth: seed must be >= 0"),
         (["--min-seconds", "nan"], "damo-data synth: min_seconds must be a finite number, got nan"),
         (["--max-seconds", "inf"], "damo-data synth: max_seconds must be a finite number, got inf"),
+        (["--size", "9"], "damo-data synth: size must be even (H.264 video in yuv420p has even sides), got 9"),
+        (["--min-seconds", "8.1", "--max-seconds", "8.2"], "damo-data synth: min_seconds (8.1) to max_seconds (8.2) "
+                                                           "holds no whole number of 0.25 s steps"),
     ],
 )
 def test_synth_bad_arguments_end_in_one_line(tmp_path, capsys, args, message):
@@ -294,3 +297,28 @@ def test_validate_a_folder_or_an_empty_file_fails(tmp_path, capsys):
         assert main(["validate", str(empty)]) == 1
         captured = capsys.readouterr()
         assert f"{empty}: no records" in captured.err and "records OK" not in captured.out
+
+
+def test_stats_names_a_split_file_that_is_not_there(synth_dir, tmp_path, capsys):
+    """A typo in data.splits is an error; a folder without one split's file says so; a config
+    that keeps no sample fails."""
+    val = synth_dir / "annotations" / "val.jsonl"
+    assert main(["stats", "data=damo_jsonl", "data.splits.train=/nope.jsonl", f"data.annotations={val}"]) == 1
+    assert "data.splits.train=/nope.jsonl: no such file" in capsys.readouterr().err
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text((synth_dir / "annotations" / "train.jsonl").read_text())
+    assert main(["stats", "data=damo_jsonl", f"data.annotations={folder}", f"data.video_dir={synth_dir}"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    stats = json.loads(out[-1])
+    assert list(stats["splits"]) == ["train"]
+    assert stats["splits_missing"] == {"val": str(folder / "val.jsonl"), "test": str(folder / "test.jsonl")}
+    assert f"    val: no annotation file ({folder / 'val.jsonl'} is not there)" in out
+    sta = tmp_path / "sta.txt"
+    sta.write_text("AAA 1 5##sits.\n")
+    (tmp_path / "meta.csv").write_text("id,length\nBBB,30.0\n")
+    code = main(["stats", "data=charades_sta", f"data.annotations={sta}", f"data.durations={tmp_path / 'meta.csv'}",
+                 "data.on_bad_record=drop"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1 and json.loads(captured.out.strip().splitlines()[-1])["samples"] == 0
+    assert "no sample kept" in captured.err

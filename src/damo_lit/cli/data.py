@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "...), load every source and print counts; the last line is one JSON object with samples, videos, "
         "videos_missing (annotated videos not found under data.video_dir) and fixes. Totals count each annotation "
         "file once: a split that reads a file another split read (val and test, when only data.splits.train is "
-        "set) says so.",
+        "set) says so; splits_missing lists splits whose file is not there. Exit status 1 when no sample is kept.",
     )
     stats.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=charades_sta data.annotations=FILE")
     return parser
@@ -200,16 +200,35 @@ def unreadable_file(path: Path) -> str | None:
     return None
 
 
+PUBLIC_FORMATS = "charades_sta, activitynet_captions, qvhighlights, caption_list"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from damo_lit.data.schema import validate_files
+    from damo_lit.data.sources.base import MAX_LISTED_ERRORS
 
-    problems = [(path, unreadable_file(path)) for path in args.files]
+    files: list[Path] = []
+    for path in args.files:  # one file named twice is checked once (its ids would all repeat)
+        if any(path.resolve() == seen.resolve() for seen in files):
+            print(f"{path}: named more than once; checked once", file=sys.stderr)
+        else:
+            files.append(path)
+    problems = [(path, unreadable_file(path)) for path in files]
     for _, problem in problems:
         if problem is not None:
             print(problem, file=sys.stderr)
-    good, errors = validate_files(path for path, problem in problems if problem is None)
-    for error in errors:
-        print(str(error), file=sys.stderr)
+    readable = [path for path, problem in problems if problem is None]
+    good, errors = validate_files(readable)
+    for path in readable:
+        prefix = f"{path}:"
+        own = [error for error in errors if error.where.startswith(prefix)]
+        for error in own[:MAX_LISTED_ERRORS]:
+            print(str(error), file=sys.stderr)
+        if len(own) > MAX_LISTED_ERRORS:
+            print(f"  ... and {len(own) - MAX_LISTED_ERRORS} more bad record(s) in {path}", file=sys.stderr)
+        if own and len(own) == _record_lines(path):
+            print(f"{path}: no record is DaMO JSONL. A file in a public format is read by its source: "
+                  f"damo-data stats data=NAME data.annotations={path} (NAME: {PUBLIC_FORMATS})", file=sys.stderr)
     bad = sum(problem is not None for _, problem in problems) + len(errors)
     if bad:
         print(f"{bad} bad record(s), {good} good", file=sys.stderr)
@@ -218,12 +237,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_names(specs: Sequence[Any]) -> list[str | None]:
+def _record_lines(path: Path) -> int:
+    from damo_lit.data.schema import json_lines
+
+    return sum(1 for _ in json_lines(path))
+
+
+def _split_names(specs: Sequence[Any]) -> tuple[list[str | None], dict[str, str]]:
+    """The splits whose annotation files exist, and {split: file} of those whose do not. A file
+    named in data.splits that is not there is an error (a typo there would otherwise vanish)."""
     from damo_lit.data.sources.base import SPLITS
 
-    if any(spec.has_split_files() for spec in specs):
-        return [s for s in SPLITS if all(spec.annotation_file(s).is_file() for spec in specs)]
-    return [None]
+    if not any(spec.has_split_files() for spec in specs):
+        return [None], {}
+    present: list[str | None] = []
+    absent: dict[str, str] = {}
+    for split in SPLITS:
+        missing = [spec for spec in specs if not spec.annotation_file(split).is_file()]
+        for spec in missing:
+            if spec.splits.get(split):
+                raise FileNotFoundError(f"{spec.key}.splits.{split}={spec.splits[split]}: no such file")
+        if missing:
+            absent[split] = str(missing[0].annotation_file(split))
+        else:
+            present.append(split)
+    return present, absent
 
 
 def collect_stats(data_cfg: Any) -> dict[str, Any]:
@@ -241,7 +279,7 @@ def collect_stats(data_cfg: Any) -> dict[str, Any]:
     options = OmegaConf.to_container(data_cfg, resolve=True)
     assert isinstance(options, dict)
     specs = source_specs(options)
-    splits = _split_names(specs)
+    splits, absent = _split_names(specs)
     if not splits:
         raise FileNotFoundError(
             f"no split has its annotation file for {', '.join(s.label for s in specs)} (data.annotations / data.splits)"
@@ -271,6 +309,7 @@ def collect_stats(data_cfg: Any) -> dict[str, Any]:
         "videos_missing": len(missing),
         "missing_examples": missing[:3],
         "splits": per_split,
+        "splits_missing": absent,
         "tasks": dict(sorted(Counter(s.record.task for s in samples).items())),
         "modalities": dict(sorted(Counter(s.record.modality or "none" for s in samples).items())),
         "sources": dict(sources),
@@ -313,6 +352,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         shared = counts.get("shares_file_with")
         note = f" (shares a file with {', '.join(shared)}: counted once in the totals)" if shared else ""
         print(f"  {split:>5}: {counts['samples']} samples over {counts['videos']} videos{note}")
+    for split, path in stats["splits_missing"].items():
+        print(f"  {split:>5}: no annotation file ({path} is not there)")
     print("  tasks: " + ", ".join(f"{k} {v}" for k, v in stats["tasks"].items()))
     print("  modalities: " + ", ".join(f"{k} {v}" for k, v in stats["modalities"].items()))
     if len(stats["sources"]) > 1:
@@ -322,6 +363,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     done = {k: v for k, v in stats["fixes"].items() if v}
     print("  fix-ups: " + (", ".join(f"{k} {v}" for k, v in done.items()) or "none") + " (every kind: see the JSON)")
     print(json.dumps({k: v for k, v in stats.items() if k != "missing_examples"}))
+    if not stats["samples"]:
+        print("damo-data stats: no sample kept: every record was dropped (the fix-ups say why) or the "
+              "annotation files hold none", file=sys.stderr)
+        return 1
     return 0
 
 
