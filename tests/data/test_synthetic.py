@@ -314,3 +314,17 @@ def test_data_generate_names_a_value_of_the_wrong_kind(tmp_path):
     with pytest.raises(ValueError, match=r"^data.generate: .*unexpected keyword argument 'vidoes'"):
         ensure_generated(tmp_path / "set", {"vidoes": 20})
     assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.parametrize("fps, step", [(8, 0.25), (3, 1 / 3), (10, 0.3), (30, 8 / 30)])
+def test_durations_and_event_bounds_are_whole_frames_inside_the_asked_range(fps, step):
+    """At any frame rate the annotated duration is where the frames end, and never outside
+    min_seconds..max_seconds (rounding 8.1-8.2 s to 0.25 s steps once gave 8.25)."""
+    cfg = SynthConfig(videos=30, fps=fps, min_seconds=8.1, max_seconds=9.9)
+    assert cfg.quantum == pytest.approx(step)
+    for plan in iter_plans(cfg):
+        assert 8.1 <= plan.duration <= 9.9
+        frames = plan.duration * fps
+        assert frames == pytest.approx(round(frames), abs=1e-6)
+        for event in plan.events:
+            assert event.start * fps == pytest.approx(round(event.start * fps), abs=1e-6)

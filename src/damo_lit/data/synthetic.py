@@ -72,7 +72,7 @@ GLIDE_OCTAVES = 2.0 / 3.0  # rising/falling tones glide +-1/3 octave: pitch band
 AUDIO_KINDS = ("mono16k", "stereo44k", "none")
 AUDIO_RATE = {"mono16k": 16000, "stereo44k": 44100}
 TONE_AMPLITUDE = 0.3
-QUANTUM = 0.25  # event boundaries and durations are multiples of this (2 frames at 8 fps)
+QUANTUM = 0.25  # event boundaries and durations are multiples of about this: whole frames (2 at 8 fps)
 MIN_GAP = 0.5  # seconds between two events on the same channel
 CORNER = 0.3  # overlapping shapes keep to opposite corners: this share of the path range each
 PLACE_ATTEMPTS = 400
@@ -137,6 +137,8 @@ class SynthConfig:
             raise ValueError(f"faults is a share of the videos and must lie in [0, 1], got {self.faults}")
         if not 8 <= self.size <= 1024 or self.fps < 1:
             raise ValueError(f"size must be 8-1024 and fps >= 1, got size={self.size} fps={self.fps}")
+        if self.size % 2:
+            raise ValueError(f"size must be even (H.264 video in yuv420p has even sides), got {self.size}")
         if not 0 < self.min_event_seconds <= self.max_event_seconds:
             raise ValueError("need 0 < min_event_seconds <= max_event_seconds")
         if not 1 <= self.min_events <= self.max_events <= 4:
@@ -146,6 +148,28 @@ class SynthConfig:
                 f"min_seconds ({self.min_seconds}) must be <= max_seconds ({self.max_seconds}) and leave room for two "
                 f"events of min_event_seconds ({self.min_event_seconds})"
             )
+        step = self.quantum
+        if math.floor(self.max_seconds / step + 1e-9) < math.ceil(self.min_seconds / step - 1e-9):
+            raise ValueError(
+                f"min_seconds ({self.min_seconds}) to max_seconds ({self.max_seconds}) holds no whole number of "
+                f"{step:.4g} s steps (durations are whole frames at {self.fps} fps, in steps of about {QUANTUM} s)"
+            )
+
+    @property
+    def quantum(self) -> float:
+        """The step of event boundaries and durations: whole frames, about QUANTUM seconds (exactly
+        QUANTUM at 8 fps), so that a video's frames end where its annotated duration does."""
+        return math.ceil(QUANTUM * self.fps - 1e-9) / self.fps
+
+    def quantize(self, value: float) -> float:
+        return round(value / self.quantum) * self.quantum
+
+    def draw_duration(self, rng: np.random.Generator) -> float:
+        """A video duration, a whole number of steps inside [min_seconds, max_seconds]."""
+        step = self.quantum
+        lowest = math.ceil(self.min_seconds / step - 1e-9) * step
+        highest = math.floor(self.max_seconds / step + 1e-9) * step
+        return min(max(self.quantize(rng.uniform(self.min_seconds, self.max_seconds)), lowest), highest)
 
 
 @dataclass(frozen=True)
@@ -226,10 +250,6 @@ def split_sizes(videos: int) -> dict[str, int]:
     return {"train": videos - val - test, "val": val, "test": test}
 
 
-def _quantize(value: float) -> float:
-    return round(value / QUANTUM) * QUANTUM
-
-
 def _audio_kind(position: int) -> str:
     """Exact shares per split: position (in a seeded permutation) % 10 == 0 -> none, 1-2 -> stereo."""
     slot = position % 10
@@ -252,14 +272,14 @@ def _place(
     (a rule like "sounds never overlap" would: an audio-only tone could then never sound during
     a visible audio-visual event). Lengths shrink after repeated misfits.
     """
-    lengths = [_quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds)) for _ in kinds]
+    lengths = [cfg.quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds)) for _ in kinds]
     pairs = [(i, j) for i in range(len(kinds)) for j in range(i + 1, len(kinds)) if kinds[i] == kinds[j]]
     for attempt in range(PLACE_ATTEMPTS):
         if attempt and attempt % (PLACE_ATTEMPTS // 4) == 0:
-            lengths = [max(cfg.min_event_seconds, _quantize(length * 0.8)) for length in lengths]
+            lengths = [max(cfg.min_event_seconds, cfg.quantize(length * 0.8)) for length in lengths]
         if any(length > duration for length in lengths):
             continue
-        starts = [_quantize(rng.uniform(0.0, duration - length)) for length in lengths]
+        starts = [cfg.quantize(rng.uniform(0.0, duration - length)) for length in lengths]
         spans = [(start, start + length) for start, length in zip(starts, lengths)]
         if all(_apart(spans[i], spans[j]) for i, j in pairs):
             return spans
@@ -287,7 +307,7 @@ def plan_video(cfg: SynthConfig, split: str, index: int, position: int) -> Video
     """Plan one video from its own seed stream (seed, split, index)."""
     split_code = SPLITS.index(split)
     rng = np.random.default_rng([cfg.seed, split_code, index])
-    duration = _quantize(rng.uniform(cfg.min_seconds, cfg.max_seconds))
+    duration = cfg.draw_duration(rng)
     audio = _audio_kind(position)
     fit = _max_per_channel(duration, cfg)
     spans = None
