@@ -43,12 +43,23 @@ class SplitRecords:
         return sorted({s.video_path for s in self.samples})
 
 
-def _as_tuple(value: Any) -> tuple[str, ...]:
+def _as_tuple(value: Any, key: str) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, (str, Path)):
         return (str(value),)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key} must be a path or a list of paths, got {value!r}")
     return tuple(str(v) for v in value)
+
+
+def _mapping(value: Any, key: str, expected: str) -> dict[str, Any]:
+    """A config node that must be a mapping ({} when unset), or the error naming `key`."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a mapping ({expected}), got {value!r}")
+    return dict(value)
 
 
 def _spec(entry: Mapping[str, Any], where: str) -> SourceSpec:
@@ -57,31 +68,37 @@ def _spec(entry: Mapping[str, Any], where: str) -> SourceSpec:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; a source takes {', '.join(SPEC_KEYS)}")
     if not entry.get("format"):
         raise ValueError(f"{where}: 'format' is required")
-    splits = {k: str(v) for k, v in dict(entry.get("splits") or {}).items() if v}
+    splits = _mapping(entry.get("splits"), f"{where}.splits", "train/val/test: a file each")
+    columns = _mapping(entry.get("columns"), f"{where}.columns", "video/caption/duration/...: a column name each")
     return SourceSpec(
         format=str(entry["format"]),
         annotations=str(entry["annotations"]) if entry.get("annotations") else None,
         video_dir=str(entry["video_dir"]) if entry.get("video_dir") else None,
-        durations=_as_tuple(entry.get("durations")),
-        splits=splits,
+        durations=_as_tuple(entry.get("durations"), f"{where}.durations"),
+        splits={str(k): str(v) for k, v in splits.items() if v},
         video_ext=str(entry.get("video_ext") or ".mp4"),
         on_bad_window=str(entry.get("on_bad_window") or "clip"),
         on_bad_record=str(entry.get("on_bad_record") or "error"),
         weight=float(entry.get("weight", 1.0) if entry.get("weight") is not None else 1.0),
         name=str(entry["name"]) if entry.get("name") else None,
-        columns={str(k): str(v) for k, v in dict(entry.get("columns") or {}).items() if v},
+        columns={str(k): str(v) for k, v in columns.items() if v},
         key=where,
     )
 
 
 def source_specs(options: Mapping[str, Any]) -> list[SourceSpec]:
     """The sources of a data config: `sources` (a mixture) or else the top-level keys (one source)."""
-    entries = list(options.get("sources") or [])
+    sources = options.get("sources") or []
+    if not isinstance(sources, (list, tuple)):
+        raise ValueError(f"data.sources must be a list of sources ({{format, annotations, ...}} each), got {sources!r}")
+    entries = list(sources)
     if not entries:
         return [_spec({k: options.get(k) for k in SPEC_KEYS if k in options}, "data")]
     specs: list[SourceSpec] = []
     for i, entry in enumerate(entries):
         merged = {k: options.get(k) for k in INHERITED if options.get(k) is not None}
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"data.sources[{i}] must be a mapping (a source: {{format, annotations, ...}}), got {entry!r}")
         merged.update({k: v for k, v in dict(entry).items() if v is not None})
         spec = _spec(merged, f"data.sources[{i}]")
         twin = next((s for s in specs if spec.name and s.name == spec.name), None)
@@ -141,3 +158,22 @@ def load_split(
         per_source[spec.label] = per_source.get(spec.label, 0) + len(chosen)
         samples += chosen
     return SplitRecords(split, samples, fixes, per_source)
+
+
+def cap_samples(loaded: SplitRecords, limit: int) -> SplitRecords:
+    """At most `limit` samples, each source keeping its share of them (the first ones of each,
+    in their order): a smoke run over a mixture sees every source, not only the first."""
+    if len(loaded.samples) <= limit:
+        return loaded
+    counts: dict[str, int] = {}
+    place: list[tuple[float, int]] = []  # (position within its source as a fraction, index)
+    totals = {label: sum(s.source == label for s in loaded.samples) for label in {s.source for s in loaded.samples}}
+    for index, sample in enumerate(loaded.samples):
+        seen = counts.get(sample.source, 0)
+        counts[sample.source] = seen + 1
+        place.append((seen / totals[sample.source], index))
+    kept = sorted(index for _, index in sorted(place)[:limit])
+    samples = [loaded.samples[i] for i in kept]
+    per_source = {label: sum(s.source == label for s in samples) for label in loaded.per_source}
+    return SplitRecords(loaded.split, samples, loaded.fixes, per_source)
+

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from damo_lit.data.cache import prepare, warn_bad
-from damo_lit.data.collection import Sample, SplitRecords, check_tasks, load_split, source_specs
+from damo_lit.data.collection import Sample, SplitRecords, cap_samples, check_tasks, load_split, source_specs
 from damo_lit.data.dataset import BATCH_KEYS, Collator, EpochSampler, EvalSampler, RecordDataset, VideoLoader
 from damo_lit.data.decode import DecodeParams, worker_context
 from damo_lit.data.features import (
@@ -227,7 +227,7 @@ class DaMODataModule(L.LightningDataModule):
         """The samples of a split, task-filtered, mixed by weight (train) and capped."""
         loaded = load_split(self.specs, split, self.tasks_for(split), weighted=split == "train", seed=self.seed)
         if self.max_samples_per_split:
-            loaded.samples = loaded.samples[: self.max_samples_per_split]
+            loaded = cap_samples(loaded, self.max_samples_per_split)
         return loaded
 
     def prepare_data(self) -> None:
