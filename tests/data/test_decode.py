@@ -35,6 +35,7 @@ def test_stereo_44k_clip_comes_out_16k_mono(shared_data):
     assert decoded.frames.shape == (8, 3, 48, 32) and decoded.frames.dtype == np.uint8
     assert decoded.audio_mel.shape == (4, 80, 60) and decoded.audio_mel.dtype == np.float32
     assert decoded.duration == pytest.approx(7.08, abs=0.05)
+    assert probe_duration(path) == pytest.approx(decoded.duration, abs=1e-3)  # the video's, not the 7.2 s audio's
     # times are the frames' real presentation times (24 fps), increasing, inside the video
     assert np.all(np.diff(decoded.frame_times) > 0) and decoded.frame_times[-1] < decoded.duration
     np.testing.assert_allclose(decoded.frame_times * 24, np.round(decoded.frame_times * 24), atol=1e-3)
@@ -92,10 +93,12 @@ def test_sample_indices_uniform_and_short_videos_padded():
     np.testing.assert_array_equal(sample_indices(3, 8), [0, 1, 2])
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "corrupt", "truncated"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "corrupt", "truncated", "folder"])
 def test_bad_files_raise_decode_error_naming_them(tmp_path, shared_data, kind):
     path = tmp_path / f"{kind}.mp4"
-    if kind == "empty":
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "corrupt":
         path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)
@@ -104,7 +107,8 @@ def test_bad_files_raise_decode_error_naming_them(tmp_path, shared_data, kind):
     with pytest.raises(DecodeError) as info:
         decode_video(path, PARAMS)
     assert str(path) in str(info.value)
-    expected = {"missing": "not found", "empty": "0 bytes", "corrupt": "cannot read", "truncated": "cannot read"}
+    expected = {"missing": "not found", "empty": "0 bytes", "corrupt": "cannot read", "truncated": "cannot read",
+                "folder": "is a folder, not a video file"}
     assert expected[kind] in info.value.reason
 
 

@@ -62,6 +62,17 @@ def test_a_durations_row_that_is_not_utf8_is_a_bad_record(tmp_path):
         load_source(SourceSpec("charades_sta", str(ann), durations=(str(csv),), on_bad_record="drop"))
 
 
+def test_a_video_listed_with_an_unusable_length_is_known_without_a_duration(tmp_path):
+    """Its queries are dropped as `duration_missing_dropped` (or the file is probed), not refused
+    as an unknown video: the id is in the durations file."""
+    ann, csv = _charades(tmp_path, b"AAA 1 5##sits.\nBBB 1 5##stands.\nCCC 1 5##runs.\nDDD 1 5##jumps.\n",
+                         b"id,length\nAAA,\nBBB,0\nCCC,abc\nDDD,20\n")  # fmt: skip
+    loaded = load_source(SourceSpec("charades_sta", str(ann), durations=(str(csv),), video_dir=str(tmp_path)))
+    assert [r.video for r in loaded.records] == ["DDD.mp4"]
+    assert _nonzero(loaded) == {"duration_missing_dropped": 3}
+    assert read_charades_durations(csv) == {"DDD": 20.0}
+
+
 def test_a_caption_list_row_that_is_not_utf8_is_a_bad_record(tmp_path):
     path = tmp_path / "webvid.csv"
     path.write_bytes(b"videoid,name,duration\n1001,A cat.,5\n1002,Un caf\xe9.,5\n1003,A dog.,5\n")

@@ -134,7 +134,7 @@ def test_missing_duration_is_read_from_the_video(tmp_path, shared_data):
     spec = SourceSpec("qvhighlights", str(ann), video_dir=str(shared_data / "videos"), on_bad_record="drop")
     result = load_source(spec)
     (record,) = result.records
-    assert record.duration == pytest.approx(7.2, abs=0.05)
+    assert record.duration == pytest.approx(7.08, abs=0.01)  # the video stream's, not the 7.2 s audio's
     assert record.spans == ((1.0, 3.0), (5.0, record.duration))
     assert _nonzero(result) == {
         "duration_probed": 1,
@@ -199,7 +199,7 @@ def test_caption_list_internvid_clips_are_spans(tmp_path, shared_data):
     result = load_source(spec)
     assert [(r.video, r.task) for r in result.records] == [("dog_barking.mp4", "caption")] * 3
     duration = result.records[0].duration
-    assert duration == pytest.approx(7.2, abs=0.05)  # InternVid has no duration column: read from the file
+    assert duration == pytest.approx(7.08, abs=0.01)  # InternVid has no duration column: the video stream's, read from the file
     # two clips of one video: two captions of two spans, not two captions of the whole video
     assert [r.spans for r in result.records] == [((1.0, 3.5),), ((4.0, duration),), ((2.0, 5.0),)]
     assert result.records[0].caption == "A dog barks {span:0}."

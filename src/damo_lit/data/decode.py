@@ -153,6 +153,8 @@ class DecodedVideo:
 def check_file(path: str | Path) -> Path:
     """Raise DecodeError for a missing or empty file (decord's own errors on them are cryptic)."""
     path = Path(path)
+    if path.is_dir():
+        raise DecodeError(path, "is a folder, not a video file")
     if not path.is_file():
         raise DecodeError(path, "file not found")
     if path.stat().st_size == 0:
@@ -409,10 +411,13 @@ def decode_video(path: str | Path, params: DecodeParams) -> DecodedVideo:
 
 
 def probe_duration(path: str | Path) -> float | None:
-    """The container's duration in seconds (header only; else the video stream's), or None when it
-    cannot be read."""
+    """The video's duration in seconds from its header (no decoding): the video stream's own, as
+    decoding sees it (header_video_duration); the container's only where the header keeps no
+    per-stream duration. None when it cannot be read."""
     try:
         header = read_header(check_file(path))
     except DecodeError:
         return None
-    return None if header is None else header.container or header.video
+    if header is None:
+        return None
+    return header.video or header.container

@@ -97,12 +97,14 @@ def read_charades_sta(path: str | Path, durations: dict[str, float] | None = Non
     return group_by_video(lines, durations)
 
 
-def iter_charades_durations(csv_path: str | Path) -> Iterator[tuple[str, float] | RecordError]:
+def iter_charades_durations(csv_path: str | Path) -> Iterator[tuple[str, float | None] | RecordError]:
     """(video id, duration in seconds) per row of Charades_v1_{train,test}.csv (its `length`
     column), or the RecordError of a row that is not UTF-8.
 
-    Rows with an empty or non-numeric length are left out (the caller sees the video as having
-    no duration); a file without `id` and `length` columns raises RecordError.
+    A row whose length is empty, not a number or not above 0 gives (id, None): the video is
+    known, its duration is not (the caller probes the file or drops its queries, counted), which
+    is not the same as an id the file lacks. A file without `id` and `length` columns raises
+    RecordError.
     """
     for item in csv_rows(Path(csv_path), required=("id", "length"), what="Charades CSV"):
         if isinstance(item, RecordError):
@@ -110,20 +112,21 @@ def iter_charades_durations(csv_path: str | Path) -> Iterator[tuple[str, float] 
             continue
         row = item[1]
         try:
-            length = _number(row["length"])
+            length: float | None = _number(row["length"])
         except (TypeError, ValueError):
-            continue
-        if length > 0:
-            yield row["id"], length
+            length = None
+        yield row["id"], length if length is not None and length > 0 else None
 
 
 def read_charades_durations(csv_path: str | Path) -> dict[str, float]:
-    """Video id -> duration in seconds (iter_charades_durations); raises the first RecordError."""
+    """Video id -> duration in seconds of the rows that give one (iter_charades_durations);
+    raises the first RecordError."""
     out: dict[str, float] = {}
     for item in iter_charades_durations(csv_path):
         if isinstance(item, RecordError):
             raise item
-        out[item[0]] = item[1]
+        if item[1] is not None:
+            out[item[0]] = item[1]
     return out
 
 

@@ -38,13 +38,14 @@ def video_file_name(video_id: str, ext: str) -> str:
 
 def charades_sta(spec: SourceSpec, path: Path) -> Iterator[Item]:
     """One grounding Draft per line; a durations row that is not UTF-8 is a bad record too (its
-    video then has no known duration)."""
-    durations: dict[str, float] = {}
+    video then has no known duration). A video listed with an unusable length is known: its
+    duration is probed from the file, or its queries are dropped and counted."""
+    durations: dict[str, float | None] = {}  # a listed video whose length is unusable: None
     for csv_path in spec.durations:
         for row in iter_charades_durations(csv_path):
             if isinstance(row, RecordError):
                 yield row
-            else:
+            elif row[1] is not None or row[0] not in durations:
                 durations[row[0]] = row[1]
     for item in iter_charades_sta(path):
         if isinstance(item, RecordError):
