@@ -174,3 +174,39 @@ def test_qids_of_another_type_are_named_as_such():
     with pytest.raises(QVHighlightsError, match="different queries") as info:  # other ids: the usual message
         evaluate_qvhighlights(preds[:1], [QVHTarget.from_dict(_query(5, [[0, 4]], [0], [[1, 2, 3]]))])
     assert "type" not in str(info.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"duration": "NaN"}, r"g\.jsonl:2: 'duration' must be a number, got 'NaN'"),
+    ({"duration": float("nan")}, r"g\.jsonl:2: 'duration' must be a finite number"),
+    ({"duration": -5}, r"g\.jsonl:2: 'duration' must be > 0 seconds, got -5"),
+    ({"relevant_clip_ids": "abc"}, r"g\.jsonl:2: 'relevant_clip_ids' must be a list of clip indices"),
+    ({"relevant_clip_ids": [1.7]}, r"g\.jsonl:2: 'relevant_clip_ids'\[0\] must be a whole number"),
+    ({"saliency_scores": [[1, float("nan"), 3]]}, r"'saliency_scores'\[0\] holds a score that is not a finite number"),
+    ({"relevant_windows": [["1", 4]]}, r"'relevant_windows'\[0\] must hold numbers"),
+])
+def test_ground_truth_of_the_wrong_kind_is_an_error_naming_its_line(change, message):
+    with pytest.raises(QVHighlightsError, match=message):
+        QVHTarget.from_dict({**_query(7, [[0, 4]], [0], [[1, 2, 3]]), **change}, "g.jsonl:2")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pred_saliency_scores": [1.0, float("nan")]}, r"'pred_saliency_scores'\[1\] must be a finite number"),
+    ({"pred_saliency_scores": 5}, r"'pred_saliency_scores' must be a list of numbers"),
+    ({"pred_saliency_scores": ["1"]}, r"'pred_saliency_scores'\[0\] must be a number"),
+    ({"pred_relevant_windows": [[True, 2, 3]]}, r"'pred_relevant_windows'\[0\] must hold numbers"),
+    ({"pred_relevant_windows": [["1", "2", "3"]]}, r"'pred_relevant_windows'\[0\] must hold numbers"),
+    ({"pred_relevant_windows": [[1, 2, float("nan")]]}, r"'pred_relevant_windows'\[0\] holds a score that is not"),
+])
+def test_predictions_of_the_wrong_kind_are_errors_naming_their_line(change, message):
+    """NaN clip scores once raised HL-mAP (44.01 against 24.78 for zeros): the official sklearn call refuses them."""
+    with pytest.raises(QVHighlightsError, match=rf"^p\.jsonl:4: qid 1: {message}"):
+        QVHPrediction.from_dict({"qid": 1, **change}, "p.jsonl:4")
+
+
+def test_a_video_shorter_than_one_clip_is_named_when_highlights_are_scored():
+    short = QVHTarget.from_dict({**_query(7, [[0, 1]], [], []), "duration": 1})
+    moments = QVHPrediction.from_dict({"qid": 7, "pred_relevant_windows": [[0, 1, 1.0]]})
+    assert evaluate_qvhighlights([moments], [short])["brief"]["MR-full-R1@0.5"] == 100.0  # moments alone: fine
+    with pytest.raises(QVHighlightsError, match=r"qid 7: a 1.0 s video holds no 2-second clip"):
+        evaluate_qvhighlights([QVHPrediction.from_dict({"qid": 7, "pred_saliency_scores": [1.0]})], [short])

@@ -69,8 +69,10 @@ class QVHTarget:
         if "duration" not in obj:
             raise QVHighlightsError(f"{where}: missing required key 'duration'")
         duration = _number(obj["duration"], f"{where}: 'duration'")
+        if duration <= 0:
+            raise QVHighlightsError(f"{where}: 'duration' must be > 0 seconds, got {obj['duration']!r}")
         windows = _windows(obj.get("relevant_windows", []), 2, f"{where}: qid {qid!r}: 'relevant_windows'")
-        clip_ids = np.asarray(obj.get("relevant_clip_ids", []), dtype=np.int64).reshape(-1)
+        clip_ids = _clip_ids(obj.get("relevant_clip_ids", []), f"{where}: 'relevant_clip_ids'")
         saliency = _rows(obj.get("saliency_scores", []), NUM_ANNOTATORS, f"{where}: 'saliency_scores'")
         if len(clip_ids) != len(saliency):
             raise QVHighlightsError(
@@ -96,10 +98,10 @@ class QVHPrediction:
             windows = _windows(windows, 3, f"{where}: qid {qid!r}: 'pred_relevant_windows'")
         saliency = obj.get("pred_saliency_scores")
         if saliency is not None:
-            try:
-                saliency = np.asarray(saliency, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                raise QVHighlightsError(f"{where}: 'pred_saliency_scores' must be a list of numbers") from None
+            what = f"{where}: qid {qid!r}: 'pred_saliency_scores'"
+            if not isinstance(saliency, (list, tuple)):
+                raise QVHighlightsError(f"{what} must be a list of numbers (one per 2-second clip), got {saliency!r}")
+            saliency = np.asarray([_number(x, f"{what}[{i}]") for i, x in enumerate(saliency)], dtype=np.float64)
         return cls(qid, windows, saliency)
 
 
@@ -113,22 +115,39 @@ def _qid(obj: Mapping[str, Any], where: str) -> Any:
 
 
 def _number(value: Any, what: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise QVHighlightsError(f"{what} must be a number, got {value!r}") from None
+    """A finite JSON number (not a string, a boolean or NaN, which the official evaluator's numpy
+    and sklearn would either refuse or rank as no score should rank)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise QVHighlightsError(f"{what} must be a number, got {value!r}")
+    if not np.isfinite(value):
+        raise QVHighlightsError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
 
 
-def _rows(value: Any, width: int, what: str) -> np.ndarray:
-    """A list of equal-length number lists as a (N, width) float array (only the first `width` kept)."""
+def _clip_ids(value: Any, what: str) -> np.ndarray:
+    """Clip indices: whole numbers (1.7 is no clip)."""
+    if not isinstance(value, (list, tuple)):
+        raise QVHighlightsError(f"{what} must be a list of clip indices, got {value!r}")
+    for i, clip in enumerate(value):
+        if isinstance(clip, bool) or not isinstance(clip, (int, np.integer)):
+            raise QVHighlightsError(f"{what}[{i}] must be a whole number (a 2-second clip's index), got {clip!r}")
+    return np.asarray(value, dtype=np.int64).reshape(-1)
+
+
+def _rows(value: Any, width: int, what: str, checked_from: int = 0) -> np.ndarray:
+    """A list of equal-length number lists as a (N, width) float array (only the first `width` kept);
+    columns from `checked_from` on must be finite (the caller checks the ones before)."""
     if not isinstance(value, (list, tuple, np.ndarray)):
         raise QVHighlightsError(f"{what} must be a list of [{width} numbers] rows, got {type(value).__name__}")
     rows = []
     for i, row in enumerate(value):
-        try:
-            numbers = [float(x) for x in row]
-        except (TypeError, ValueError):
-            raise QVHighlightsError(f"{what}[{i}] must hold numbers, got {row!r}") from None
+        if not isinstance(row, (list, tuple, np.ndarray)) or any(
+            isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) for x in row
+        ):
+            raise QVHighlightsError(f"{what}[{i}] must hold numbers, got {row!r}")
+        numbers = [float(x) for x in row]
+        if not all(np.isfinite(numbers[checked_from:width])):
+            raise QVHighlightsError(f"{what}[{i}] holds a score that is not a finite number: {row!r}")
         if len(numbers) < width:
             raise QVHighlightsError(f"{what}[{i}] needs {width} numbers, got {row!r}")
         rows.append(numbers[:width])
@@ -139,7 +158,7 @@ def _windows(value: Any, width: int, what: str) -> np.ndarray:
     """`_rows` of time windows [start, end, ...]: each with finite bounds and an end not before its
     start. A reversed window has no length, so its IoU is undefined (the official evaluator's NaN,
     which its matching counts as a hit at every threshold): an input error, not a score."""
-    rows = _rows(value, width, what)
+    rows = _rows(value, width, what, checked_from=2)
     for i, (start, end) in enumerate(rows[:, :2]):
         if not (np.isfinite(start) and np.isfinite(end)) or end < start:
             reason = "it ends before it starts" if end < start else "a bound is not a finite number"
@@ -291,6 +310,9 @@ def saliency_ap(y_true: np.ndarray, y_score: np.ndarray) -> float:
 def clip_labels(target: QVHTarget) -> np.ndarray:
     """(#clips, 3) saliency for the whole video: int(duration / 2) clips, 0 where not annotated."""
     num_clips = int(target.duration / CLIP_SECONDS)
+    if num_clips == 0:
+        raise QVHighlightsError(f"qid {target.qid!r}: a {target.duration} s video holds no {CLIP_SECONDS:g}-second "
+                                "clip, so highlight detection cannot score it")
     full = np.zeros((num_clips, NUM_ANNOTATORS))
     if len(target.clip_ids) and (target.clip_ids.max() >= num_clips or target.clip_ids.min() < 0):
         raise QVHighlightsError(
@@ -312,7 +334,8 @@ def eval_highlight(
     targets: list[QVHTarget], preds: list[QVHPrediction], progress: Callable[[], None] | None = None
 ) -> dict[str, dict[str, float]]:
     """{'HL-min-Fair'|'HL-min-Good'|'HL-min-VeryGood': {'HL-mAP': ..., 'HL-Hit1': ...}}."""
-    labels_by_qid = {t.qid: clip_labels(t) for t in targets}
+    by_qid = {t.qid: t for t in targets}
+    labels_by_qid = {p.qid: clip_labels(by_qid[p.qid]) for p in preds}  # only the queries scored
     out: dict[str, dict[str, float]] = {}
     for name, level in SALIENCY_LEVELS.items():
         aps = np.zeros((len(preds), NUM_ANNOTATORS))
