@@ -30,9 +30,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def record(rid: str, spans, modality=None) -> dict:
-    row = {"id": rid, "video": f"videos/{rid}.mp4", "duration": 20.0, "task": "grounding", "spans": spans,
-           "turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "At {span:0}."}]}
+def record(rid: str, spans, modality=None, task="grounding") -> dict:
+    answer = "At " + " and ".join(f"{{span:{i}}}" for i in range(len(spans))) + "."  # every span
+    row = {"id": rid, "video": f"videos/{rid}.mp4", "duration": 20.0, "task": task, "spans": spans,
+           "turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": answer}]}
     if modality:
         row["modality"] = modality
     return row
@@ -56,12 +57,29 @@ def grounding_files(tmp_path):
     return pred, gt
 
 
+def test_dialogue_records_are_scored_as_damo_eval_scores_them(tmp_path):
+    """Against the spans the final answer refers to; a caption is skipped (damo-eval's count once
+    held 2 dialogues that damo-score called ids not in the ground truth)."""
+    dialogue = record("d1", [[2.0, 6.0], [10.0, 14.0]], "visual", task="dialogue")
+    dialogue["turns"] = [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "At {span:0}."},
+                         {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "At {span:1}."}]
+    gt = write_jsonl(tmp_path / "gt.jsonl", [record("g1", [[0.0, 4.0]]), dialogue,
+                                              {"id": "c1", "video": "v.mp4", "duration": 9.0, "task": "caption",
+                                               "caption": "a dog."}])
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"id": "g1", "pred_spans": [[0.0, 4.0]]},
+                                                 {"id": "d1", "pred_spans": [[10.0, 14.0]]}])
+    out = ok_json("grounding", "--pred", pred, "--gt", gt)
+    assert out["count"] == 2 and out["extra"] == 0 and out["skipped_unscored"] == 1 and out["R@0.7"] == 1.0
+    pred.write_text(json.dumps({"id": "d1", "pred_spans": [[2.0, 6.0]]}) + "\n")  # the first turn's span: not the answer
+    assert ok_json("grounding", "--pred", pred, "--gt", gt)["mIoU_visual"] == 0.0
+
+
 def test_grounding_end_to_end(grounding_files, tmp_path):
     pred, gt = grounding_files
     out_file = tmp_path / "scores" / "grounding.json"
     out = ok_json("grounding", "--pred", pred, "--gt", gt, "--out", out_file)
     assert out["count"] == 4 and out["missing"] == 1 and out["missing_ids"] == ["q4"] and out["extra"] == 1
-    assert out["skipped_non_grounding"] == 1
+    assert out["skipped_unscored"] == 1
     assert out["R@0.5"] == 0.5 and out["R@0.7"] == 0.5 and out["mIoU"] == pytest.approx(1.75 / 4, abs=1e-6)
     assert out["parse_rate"] == 0.5  # q3 parsed nothing, q4 has no prediction
     assert out["R@0.5_audio"] == 0.5 and out["count_audio"] == 2
@@ -104,6 +122,7 @@ def test_grounding_truth_records_may_give_a_window_end_first(grounding_files, tm
                '"turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "{span:0}"}]}',
          "lies outside the video"),
         ("gt", '{"id": "q9", "gt_spans": [[3, 3]]}', "'gt_spans' must hold"),
+        ("gt", '{"id": "q9", "gt_spans": [[20, 30]], "duration": 10}', "'gt_spans' [[20.0, 30.0]] lie outside the video"),
         ("gt", '{"id": "q9", "video": "v.mp4", "duration": 5, "task": "grounding", "spans": [[3, 3]], '
                '"turns": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "{span:0}"}]}',
          "spans[0] is empty"),
@@ -316,3 +335,9 @@ def test_retrieval_cut_offs_below_one_are_refused(tmp_path, capsys, ks):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --ks" in err and "must be at least 1" in err and "Traceback" not in err
+
+
+def test_a_folder_given_as_a_file_is_named_a_folder(grounding_files, tmp_path):
+    pred, _gt = grounding_files
+    proc = damo_score("grounding", "--pred", pred, "--gt", tmp_path)
+    assert proc.returncode == 2 and f"{tmp_path}: is a folder; expected a file" in proc.stderr

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from damo_lit.cli.common import unwritable_reason
-from damo_lit.data.schema import Record, RecordError, json_lines
+from damo_lit.data.schema import EVALUATED_BY_SPAN, Record, RecordError, json_lines
+from damo_lit.files import not_a_file
 from damo_lit.metrics.grounding import DEFAULT_THRESHOLDS, GroundingScorer
 from damo_lit.metrics.qvhighlights import (
     LENGTH_RANGES,
@@ -46,8 +47,8 @@ class ScoreInputError(ValueError):
 def read_json_lines(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ('file:line', object) for every non-blank line; a line that is not a JSON object raises."""
     path = Path(path)
-    if not path.is_file():
-        raise ScoreInputError(f"{path}: no such file")
+    if (problem := not_a_file(path)) is not None:
+        raise ScoreInputError(f"{path}: {problem}")
     for _, where, obj in json_lines(path):
         if isinstance(obj, RecordError):
             raise ScoreInputError(str(obj))
@@ -130,13 +131,14 @@ def _ordered_record(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_grounding_truth(path: str | Path, scorer: GroundingScorer) -> tuple[dict[str, GroundingTruth], int]:
-    """(id -> GroundingTruth, number of non-grounding records skipped) from DaMO JSONL or eval output.
+    """(id -> GroundingTruth, number of records skipped, not scored by span) from DaMO JSONL or eval output.
 
     A line with 'gt_spans' is damo-eval output; any other line must be a valid DaMO record
-    (src/damo_lit/data/schema.py) once its spans are put in time order, and only 'grounding'
-    records are scored, against all of their spans. A ground-truth window of zero length is an
-    error naming file:line (a query needs a real window to be scored against). The modality
-    must be one that `scorer` knows.
+    (src/damo_lit/data/schema.py) once its spans are put in time order, and only 'grounding' and
+    'dialogue' records are scored, against the spans their final answer refers to, as damo-eval
+    scores them. A ground-truth window of zero length, or outside the video (eval output gives
+    its `duration`), is an error naming file:line (a query needs a real window to be scored
+    against). The modality must be one that `scorer` knows.
     """
     truth: dict[str, GroundingTruth] = {}
     seen_at: dict[str, str] = {}
@@ -148,16 +150,21 @@ def read_grounding_truth(path: str | Path, scorer: GroundingScorer) -> tuple[dic
             spans = [clean_span(s) for s in raw]
             if not spans or any(s is None for s in spans):
                 raise ScoreInputError(f"{where}: 'gt_spans' must hold at least one [start, end] with end > start, got {raw!r}")
+            duration = obj.get("duration")
+            if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+                outside = [list(s) for s in spans if s[0] < 0 or s[1] > duration + 1e-6]
+                if outside:
+                    raise ScoreInputError(f"{where}: 'gt_spans' {outside} lie outside the video (0 to {duration} s)")
             modality = obj.get("modality")
         else:
             try:
                 record = Record.from_dict(_ordered_record(obj), where)
             except RecordError as err:
                 raise ScoreInputError(str(err)) from None
-            if record.task != "grounding":
+            if record.task not in EVALUATED_BY_SPAN:
                 skipped += 1
                 continue
-            qid, spans, modality = record.id, list(record.spans), record.modality
+            qid, spans, modality = record.id, list(record.answer_spans), record.modality
         try:
             scorer.modality_index(modality)
         except ValueError as err:
@@ -165,7 +172,8 @@ def read_grounding_truth(path: str | Path, scorer: GroundingScorer) -> tuple[dic
         _unique(truth, qid, where, seen_at)
         truth[qid] = GroundingTruth(qid, tuple(spans), modality, where)
     if not truth:
-        raise ScoreInputError(f"{path}: no grounding queries in the ground truth ({skipped} other records skipped)")
+        raise ScoreInputError(f"{path}: no grounding or dialogue records in the ground truth ({skipped} other "
+                              "records skipped: captions and QA have no span to score)")
     return truth, skipped
 
 
@@ -201,7 +209,7 @@ def score_grounding(pred_path: str | Path, gt_path: str | Path, thresholds: Sequ
     if missing:
         out["missing_ids"] = missing[:MAX_LISTED_IDS]
     out["extra"] = len(extra)
-    out["skipped_non_grounding"] = skipped
+    out["skipped_unscored"] = skipped
     return out
 
 
@@ -270,8 +278,8 @@ def read_similarity(path: str | Path) -> Similarity:
     """A similarity matrix from .npy, .npz (key 'sim', optional 'query_ids', 'candidate_ids') or .json
     ({"sim": [[...]], "query_ids": [...], "candidate_ids": [...]})."""
     path = Path(path)
-    if not path.is_file():
-        raise ScoreInputError(f"{path}: no such file")
+    if (problem := not_a_file(path)) is not None:
+        raise ScoreInputError(f"{path}: {problem}")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -312,8 +320,8 @@ def read_gold(path: str | Path) -> dict[str, list[str]]:
         gold[query] = [str(v) for v in values]
 
     if path.suffix.lower() == ".json":
-        if not path.is_file():
-            raise ScoreInputError(f"{path}: no such file")
+        if (problem := not_a_file(path)) is not None:
+            raise ScoreInputError(f"{path}: {problem}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:

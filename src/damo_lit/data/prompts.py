@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from damo_lit.data.schema import VIDEO_TOKEN, Record
-from damo_lit.data.timestamps import referenced_spans, render
+from damo_lit.data.timestamps import render
 
 CAPTION_PROMPT = "describe the video."
 PROMPT_STYLES = ("plain", "chat")
@@ -52,16 +52,13 @@ def conversation(record: Record, fmt: str) -> Conversation:
     caption = render(record.caption, record.spans, record.duration, fmt) if record.caption is not None else None
     if record.turns:
         turns = tuple((t.role, render(t.content, record.spans, record.duration, fmt)) for t in record.turns)
-        final_raw = record.turns[-1].content
     elif caption is not None:
         turns = (("user", CAPTION_PROMPT), ("assistant", caption))
-        final_raw = record.caption or ""
     else:
         raise ValueError(f"record {record.id} has neither turns nor a caption: nothing to learn from")
     if turns[-1][0] != "assistant":
         raise ValueError(f"record {record.id}: the last turn must be the assistant's answer")
-    spans = tuple(record.spans[i] for i in referenced_spans(final_raw))
-    return Conversation(turns, turns[-1][1], caption, spans)
+    return Conversation(turns, turns[-1][1], caption, record.answer_spans)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:

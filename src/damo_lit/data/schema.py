@@ -156,6 +156,13 @@ class Record:
             raise RecordError(where, "turns must end with an 'assistant' turn: the answer that is learned and scored")
         return tuple(turns)
 
+    @property
+    def answer_spans(self) -> tuple[tuple[float, float], ...]:
+        """The spans the final answer (the caption of a caption record) refers to: what stages 3
+        and 4, damo-eval and damo-score score a generated answer against."""
+        final = self.turns[-1].content if self.turns else (self.caption or "")
+        return tuple(self.spans[i] for i in sorted({int(m.group(2)) for m in PLACEHOLDER.finditer(final)}))
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
