@@ -76,6 +76,13 @@ def test_no_prediction_is_drawn_as_no_span():
         assert "no span" in fig._suptitle.get_text()
 
 
+def test_an_unusable_answer_is_no_span_even_beside_a_usable_later_one():
+    """The metrics score the first span (here empty: IoU 0); the picture once scored the second, IoU 1."""
+    fig = timeline_figure(10.0, [(2.0, 4.0)], [(5.0, 5.0), (2.0, 4.0)])
+    assert fig._suptitle.get_text() == "IoU 0.00 (no span)"
+    assert NO_SPAN_TEXT in [t.get_text() for t in fig.findobj(Text)]
+
+
 def test_thumbnails_sit_at_their_times():
     blue = np.zeros((30, 40, 3), dtype=np.uint8)
     blue[..., 2] = 255

@@ -43,14 +43,17 @@ def timeline_figure(
 ) -> Figure:
     """The timeline as a matplotlib Figure (its Agg canvas attached); `render_timeline` rasterises it.
 
-    The first predicted span is the model's answer (solid bar); further ones are drawn fainter.
-    An empty or unusable prediction leaves the prediction row bare but for the words "no span".
+    The first predicted span is the model's answer (solid bar), as the metrics take it; further ones
+    are drawn fainter. An empty or unusable answer (zero length, NaN) is "no span" and IoU 0, as the
+    metrics score it, even where a later span is usable.
     The bars axis is `fig.axes[-1]`, with data x in seconds.
     """
     duration = float(duration)
     if not np.isfinite(duration) or duration <= 0:
         raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
-    gts, preds = _valid(gt_spans), _valid(pred_spans)
+    gts = _valid(gt_spans)
+    answer = clean_span(pred_spans[0]) if pred_spans else None
+    later = _valid(list(pred_spans or ())[1:])
     has_thumbs = len(thumbnails) > 0
     height_in = 3.4 if has_thumbs else 2.2
     fig = Figure(figsize=(width_in, height_in), dpi=dpi)
@@ -66,9 +69,9 @@ def timeline_figure(
 
     for start, end in gts:
         ax.barh(GT_ROW, end - start, left=start, height=BAR_HEIGHT, color=GT_COLOR)
-    for rank, (start, end) in enumerate(preds):
-        ax.barh(PRED_ROW, end - start, left=start, height=BAR_HEIGHT, color=PRED_COLOR, alpha=1.0 if rank == 0 else 0.35)
-    if not preds:
+    for (start, end), alpha in [(span, 0.35) for span in later] + ([(answer, 1.0)] if answer else []):
+        ax.barh(PRED_ROW, end - start, left=start, height=BAR_HEIGHT, color=PRED_COLOR, alpha=alpha)
+    if answer is None:
         ax.text(duration / 2, PRED_ROW, NO_SPAN_TEXT, ha="center", va="center", color="0.35", style="italic")
     ax.set_xlim(0.0, duration)
     ax.set_ylim(-0.6, 1.6)
@@ -78,7 +81,7 @@ def timeline_figure(
     ax.set_axisbelow(True)
     pred_handle = (
         Patch(color=PRED_COLOR, label="prediction")
-        if preds
+        if answer is not None
         else Patch(facecolor="none", edgecolor="0.35", linestyle=":", label=f"prediction: {NO_SPAN_TEXT}")
     )
     fig.legend(handles=[Patch(color=GT_COLOR, label="ground truth"), pred_handle], loc="lower right", ncol=2,
@@ -97,8 +100,8 @@ def timeline_figure(
             ax_thumbs.add_artist(box)
             ax.axvline(float(time_s), color="0.6", linewidth=0.6, linestyle=":")
 
-    if preds and gts:
-        score = f"IoU {best_iou(preds[0], gts):.2f}"
+    if answer is not None and gts:
+        score = f"IoU {best_iou(answer, gts):.2f}"
     elif gts:
         score = "IoU 0.00 (no span)"
     else:
