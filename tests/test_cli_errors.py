@@ -26,6 +26,7 @@ from damo_lit.cli.predict import main as damo_predict
         (damo_eval, ["ckpt=/no/such/run"], "damo-eval: ckpt=/no/such/run: no such file or folder"),
         (damo_eval, ["ckpt=x", "bogus.key=1"], "damo-eval: Could not override 'bogus.key'."),
         (damo_predict, ["ckpt=x", "video=/no/such.mp4", "question=when?"], "damo-predict: video=/no/such.mp4: no such file"),
+        (damo_predict, ["ckpt=x", "video=/tmp", "question=when?"], "damo-predict: video=/tmp: is a folder; expected a file"),
         (damo_data, ["stats", "data=nope"], "damo-data stats: In 'data_stats': Could not find 'data/nope'"),
         (damo_model, ["summary", "model.bogus=1"], "damo-model summary: Could not override 'model.bogus'."),
         (damo_model, ["summary", "model.vision.chunk_size=-2"], "damo-model summary: model.vision.chunk_size: must be >= 0"),
@@ -74,6 +75,8 @@ def test_inference_device_choices() -> None:
                                          "got ['groundin']"),
         (["ckpt=x", "limit=0"], "damo-eval: limit must be an integer >= 1 or null (every sample), got 0"),
         (["ckpt=x", "split=tset"], "damo-eval: split must be val or test, got 'tset'"),
+        (["ckpt=x", "max_new_tokens=0"], "damo-eval: max_new_tokens=0: expected an integer >= 1"),
+        (["ckpt=x", "batch_size=0"], "damo-eval: batch_size=0: expected an integer >= 1"),
     ],
 )
 def test_damo_eval_names_its_own_keys_as_typed(argv: list[str], message: str) -> None:
@@ -189,3 +192,8 @@ def test_damo_train_multirun_runs_every_job_and_names_the_mistake(tmp_path: Path
     assert "#1 : " in done.stdout + done.stderr, "the second job ran after the first failed"
     assert "damo-train: source damo_jsonl: annotation file /no/such1.txt not found (data.annotations)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_damo_predict_checks_max_new_tokens_before_building_anything() -> None:
+    with pytest.raises(SystemExit, match=r"damo-predict: max_new_tokens=0: expected an integer >= 1"):
+        damo_predict(["ckpt=/no/such/run", "video=x.mp4", "question=when?", "max_new_tokens=0"])

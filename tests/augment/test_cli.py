@@ -25,6 +25,7 @@ def test_help_lists_formats_backends_and_outputs(capsys: pytest.CaptureFixture) 
     [
         (["format=activitynet"], "missing input="),
         (["input=nowhere.json", "out=x.jsonl"], "input=nowhere.json: no such file"),
+        (["input=.", "out=x.jsonl"], "input=.: is a folder; expected a file"),
         (["input=a.json", "out=x.jsonl", "format=srt"], "format='srt' is not supported"),
         (["input", "out=x.jsonl"], "key=value"),
         (["backend=gemini"], "backend"),

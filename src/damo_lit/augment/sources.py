@@ -25,6 +25,7 @@ from damo_lit.data.sources.events import (
     read_charades_durations,
     read_charades_sta,
 )
+from damo_lit.files import not_a_file
 
 FORMATS = ("activitynet", "charades_sta", "damo")
 DEFAULT_FORMAT = "activitynet"  # conf/augment.yaml `format:`
@@ -62,8 +63,8 @@ def _read(path: str | Path, fmt: str, durations: str | Path | None) -> list[tupl
     path = Path(path)
     if fmt not in FORMATS:
         raise SourceError(f"format={fmt!r} is not supported; expected one of {', '.join(FORMATS)}")
-    if not path.is_file():
-        raise SourceError(f"input={path}: no such file")
+    if (problem := not_a_file(path)) is not None:
+        raise SourceError(f"input={path}: {problem}")
     if fmt == "damo":
         return read_damo_records(path)
     return [(events, Counter()) for events in _read_public_format(path, fmt, durations)]
@@ -81,8 +82,8 @@ def _read_public_format(path: Path, fmt: str, durations: str | Path | None) -> l
     try:
         if fmt == "activitynet":
             return read_activitynet_captions(path)
-        if not Path(durations).is_file():
-            raise SourceError(f"durations={durations}: no such file")
+        if (problem := not_a_file(durations)) is not None:
+            raise SourceError(f"durations={durations}: {problem}")
         return read_charades_sta(path, read_charades_durations(durations))
     except RecordError as err:
         if not str(err.where).startswith(f"{path}:"):  # the durations CSV: nothing to say about format=

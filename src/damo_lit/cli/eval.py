@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from damo_lit.cli.common import (
-    CONF_DIR, compose, quiet_inference_logs, split_model_overrides, unwritable_reason, user_errors,
+    CONF_DIR, compose, integer_problem, quiet_inference_logs, split_model_overrides, unwritable_reason, user_errors,
 )  # fmt: skip
 from damo_lit.cli.predict import inference_device
 
@@ -229,6 +229,9 @@ def run_eval(cfg: Any, model_overrides: Sequence[str] = ()) -> dict[str, Any]:
         raise SystemExit(f"damo-eval: split must be val or test, got {cfg.split!r}")
     if cfg.limit is not None and (isinstance(cfg.limit, bool) or not isinstance(cfg.limit, int) or cfg.limit < 1):
         raise SystemExit(f"damo-eval: limit must be an integer >= 1 or null (every sample), got {cfg.limit!r}")
+    problem = integer_problem(cfg, "max_new_tokens", 1) or integer_problem(cfg, "batch_size", 1)
+    if problem:
+        raise SystemExit(f"damo-eval: {problem}")
     try:
         given = check_tasks([cfg.tasks] if isinstance(cfg.tasks, str) else cfg.tasks, "tasks") if cfg.tasks else None
     except ValueError as err:

@@ -45,6 +45,7 @@ from typing import Any, Iterator, Sequence
 from damo_lit.cli.common import (
     compose, integer_problem, quiet_inference_logs, split_model_overrides, stopped_by_ctrl_c, user_errors,
 )  # fmt: skip
+from damo_lit.files import not_a_file
 
 
 def inference_device(accelerator: str) -> "torch.device":
@@ -141,8 +142,8 @@ def predict(cfg: Any, video: str | None = None, question: str | None = None,
         raise ValueError(f"missing {' and '.join(k + '=' for k in missing)}: give video=PATH and question=TEXT "
                          "(one question), or queries=FILE.jsonl (many); damo-predict --help says more")
     video, question = Path(str(video)), checked_question(str(question))
-    if not video.is_file():
-        raise FileNotFoundError(f"video={video}: no such file")
+    if (problem := not_a_file(video)) is not None:
+        raise FileNotFoundError(f"video={video}: {problem}")
     inference_device(cfg.accelerator)  # a GPU this machine lacks: said before the model is built
     checkpoint, params = answering_checkpoint(cfg, model_overrides)
     decoded = decode_video(video, params)
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             stopped_by_ctrl_c("damo-predict", "stopped before the end"):
         model_overrides, overrides = split_model_overrides(overrides, "damo-predict")
         cfg = compose("predict", overrides)
+        problem = integer_problem(cfg, "max_new_tokens", 1)
+        if problem:
+            raise ValueError(problem)
         queries = literal.pop("queries", None)
         if queries is not None and literal:
             raise ValueError(f"queries= answers a file of questions; {' and '.join(sorted(literal))}= ask one: "

@@ -19,6 +19,7 @@ from typing import Any
 from damo_lit.data.schema import RecordError, json_lines
 from damo_lit.data.sources.base import sentence_question
 from damo_lit.data.sources.formats import video_file_name
+from damo_lit.files import not_a_file
 
 QVH_KEYS = ("qid", "query", "vid")
 MAX_LISTED = 10  # bad lines named in one error
@@ -60,8 +61,8 @@ def read_queries(path: str | Path, video_dir: str | Path | None = None) -> list[
     """Every line of a query file (blank lines skipped). Bad lines and repeated ids are one
     ValueError naming `file:line` and the reason of each (the first MAX_LISTED)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"queries={path}: no such file")
+    if (problem := not_a_file(path)) is not None:
+        raise FileNotFoundError(f"queries={path}: {problem}")
     folder = Path(video_dir) if video_dir else path.parent
     queries: list[Query] = []
     problems: list[str] = []
