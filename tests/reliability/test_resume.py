@@ -232,6 +232,23 @@ def test_resume_refuses_a_checkpoint_that_lacks_trained_weights(
         run(cfg)
 
 
+def test_resume_names_the_model_config_keys_a_checkpoint_was_saved_with(
+        reference: Run, clean_root: Path, tmp_path: Path) -> None:
+    """Another query count (a tensor of another size) or a shallower Fuseformer (tensors this model
+    lacks): the keys that differ, not Lightning's size or optimizer-group complaint."""
+    checkpoint = reference.out / "checkpoints" / "step000004.ckpt"
+    for change, message in (
+        ("model.projector.queries=5", r"the checkpoint: \d+ tensor\(s\) do not fit this model .*it was saved with "
+                                      r"another model config \(model\.projector\.queries \(was 32, now 5\)\)"),
+        ("model.fuseformer.depth=2", r"the checkpoint: lacks \d+ weight\(s\) .*fuseformer\.blocks\.1\..*it was saved "
+                                     r"with another model config \(model\.fuseformer\.depth \(was 1, now 2\)\)"),
+    ):
+        cfg = compose_run("train", [*resume_overrides(clean_root), f"resume_from={checkpoint}", change],
+                          tmp_path / change)
+        with pytest.raises(ValueError, match=message):
+            run(cfg)
+
+
 def test_slurm_trainer_requeues_and_resumes_from_a_job_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hydra.utils import instantiate
     from lightning.fabric.plugins.environments import SLURMEnvironment

@@ -117,3 +117,11 @@ def test_a_truncated_weights_file_is_named(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-8])
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(weights))}: not a readable safetensors .*truncated"):
         load_stage_weights(Tiny(), tmp_path)
+
+
+def test_init_from_a_weights_file_of_another_model_is_refused(tmp_path: Path) -> None:
+    """Not one tensor fits: training on would start from scratch under the name of a handoff."""
+    save_stage_weights(tmp_path, {"foo.weight": torch.zeros(2)}, {"stage": "stage3"})
+    with pytest.raises(CheckpointError, match=r"stage\.init_from=.*: none of its 1 tensors \(e\.g\. foo\.weight\) is a "
+                                              r"weight of this model"):
+        load_stage_weights(Tiny(), tmp_path)

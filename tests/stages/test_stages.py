@@ -50,6 +50,18 @@ def test_stage_loss_falls_on_a_repeated_batch(stage: str, tiny_overrides: list[s
     assert meta["stage"] == stage.split("_")[0] and meta["steps"] == 12
 
 
+def test_the_summary_counts_what_each_stage_trains(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """damo-model summary's per-stage figures are the stages' own: stage 1's VTM head and
+    temperature once went uncounted."""
+    from damo_lit.cli.model import summary_command
+
+    counted = summary_command(["format=json", f"paths.cache_dir={tmp_path}"])["trainable"]
+    for stage in ("stage1_align", "stage4_dialogue"):
+        module = build_run(compose_run("train", [f"stage={stage}", *tiny_overrides], tmp_path / stage))[0]
+        trains = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        assert counted[stage.split("_")[0]] == trains, stage
+
+
 def test_a_fit_of_zero_steps_writes_no_stage_weights(tiny_overrides: list[str], tmp_path: Path) -> None:
     """Weights of no training would pass for a trained stage in the next stage's init_from."""
     cfg = compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "trainer.max_steps=2",
@@ -122,6 +134,14 @@ def test_towers_trained_earlier_travel_on_when_a_later_stage_freezes_them(tiny_o
     for key in towers:
         torch.testing.assert_close(saved3[key], saved2[key], rtol=0, atol=0)
     assert not any(k.startswith(("text_encoder.", "video_proj.")) for k in saved3)
+
+    # A run resumed from such a checkpoint, without stage.init_from, saves the towers on as well
+    # (it loaded them from the checkpoint; they once went missing from its weights file).
+    resumed = build_run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *frozen],
+                                    tmp_path / "resumed"))[0]
+    assert not any(n.startswith(("vision.", "audio.")) for n in resumed.persistent_names())
+    resumed.on_load_checkpoint({"state_dict": {f"model.{k}": v for k, v in saved3.items()}})
+    assert set(towers) <= resumed.persistent_names()
 
 
 def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str], tmp_path: Path) -> None:

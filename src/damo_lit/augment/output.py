@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from damo_lit.data.schema import Record
+from damo_lit.differences import differences
 
 PROGRESS_VERSION = 1
 
@@ -43,15 +44,6 @@ def _complete_lines(path: Path) -> tuple[list[str], bool]:
     lines = text.split("\n")
     torn = lines[-1] != ""
     return lines[:-1], torn
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')} (was {old!r}, now {new!r})"]
 
 
 def _atomic_write_lines(path: Path, lines: list[str]) -> None:
@@ -130,7 +122,7 @@ class ResumableOutput:
             header = None
         if not isinstance(header, dict) or header.get("version") != PROGRESS_VERSION:
             raise OutputError(f"{self.progress}: not a damo-augment progress file; pass overwrite=true to start over")
-        diff = _differences(header.get("fingerprint"), self.fingerprint)
+        diff = differences(header.get("fingerprint"), self.fingerprint)
         if diff:
             raise OutputError(
                 f"{self.progress} was written with other settings: {'; '.join(diff)}. Resume with the same "

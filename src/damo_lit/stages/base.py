@@ -34,11 +34,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from damo_lit.differences import differences
 from damo_lit.models.damo import STAGE_TRAINABLE, DaMO, build_damo
 from damo_lit.models.media import MediaTokens
 from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.schedule import warmup_cosine
-from damo_lit.stages.weights import inherited_groups, load_stage_weights, persistent_names, written_by
+from damo_lit.stages.weights import (
+    fitting_weights, inherited_groups, load_stage_weights, mismatch_error, persistent_names, written_by,
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +273,7 @@ class DaMOStage(L.LightningModule):
         self.model.set_trainable(self.trainable_groups)
         self.span_parser = span_parser
         self.init_report = load_stage_weights(self.model, init_from) if init_from else None
+        self.resumed_groups: list[str] = []  # carried groups a resumed checkpoint held (on_load_checkpoint)
         if self.init_report is not None:
             log.info("%s: loaded %d tensors from %s", name, len(self.init_report.loaded), self.init_report.path)
             if warning := self.init_report.missing_warning():
@@ -280,6 +284,8 @@ class DaMOStage(L.LightningModule):
     # -- set-up ---------------------------------------------------------------------------------
     def _resolve_trainable(self, trainable: Sequence[str] | None) -> list[str]:
         groups = list(self.model.trainable_groups(self.stage_name))
+        if isinstance(trainable, str):  # stage.trainable=fuseformer: one group, not its letters
+            trainable = [trainable]
         if trainable is not None:
             flagged = set(groups) - set(STAGE_TRAINABLE[self.stage_name])  # towers marked trainable
             groups = list(dict.fromkeys(list(trainable) + sorted(flagged)))
@@ -287,9 +293,10 @@ class DaMOStage(L.LightningModule):
 
     def persistent_names(self) -> set[str]:
         """State-dict names (relative to self.model) this stage saves: what it trains, plus the
-        towers / base LM it started from a previous stage's weights (stages/weights.py)."""
+        towers / base LM it started from a previous stage's weights (stages/weights.py), whether
+        from stage.init_from or from the checkpoint a run resumed (which carried them on)."""
         inherited = inherited_groups(self.model, self.init_report.loaded) if self.init_report is not None else []
-        return persistent_names(self.model, [*self.trainable_groups, *inherited])
+        return persistent_names(self.model, [*self.trainable_groups, *inherited, *self.resumed_groups])
 
     def stage_meta(self) -> dict[str, Any]:
         return {"stage": self.stage_name, "model_cfg": self.model_cfg, "timestamps": self.timestamps,
@@ -457,17 +464,21 @@ class DaMOStage(L.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:
         """trainer.gradient_clip_val under every recipe the configs ship. Lightning refuses two of
         them: FSDP ('norm' unsupported: a per-rank norm over shards is wrong) and a fused AdamW under
-        bf16-mixed (its guard is meant for fp16's grad scaler, which bf16 does not have). Under FSDP
-        the root module's clip_grad_norm_ takes the norm over all shards; under bf16 the gradients
-        are already unscaled and torch clips them directly; everything else is Lightning's own."""
+        mixed precision (a fused step unscales fp16 gradients itself, so Lightning leaves them scaled
+        and will not clip them). Under FSDP the root module's clip_grad_norm_ takes the norm over all
+        shards; with a fused AdamW the gradients are unscaled here first when fp16's grad scaler
+        scaled them (torch's scaler then steps the fused AdamW on unscaled gradients, skipping a step
+        with infs as ever; bf16 has no scaler), and torch clips them; everything else is Lightning's."""
         if not gradient_clip_val:
             return
         by_norm = gradient_clip_algorithm in (None, "norm")
         if uses_fsdp(self.trainer) and by_norm:
             self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
             return
-        unscaled = getattr(self.trainer.precision_plugin, "scaler", None) is None
-        if unscaled and getattr(optimizer, "_step_supports_amp_scaling", False):
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if by_norm:
                 torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
@@ -484,17 +495,32 @@ class DaMOStage(L.LightningModule):
         keep = {"model." + n for n in self.persistent_names()}
         return {k for k in state_keys if k in keep or not k.startswith("model.")}
 
-    def check_complete(self, state: Mapping[str, Any], source: str) -> None:
+    def check_complete(self, state: Mapping[str, Any], source: str, meta: Mapping[str, Any] | None = None) -> None:
         """Refuse weights that lack anything this stage trains or keeps: loading is not strict (the
-        frozen parts are rebuilt), so a gap would silently keep freshly initialised weights."""
+        frozen parts are rebuilt), so a gap would silently keep freshly initialised weights. `meta`
+        (the checkpoint's 'damo' entry) names the model keys it was saved with that differ."""
         missing = sorted(self.checkpoint_keys(list(self.state_dict().keys())) - set(state))
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            saved_cfg = (meta or {}).get("model_cfg")
+            changed = differences(saved_cfg, self.model_cfg, "model.") if isinstance(saved_cfg, dict) else []
+            cause = (f"it was saved with another model config ({'; '.join(changed[:6])}): resume with the model config "
+                     "that saved it") if changed else (
+                     "it was saved by another stage or model config (stage.trainable, model.*.trainable): resume "
+                     "with the config that saved it")  # fmt: skip
             raise ValueError(
                 f"{source}: lacks {len(missing)} weight(s) that stage {self.stage_name} trains or keeps ({shown}); "
-                "it was saved by another stage or model config (stage.trainable, model.*.trainable): resume with the "
-                "config that saved it"
+                + cause
             )
+
+    def check_fits(self, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint of another model config (a deeper Fuseformer, more queries) with the
+        config keys that differ: Lightning would stop on a tensor's size, or later on an optimizer
+        group's, naming neither."""
+        _, unexpected = fitting_weights(self.state_dict(), state, "the checkpoint", meta, self.model_cfg)
+        if unexpected:
+            raise mismatch_error("the checkpoint", [f"{k}: not in this model" for k in unexpected], meta,
+                                 self.model_cfg)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the weights that cannot be rebuilt from model_cfg (frozen pretrained parts go),
@@ -514,7 +540,11 @@ class DaMOStage(L.LightningModule):
         """Check that the checkpoint has every trained weight; restore the counts; keep the RNG states
         for the first training batch (restoring them now would be undone by the set-up in between)."""
         if isinstance(checkpoint.get("state_dict"), dict):  # (FSDP sharded checkpoints load weights apart)
-            self.check_complete(checkpoint["state_dict"], "the checkpoint")
+            self.check_fits(checkpoint["state_dict"], checkpoint.get("damo") or {})
+            self.check_complete(checkpoint["state_dict"], "the checkpoint", checkpoint.get("damo") or {})
+            # the towers / base LM the interrupted run carried on are saved on after the resume too
+            carried = [key.removeprefix("model.") for key in checkpoint["state_dict"] if key.startswith("model.")]
+            self.resumed_groups = inherited_groups(self.model, carried)
         resume = checkpoint.get("damo_resume") or {}
         if "nonfinite" in resume:
             self.nonfinite = NonFiniteSteps(**resume["nonfinite"])

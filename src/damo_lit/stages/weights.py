@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from damo_lit import __version__
+from damo_lit.differences import differences
 
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "stage.json"
@@ -49,9 +50,18 @@ def written_by() -> dict[str, Any]:
     return {"damo_lit_version": __version__, "weights_layout": WEIGHTS_LAYOUT}
 
 
-def mismatch_error(where: str, mismatches: list[str], meta: Mapping[str, Any]) -> CheckpointError:
+def mismatch_error(where: str, mismatches: list[str], meta: Mapping[str, Any],
+                   model_cfg: Mapping[str, Any] | None = None) -> CheckpointError:
     """The error for weights of other shapes than the model's, naming both possible causes and the
-    version of damo-lit that `meta` (stage.json, a .ckpt's 'damo' entry) says wrote them."""
+    version of damo-lit that `meta` (stage.json, a .ckpt's 'damo' entry) says wrote them; with
+    `model_cfg` (this model's), the model keys whose values differ from those `meta` recorded."""
+    changed = differences(meta.get("model_cfg"), dict(model_cfg), "model.") if model_cfg and meta.get("model_cfg") else []
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        return CheckpointError(
+            f"{where}: {len(mismatches)} tensor(s) do not fit this model ({'; '.join(mismatches[:3])}): it was saved "
+            f"with another model config ({shown}): use the model config that saved it"
+        )
     version, layout = meta.get("damo_lit_version"), meta.get("weights_layout")
     if version is None:
         writer = "it records no damo-lit version, so the code that wrote it is not known"
@@ -66,7 +76,8 @@ def mismatch_error(where: str, mismatches: list[str], meta: Mapping[str, Any]) -
 
 
 def fitting_weights(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str,
-                    meta: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+                    meta: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None,
+                    ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(the tensors of `state` that `own`, a model's state dict, has by name and shape; the names it
     lacks). A tensor of another shape raises `mismatch_error`: loading is not strict, and a
     partial load would run a model that is neither the saved one nor a fresh one."""
@@ -83,7 +94,7 @@ def fitting_weights(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
         else:
             to_load[key] = tensor
     if mismatches:
-        raise mismatch_error(where, mismatches, meta)
+        raise mismatch_error(where, mismatches, meta, model_cfg)
     return to_load, unexpected
 
 
@@ -265,7 +276,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
                               "or a run that stopped while writing it) or another kind of file?") from None
 
 
-def load_stage_weights(model: nn.Module, path: str | Path, key: str = "stage.init_from") -> LoadReport:
+def load_stage_weights(
+    model: nn.Module, path: str | Path, key: str = "stage.init_from", require_some: bool = True
+) -> LoadReport:
     """Load a previous stage's weights into `model` by name; report what matched.
 
     Keys the model lacks are reported, not fatal (a stage-1-only head, for instance); a shape
@@ -273,12 +286,16 @@ def load_stage_weights(model: nn.Module, path: str | Path, key: str = "stage.ini
     written by another damo-lit version: `fitting_weights`). Parameters of a group the file holds
     but not in it (a deeper Fuseformer than the previous stage's) are reported in `missing`, and
     the stage warns: a change between stages may be deliberate, a silently random block is not.
-    `key` names the config key of `path` in errors.
+    `key` names the config key of `path` in errors. With `require_some`, a file none of whose
+    tensors is a weight of `model` (another model's) is a CheckpointError.
     """
     weights = resolve_weights_path(path, key)
     state = read_weights(weights)
     report = LoadReport(path=str(weights))
     to_load, report.unexpected = fitting_weights(model.state_dict(), state, str(weights), read_stage_meta(weights))
+    if require_some and state and not to_load:  # a file of another model: starting from it would quietly start from scratch
+        raise CheckpointError(f"{key}={path}: none of its {len(state)} tensors (e.g. {next(iter(state))}) is a "
+                              "weight of this model; expected the weights.safetensors of an earlier damo-lit stage")
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     if hasattr(model, "module_groups"):
