@@ -64,3 +64,29 @@ def test_full_precision_keeps_lightnings_clipping(tiny_overrides: list[str], tmp
     assert _norm(params) == pytest.approx(1.0, rel=1e-3)
     stage.configure_gradient_clipping(optimizer, None, None)  # clipping off: nothing happens
     assert _norm(params) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_fp16_grad_scaler_with_fused_adamw_unscales_then_clips(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """trainer.precision=16-mixed: Lightning leaves a fused AdamW's gradients scaled and refuses to
+    clip them; the stage unscales them through the scaler, clips, and the scaler's step goes on."""
+    stage, trainer, optimizer, params = _stage(tiny_overrides, tmp_path, "32-true")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # the scale exists once the loss was scaled
+    for p in params:
+        p.grad = torch.full_like(p, 10.0 * 1024.0)  # what backward of a scaled loss leaves
+    stage._trainer = SimpleNamespace(strategy=trainer.strategy, precision_plugin=SimpleNamespace(scaler=scaler))
+    twins = [p.detach().clone().requires_grad_(True) for p in params]  # an unfused AdamW's reference
+    reference = torch.optim.AdamW(
+        [{"params": [twins[i] for i, p in enumerate(params) if any(p is q for q in group["params"])],
+          **{k: group[k] for k in ("lr", "betas", "eps", "weight_decay")}} for group in optimizer.param_groups]
+    )
+    stage.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert _norm(params) == pytest.approx(1.0, rel=1e-3), "unscaled (10 each), then clipped to norm 1"
+    for twin, p in zip(twins, params):
+        twin.grad = p.grad.clone()
+    scaler.step(optimizer)  # the fused step takes the gradients as unscaled: no second division
+    scaler.update()
+    reference.step()
+    assert scaler.get_scale() == 1024.0, "no inf found: the scale stays"
+    for p, twin in zip(params, twins):
+        torch.testing.assert_close(p.detach(), twin.detach(), rtol=1e-5, atol=1e-6)
