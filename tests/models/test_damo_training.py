@@ -67,6 +67,7 @@ def test_gradients_reach_exactly_the_stage_groups(make_damo, stage: str, towers_
     assert damo.audio.training is towers_trainable
     assert damo.text_encoder.training is (stage == "stage1")
     assert damo.fuseformer.training
+    assert damo.residual.training is (stage != "stage4"), "a frozen residual keeps its norms' statistics"
     # so Lightning's "modules in eval mode" warning is noise here, and only here
     assert only_frozen_modules_in_eval_mode(damo)
     damo.fuseformer.eval()

@@ -32,6 +32,10 @@ GROUPS = ("vision", "audio", "residual", "fuseformer", "projector", "llm", "lora
 # Which module groups each stage trains (the towers and the base LM join when their
 # `trainable` flag is set; see DaMO.trainable_groups). Stage 1 trains the projector too, since
 # its VTG loss generates text through it.
+# Groups that are whole modules: frozen, they run in eval mode (the LLM is not one: its frozen
+# base holds the LoRA adapters that train).
+FROZEN_IN_EVAL = ("vision", "audio", "text_encoder", "residual", "fuseformer", "projector")
+
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
     "stage1": ("residual", "fuseformer", "projector", "text_encoder"),
     "stage2": ("residual", "fuseformer", "projector"),
@@ -124,7 +128,7 @@ class DaMO(TowerFeatures, nn.Module):
         # Parameters a tower keeps fixed by design (Whisper's sinusoidal positions) stay frozen
         # even when the tower trains.
         self._fixed = {id(p) for p in (audio.fixed_parameters() if audio is not None else [])}
-        self._frozen_towers: set[str] = set()
+        self._frozen_modules: set[str] = set()
         self.set_trainable(set().union(*(self.trainable_groups(s) for s in STAGE_TRAINABLE)))
 
     # -- module groups and trainable flags ----------------------------------------------------
@@ -169,7 +173,9 @@ class DaMO(TowerFeatures, nn.Module):
         return [p for g in groups for p in self.group_parameters(g) if id(p) not in self._fixed]
 
     def set_trainable(self, groups: Iterable[str]) -> None:
-        """requires_grad True exactly on these groups' parameters; frozen towers go to eval mode."""
+        """requires_grad True exactly on these groups' parameters; frozen module groups (towers,
+        and the residual, Fuseformer or projector when a stage freezes them) go to eval mode, so
+        that their norms' running statistics stay as the earlier stage left them."""
         wanted = set(groups)
         unknown = wanted - set(GROUPS)
         if unknown:
@@ -177,16 +183,16 @@ class DaMO(TowerFeatures, nn.Module):
         chosen = {id(p) for p in self.trainable_parameters(wanted)}
         for p in self.parameters():
             p.requires_grad_(id(p) in chosen)
-        self._frozen_towers = {g for g in ("vision", "audio", "text_encoder") if g not in wanted}
+        self._frozen_modules = {g for g in FROZEN_IN_EVAL if g not in wanted}
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "DaMO":
-        """Like nn.Module.train, but frozen towers stay in eval mode (no dropout, fixed norms)."""
+        """Like nn.Module.train, but frozen module groups stay in eval mode (no dropout, fixed norms)."""
         super().train(mode)
-        for name in self._frozen_towers:
-            tower = getattr(self, name)
-            if tower is not None:
-                tower.eval()
+        for name in self._frozen_modules:
+            module = getattr(self, name)
+            if module is not None:
+                module.eval()
         return self
 
     # -- media encoding -----------------------------------------------------------------------
