@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 
 from damo_lit.cli.cache import main as damo_cache
@@ -138,7 +139,11 @@ def test_damo_train_mistakes_end_in_one_named_line(tmp_path: Path) -> None:
         ("data=damo_jsonl", f"data.annotations={bad}"):
             f"damo-train: 2 bad record(s) (set data.on_bad_record=drop to count and skip them):\n  {bad}:1: missing",
         ("data=damo_jsonl",): "damo-train: source damo_jsonl: data.annotations is required (a file path)",
+        ("trainer.accumulate_grad_batches=0",): "damo-train: trainer.accumulate_grad_batches=0: expected an integer >= 1",
     }
+    if not torch.cuda.is_available():  # Lightning's own words, with the keys and the CPU recipes
+        cases[("trainer.accelerator=gpu",)] = ("damo-train: trainer.accelerator=gpu trainer.devices=1: No supported gpu "
+                                               "backend found! (trainer=gpu and trainer=fsdp need CUDA GPUs")
     kept = tmp_path / "run" / "error.txt"
     for overrides, message in cases.items():
         kept.unlink(missing_ok=True)

@@ -33,6 +33,14 @@ def test_test_after_fit_takes_a_boolean_only(tiny_overrides: list[str], tmp_path
         run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, "test_after_fit=no"], tmp_path))
 
 
+def test_stage_trainable_given_as_one_word_is_one_group(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """stage.trainable=fuseformer: the group, not the letters of its name ('unknown group e, f, m, ...')."""
+    stage = build_run(compose_run("train", ["stage=stage4_dialogue", *tiny_overrides, "model.vision.trainable=false",
+                                            "model.audio.trainable=false", "model.llm.trainable=false",
+                                            "stage.trainable=fuseformer"], tmp_path))[0]
+    assert stage.trainable_groups == ["fuseformer"]
+
+
 def test_a_later_stage_without_init_from_says_it_starts_untrained(
         tiny_overrides: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="damo_lit.train"):

@@ -57,7 +57,10 @@ def test_a_floor_and_explicit_warmup_steps(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"total_steps": 0}, "total_steps must be > 0"),
-    ({"total_steps": 10, "min_lr_ratio": 1.5}, r"min_lr_ratio must lie in \[0, 1\]"),
+    ({"total_steps": 10, "min_lr_ratio": 1.5}, r"min_lr_ratio must be a number in \[0, 1\], got 1.5"),
+    ({"total_steps": 10, "warmup_ratio": "abc"}, r"warmup_ratio must be a number in \[0, 1\], got 'abc'"),
+    ({"total_steps": 10, "warmup_steps": "abc"}, r"warmup_steps must be an integer >= 0 or null, got 'abc'"),
+    ({"total_steps": 10, "warmup_steps": -2}, r"warmup_steps must be an integer >= 0 or null, got -2"),
 ])
 def test_bad_schedules_are_refused(kwargs: dict, message: str) -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -92,6 +92,14 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
 
     quiet_console()
     L.seed_everything(int(cfg.seed), workers=True)
+    check_trainer_counts(cfg.trainer)
+    # the trainer first: a trainer key Lightning refuses (devices=abc, a GPU this machine lacks) is
+    # named before a paper-size model has been loaded
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    progress_off = cfg.trainer.get("enable_progress_bar") is False  # Lightning refuses a bar callback then
+    callbacks = [instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
+                 if c is not None and not (progress_off and name == "progress_bar")]
+    trainer = build_trainer(cfg.trainer, loggers, callbacks)
     ensure_model_parts(cfg.model)
     stage = build_stage(cfg)
     # An unset mandatory key (`???`, e.g. data.annotations) goes in as null: the datamodule then names
@@ -107,12 +115,34 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
         # such a change alters too) would blame the tower weights
         datamodule.check_feature_cache()
         check_tower_weights(cache[1], stage.model, cache[0])
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    progress_off = cfg.trainer.get("enable_progress_bar") is False  # Lightning refuses a bar callback then
-    callbacks = [instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
-                 if c is not None and not (progress_off and name == "progress_bar")]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, _convert_="partial")
     return stage, datamodule, trainer
+
+
+def build_trainer(trainer_cfg: Any, loggers: list[Any], callbacks: list[Any]) -> Any:
+    """The Lightning Trainer of `trainer_cfg`; Lightning's refusal of this machine (a GPU recipe
+    without a GPU: "No supported gpu backend found!") names the trainer keys and the CPU recipes."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks, _convert_="partial")
+    except InstantiationException as err:  # hydra's wrapper around what the Trainer raised
+        if not isinstance(err.__cause__, MisconfigurationException):
+            raise
+        raise ValueError(
+            f"trainer.accelerator={trainer_cfg.get('accelerator')} trainer.devices={trainer_cfg.get('devices')}: "
+            f"{err.__cause__} (trainer=gpu and trainer=fsdp need CUDA GPUs; on CPUs use trainer=cpu, or trainer=ddp "
+            "trainer.accelerator=cpu)"
+        ) from None
+
+
+def check_trainer_counts(trainer_cfg: Any) -> None:
+    """Trainer counts Lightning takes unchecked: accumulate_grad_batches=0 fails at the first step
+    with a ZeroDivisionError, deep in the fit loop."""
+    value = trainer_cfg.get("accumulate_grad_batches", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"trainer.accumulate_grad_batches={value}: expected an integer >= 1")
 
 
 def only_frozen_modules_in_eval_mode(module: Any) -> bool:

@@ -16,8 +16,12 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_ratio: float = 
     """
     if total_steps <= 0:
         raise ValueError(f"stage.scheduler: total_steps must be > 0, got {total_steps}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"stage.scheduler.min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
+    for key, value in (("warmup_ratio", warmup_ratio), ("min_lr_ratio", min_lr_ratio)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"stage.scheduler.{key} must be a number in [0, 1], got {value!r}")
+    if warmup_steps is not None and (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int)
+                                     or warmup_steps < 0):
+        raise ValueError(f"stage.scheduler.warmup_steps must be an integer >= 0 or null, got {warmup_steps!r}")
     warm = warmup_steps if warmup_steps is not None else int(round(warmup_ratio * total_steps))
     warm = max(0, min(warm, total_steps - 1))
 
