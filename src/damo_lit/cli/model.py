@@ -164,7 +164,8 @@ def print_summary_table(summary: Any, rows: dict[str, dict[str, int]], title: st
     for stage in stages:
         table.add_column(stage, justify="right")
     for key, row in rows.items():
-        table.add_row(key, _format_int(row["params"]), *(_format_int(row[s]) if row[s] else "-" for s in stages))
+        table.add_row(key, _format_int(row["params"]) if row["params"] else "-",
+                      *(_format_int(row[s]) if row[s] else "-" for s in stages))
     table.add_row(
         "total", _format_int(summary.params["total"]), *(_format_int(summary.trainable[s]) for s in stages), style="bold"
     )
@@ -184,16 +185,32 @@ def summary_command(overrides: Sequence[str]) -> dict[str, Any]:
         raise SystemExit(f"damo-model summary: format must be table or json, got {fmt!r}")
     damo = build_damo(_plain(cfg.model), meta=True)
     summary = summarize(damo)
-    result = {**summary.to_dict(), **counted_architectures(damo)}
+    heads = stage_heads(damo, cfg.model)
+    for stage, count in heads.items():  # what a stage trains beside the model's groups
+        summary.trainable[stage] += count
+    result = {**summary.to_dict(), "stage_heads": heads, **counted_architectures(damo)}
     if fmt == "json":
         print(json.dumps(result))
     else:
         choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "damo_tiny")
-        print_summary_table(summary, stage_table(damo), f"DaMO parameters ({choice}, built on the meta device)")
+        rows = stage_table(damo)
+        for stage, count in heads.items():
+            rows[f"{stage} heads"] = {"params": 0, **{s: count if s == stage else 0 for s in summary.trainable}}
+        print_summary_table(summary, rows, f"DaMO parameters ({choice}, built on the meta device)")
         print("counted architectures: " + ", ".join(f"{k} {v}" for k, v in result["architectures"].items()))
         for note in result["notes"]:
             print(f"note: {note}")
     return result
+
+
+def stage_heads(damo: Any, model_cfg: Any) -> dict[str, int]:
+    """{stage: parameters it trains outside DaMO's module groups}: stage 1's VTM head and
+    temperature, when the model has the text encoder that stage 1 needs."""
+    from damo_lit.stages.align import stage1_head_count
+
+    if damo.text_encoder is None:
+        return {}
+    return {"stage1": stage1_head_count(damo.text_encoder.dim, int(model_cfg.fuseformer.hidden))}
 
 
 def counted_architectures(damo: Any) -> dict[str, Any]:

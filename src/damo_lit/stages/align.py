@@ -43,6 +43,14 @@ class MatchingHead(nn.Module):
         return self.classify((fused * weights).sum(1) / weights.sum(1).clamp(min=1))
 
 
+def stage1_head_count(text_dim: int, media_dim: int) -> int:
+    """Parameters stage 1 trains outside the model's groups (counted on the meta device): the VTM
+    head and the learned temperature, as AlignStage builds them."""
+    with torch.device("meta"):
+        head = MatchingHead(text_dim, media_dim)
+    return sum(p.numel() for p in head.parameters()) + 1  # + logit_scale
+
+
 def hard_negatives(sim_v2t: Tensor, sim_t2v: Tensor, same: Tensor, generator: torch.Generator | None = None,
                    sharpness: float = 20.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One hard negative per video and per text for VTM, BLIP-2 style: drawn (not the arg max, so
