@@ -16,6 +16,7 @@ from damo_lit.cli.train import build_run
 from damo_lit.data.features import FEATURE_KEYS, FeatureCacheError, FeatureCacheWriter, FeatureStore
 
 from .conftest import FROZEN
+from .helpers import cache_error
 
 STAGES = ["stage1_align", "stage2_bridge", "stage3_temporal", "stage4_dialogue"]
 
@@ -227,15 +228,6 @@ def test_pooled_locals_reproduce_the_model_exactly(data_overrides: list[str]) ->
     torch.testing.assert_close(small.video, full.video, rtol=1e-5, atol=1e-5)
 
 
-def _cache_error(*words: str) -> str:
-    from damo_lit.cli.cache import main as damo_cache
-
-    with pytest.raises(SystemExit) as info:
-        damo_cache(list(words))
-    assert isinstance(info.value.code, str), info.value.code
-    return info.value.code
-
-
 def test_damo_cache_names_a_bad_setting_before_building_anything(data_overrides: list[str], tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -250,13 +242,13 @@ def test_damo_cache_names_a_bad_setting_before_building_anything(data_overrides:
     if not torch.cuda.is_available():
         said["device=cuda"] = "damo-cache: device=cuda: this machine has no CUDA GPU (use device=cpu or auto)"
     for word, message in said.items():
-        assert _cache_error(*data_overrides, f"out={tmp_path / 'c'}", word) == message
+        assert cache_error(*data_overrides, f"out={tmp_path / 'c'}", word) == message
 
 
 def test_damo_cache_fails_when_no_video_could_be_encoded(data_overrides: list[str], tmp_path: Path) -> None:
     """A wrong video folder left a 'complete' cache of no videos and exit status 0; training
     found out later."""
-    said = _cache_error(*data_overrides, *FROZEN, f"data.video_dir={tmp_path / 'nowhere'}", f"out={tmp_path / 'c'}")
+    said = cache_error(*data_overrides, *FROZEN, f"data.video_dir={tmp_path / 'nowhere'}", f"out={tmp_path / 'c'}")
     assert said.startswith("damo-cache: none of the ") and "videos could be encoded (e.g. " in said
     assert said.endswith("check data.video_dir (or data.root) of data synthetic")
 

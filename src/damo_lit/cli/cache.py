@@ -23,8 +23,17 @@ Keys (conf/cache.yaml): kind=features|stream, data=<config> and data.* keys, mod
 model.* keys, out=DIR (default: <paths.cache_dir>/<kind>/<data name>), splits=[train,val,test],
 init_from=STAGE_DIR, batch_size=8, num_workers=2, shard_size=64 (videos per shard file),
 pool_local=auto|true|false, device=auto|cpu|cuda|cuda:N, dtype=null|float32|float16|bfloat16;
-kind=stream: tasks=[caption,grounding,qa,dialogue], chunk_bytes=64MB. The last line printed is
-the report as JSON (videos, shards, bytes, encoded now, kept, failed).
+kind=stream: tasks=[caption,grounding,qa,dialogue], chunk_bytes=64MB (or 512KB, 1GB, a number of
+bytes). The last line printed is the report as JSON: for features out, videos, shards, bytes,
+encoded (now), reused (kept from finished shards), bad (video -> why it failed); for a stream out,
+kind, samples (split -> task -> count), reused, rewritten, skipped.
+
+Each row records its video file's size, time and SHA-256: a rerun into the same folder re-encodes
+the videos whose file changed (another set with the same names, regenerated videos), and training
+with data.features refuses a cache whose videos changed since it was written. Train with the
+folder damo-cache prints (an absolute path), or with 'data.features=${paths.cache_dir}/features/NAME'
+(damo-cache's default out; quoted for the shell): a relative data.features resolves from the
+current directory.
 """
 
 from __future__ import annotations
@@ -106,6 +115,8 @@ def check_settings(cfg: Any) -> None:
     if unknown:
         raise SystemExit(f"damo-cache: splits: unknown {unknown}; expected some of {list(SPLITS)}")
     whole("num_workers", 0)
+    if cfg.kind == "stream":
+        check_stream_settings(cfg)
     if cfg.kind == "features":
         whole("batch_size", 1)
         whole("shard_size", 1)
@@ -123,6 +134,24 @@ def check_settings(cfg: Any) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SystemExit(f"damo-cache: out={out}: cannot make the output folder ({unwritable_reason(out, err)})") from None
+
+
+def check_stream_settings(cfg: Any) -> None:
+    """kind=stream's own keys: tasks (an unknown one would write an empty stream and succeed) and
+    chunk_bytes (litdata would fail on it only once its workers run)."""
+    from damo_lit.data.schema import TASKS
+    from damo_lit.data.streaming import chunk_bytes_count
+
+    tasks = cfg.get("tasks")
+    if isinstance(tasks, str) or not tasks:
+        raise SystemExit(f"damo-cache: tasks={tasks}: expected a list of some of {list(TASKS)}, e.g. tasks=[grounding]")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"damo-cache: tasks: unknown {unknown}; expected some of {list(TASKS)}")
+    try:
+        chunk_bytes_count(cfg.chunk_bytes)
+    except ValueError as err:
+        raise SystemExit(f"damo-cache: chunk_bytes={cfg.chunk_bytes}: {err}") from None
 
 
 def _datamodule(cfg: Any) -> Any:
@@ -150,8 +179,8 @@ def build_cache(cfg: Any) -> Any:
     from damo_lit.data.collection import load_split
     from damo_lit.data.decode import worker_context
     from damo_lit.data.features import (
-        SHARD_DIR, TOWER_WEIGHTS, CacheReport, FeatureCacheWriter, FeatureRow, VideoFiles, encoder_signature, keep_list,
-        row_tensors, tower_digest, trainable_towers, video_key,
+        SHARD_DIR, TOWER_WEIGHTS, CacheReport, FeatureCacheWriter, FeatureRow, StampedVideoFiles, encoder_signature,
+        ignore_interrupts, keep_list, row_tensors, tower_digest, trainable_towers, video_key,
     )  # fmt: skip
     from damo_lit.models.damo import build_encoders
 
@@ -182,7 +211,7 @@ def build_cache(cfg: Any) -> Any:
     if cfg.get("init_from"):
         from damo_lit.stages.weights import inherited_groups, load_stage_weights
 
-        loaded = load_stage_weights(encoders, cfg.init_from, key="init_from").loaded
+        loaded = load_stage_weights(encoders, cfg.init_from, key="init_from", require_some=False).loaded
         towers = [g for g in inherited_groups(encoders, loaded) if g in ("vision", "audio")]
         if not towers:
             raise SystemExit(f"damo-cache: init_from={cfg.init_from} holds no tower weights (vision.*, audio.*); "
@@ -195,7 +224,11 @@ def build_cache(cfg: Any) -> Any:
         info={"model": model_cfg, "data": datamodule.name, "pooled_local": pooled, "towers_from": towers_from,
               "dtype": cfg.get("dtype")},
     )  # fmt: skip
-    done = writer.done()
+    done = writer.done(paths)
+    stale = len((writer.done() & set(paths)) - done)
+    if stale:
+        log.info("%d video(s) changed since they were cached (or were cached before file stamps were recorded): "
+                 "encoding them again", stale)
     todo = [(key, paths[key]) for key in sorted(paths) if key not in done]
     report = CacheReport(out=str(cfg.out), reused=len(paths) - len(todo))
     if todo:
@@ -204,21 +237,22 @@ def build_cache(cfg: Any) -> Any:
         dtype = getattr(torch, str(cfg.dtype)) if cfg.get("dtype") else None
         workers = int(cfg.num_workers)
         loader = DataLoader(
-            VideoFiles(todo, datamodule.params, datamodule.decoded_cache_dir), batch_size=int(cfg.batch_size),
+            StampedVideoFiles(todo, datamodule.params, datamodule.decoded_cache_dir), batch_size=int(cfg.batch_size),
             num_workers=workers, collate_fn=keep_list, multiprocessing_context=worker_context() if workers else None,
+            worker_init_fn=ignore_interrupts if workers else None,  # Ctrl-C: one line from here, no worker tracebacks
         )  # fmt: skip
         pending: list[FeatureRow] = []
         with Progress(console=Console(stderr=True)) as progress, torch.inference_mode():  # stdout: the report
             task = progress.add_task(f"encoding {len(todo)} videos into {cfg.out}", total=len(todo))
             for batch in loader:
-                good = [(key, video) for key, video, _ in batch if video is not None]
-                for key, video, reason in batch:
+                good = [(key, video, stamp) for key, video, _, stamp in batch if video is not None]
+                for key, video, reason, _ in batch:
                     if video is None:
                         writer.mark_bad(key, reason)
                         report.bad[key] = reason
                 if good:
                     def stack(name: str) -> torch.Tensor:
-                        return torch.from_numpy(np.stack([getattr(v, name) for _, v in good])).to(device)
+                        return torch.from_numpy(np.stack([getattr(v, name) for _, v, _ in good])).to(device)
 
                     feats = encoders.encoder_features(
                         stack("frames"), stack("audio_mel") if encoders.has_audio else None,
@@ -226,9 +260,9 @@ def build_cache(cfg: Any) -> Any:
                     )  # fmt: skip
                     if pooled:
                         feats = pool_local_tokens(feats, model_cfg)
-                    for i, (key, video) in enumerate(good):
+                    for i, (key, video, stamp) in enumerate(good):
                         row = {k: (v[i].to(dtype) if dtype is not None else v[i]) for k, v in feats.items()}
-                        pending.append(FeatureRow(key, {**row, **row_tensors(video.to_arrays())}))
+                        pending.append(FeatureRow(key, {**row, **row_tensors(video.to_arrays())}, stamp))
                     report.encoded += len(good)
                 while len(pending) >= writer.shard_size:
                     writer.write_shard(pending[: writer.shard_size])
@@ -251,12 +285,13 @@ def build_stream(cfg: Any) -> Any:
     """Write the litdata stream of `cfg.data` into `cfg.out`; returns a StreamReport."""
     from omegaconf import OmegaConf
 
-    from damo_lit.data.streaming import write_stream
+    from damo_lit.data.streaming import chunk_bytes_count, write_stream
 
     check_settings(cfg)
     datamodule = _datamodule(cfg)
     tasks = list(OmegaConf.to_container(cfg.tasks, resolve=True))
-    return write_stream(datamodule, cfg.out, list(cfg.splits), tasks, str(cfg.chunk_bytes), int(cfg.num_workers))
+    chunk_bytes = chunk_bytes_count(cfg.chunk_bytes)
+    return write_stream(datamodule, cfg.out, list(cfg.splits), tasks, chunk_bytes, int(cfg.num_workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,11 @@ safetensors shards (never pickle):
 A shard is written atomically (temporary file, then rename), so an interrupted run leaves only
 finished shards, and a rerun encodes only the videos no shard holds. A video is named by its
 key: `<source label>/<record video path>` (the data config's source name and the path as the
-annotation file states it), so the cache follows the data when it moves.
+annotation file states it), so the cache follows the data when it moves. Two sets with the same
+file names have the same keys, so each row also records its file's stamp (size, modification
+time, SHA-256; shard metadata "files", index.json "files"): a rerun re-encodes a video whose file
+changed (the newest shard's row wins; a shard left with no current row is deleted), and training
+refuses a cache whose videos changed since (`FeatureStore.check_unchanged`).
 
 The datamodule (`data.features=DIR`) reads rows by key (`FeatureStore`) and yields the cached
 keys `vision_global`, `vision_local`, `audio_global`, `audio_local` instead of `frames` /
@@ -30,8 +34,11 @@ towers came from a stage checkpoint (the tiny model trains its random towers in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -60,6 +67,42 @@ TOWER_WEIGHTS = "tower_weights"
 
 class FeatureCacheError(ValueError):
     """A feature cache that cannot serve this run; the message names the folder and what differs."""
+
+
+def ignore_interrupts(*_: Any) -> None:
+    """Worker processes (a DataLoader's worker_init_fn) leave Ctrl-C to the parent, which stops
+    them and says so in one line: without this each worker prints its own KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def file_stamp(path: str | Path) -> dict[str, Any]:
+    """What identifies a video file's content, recorded beside its cached row: size and
+    modification time (one stat compares them) and a SHA-256 of the bytes (what decides when only
+    the time differs, e.g. after a copy that did not keep times)."""
+    stat = Path(path).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _file_sha256(path)}
+
+
+def _file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_changed(stamp: Mapping[str, Any], path: str | Path) -> bool:
+    """Whether the file at `path` is not the one `stamp` recorded. A missing file is not changed:
+    training from a cache needs no videos, and what was cached is all there is to go by."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return False
+    if stat.st_size != stamp.get("size"):
+        return True
+    if stat.st_mtime_ns == stamp.get("mtime_ns"):
+        return False
+    return _file_sha256(path) != stamp.get("sha256")
 
 
 def video_key(sample: Sample) -> str:
@@ -206,6 +249,7 @@ class FeatureRow:
 
     key: str
     tensors: dict[str, torch.Tensor]
+    stamp: dict[str, Any] | None = None  # `file_stamp` of the video file the row was encoded from
 
 
 @dataclass
@@ -252,12 +296,20 @@ def read_manifest(path: Path, fmt: str, key: str, command: str) -> dict[str, Any
     return manifest
 
 
-def _shard_keys(path: Path) -> list[str]:
-    """The video keys a finished shard holds (read from its header only)."""
+def _shard_header(path: Path) -> tuple[list[str], list[dict[str, Any] | None]]:
+    """The video keys a finished shard holds and their file stamps (None in shards written before
+    stamps were), read from its header only."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        return list(json.loads((handle.metadata() or {})["keys"]))
+        metadata = handle.metadata() or {}
+    keys = list(json.loads(metadata["keys"]))
+    stamps = json.loads(metadata["files"]) if "files" in metadata else [None] * len(keys)
+    return keys, stamps
+
+
+def _shard_number(name: str) -> int:
+    return int(Path(name).stem)
 
 
 class FeatureCacheWriter:
@@ -302,11 +354,14 @@ class FeatureCacheWriter:
                     "write to another folder (out=...) or delete this one"
                 )
         self.shards: dict[str, list[str]] = {}
-        for path in sorted((self.root / SHARD_DIR).glob("*.safetensors")):
+        self.stamps: dict[str, dict[str, Any] | None] = {}  # key -> its newest row's file stamp
+        for path in sorted((self.root / SHARD_DIR).glob("*.safetensors"), key=lambda p: _shard_number(p.name)):
             try:
-                self.shards[path.name] = _shard_keys(path)
+                keys, stamps = _shard_header(path)
             except Exception as err:  # noqa: BLE001 - a torn shard (cannot happen with rename, but disks lie)
                 raise FeatureCacheError(f"{path}: unreadable shard ({err}); delete it and rerun") from None
+            self.shards[path.name] = keys
+            self.stamps.update(zip(keys, stamps))
         self.bad: dict[str, str] = {}
         self._write_manifest("partial", {})
 
@@ -314,12 +369,16 @@ class FeatureCacheWriter:
         write_json(self.root / MANIFEST, {
             "format": FORMAT, "status": status, "signature": self.signature, "decode": _plain(asdict(self.params)),
             "shard_size": self.shard_size, "splits": dict(splits), "info": self.info,
-            "videos": sum(len(k) for k in self.shards.values()), "bad": len(self.bad),
+            "videos": len(self.stamps), "bad": len(self.bad),
         })  # fmt: skip
 
-    def done(self) -> set[str]:
-        """Keys already in a finished shard."""
-        return {key for keys in self.shards.values() for key in keys}
+    def done(self, files: Mapping[str, str] | None = None) -> set[str]:
+        """Keys already in a finished shard; with `files` (key -> video path), only those whose
+        file is unchanged since: a row without a stamp (an older cache's) is not trusted."""
+        if files is None:
+            return set(self.stamps)
+        return {key for key, path in files.items()
+                if self.stamps.get(key) is not None and not file_changed(self.stamps[key], path)}  # fmt: skip
 
     def write_shard(self, rows: Sequence[FeatureRow]) -> Path:
         """Stack the rows into the next shard file (atomic: a crash leaves no partial shard)."""
@@ -336,10 +395,12 @@ class FeatureCacheWriter:
         number = 1 + max((int(Path(n).stem) for n in self.shards), default=-1)
         target = self.root / SHARD_DIR / f"{number:05d}.safetensors"
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"keys": json.dumps([row.key for row in rows])})
+        metadata = {"keys": json.dumps([row.key for row in rows]), "files": json.dumps([row.stamp for row in rows])}
+        save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, 0o666 & ~_umask())  # readable by the team, like any other file written here
         os.replace(tmp, target)
         self.shards[target.name] = [row.key for row in rows]
+        self.stamps.update((row.key, row.stamp) for row in rows)
         return target
 
     def mark_bad(self, key: str, reason: str) -> None:
@@ -356,9 +417,20 @@ class FeatureCacheWriter:
                 raise FeatureCacheError(f"{self.root}: {len(missing)} video(s) of split {split} were not encoded, "
                                         f"e.g. {sorted(missing)[:3]}")
             counts[split] = len(keys)
-        write_json(self.root / INDEX, {"shards": self.shards, "bad": self.bad})
+        self._drop_superseded()
+        write_json(self.root / INDEX, {"shards": self.shards, "bad": self.bad, "files": self.stamps})
         self._write_manifest("complete", counts)
         return read_json(self.root / MANIFEST)
+
+    def _drop_superseded(self) -> None:
+        """Delete the shards none of whose rows is current (every video re-encoded into a later
+        shard since its file changed): the index then lists only shards that serve."""
+        newest: dict[str, str] = {}
+        for name in sorted(self.shards, key=_shard_number):
+            newest.update((key, name) for key in self.shards[name])
+        for name in [n for n, keys in self.shards.items() if all(newest[key] != n for key in keys)]:
+            (self.root / SHARD_DIR / name).unlink(missing_ok=True)
+            del self.shards[name]
 
 
 def decode_diff(cached: Any, params: DecodeParams) -> str:
@@ -413,11 +485,14 @@ class FeatureStore:
                 f"{missing[0]}); rerun the damo-cache command that made it, which writes them again"
             )
         self.bad: dict[str, str] = dict(index.get("bad", {}))
+        # key -> file stamp; None for a cache written before stamps were (its videos go unchecked)
+        self.stamps: dict[str, dict[str, Any] | None] | None = index.get("files")
         self.rows: dict[str, tuple[str, int]] = {}
-        for shard, keys in index["shards"].items():
-            for row, key in enumerate(keys):
+        for shard in sorted(index["shards"], key=_shard_number):  # a video re-encoded later: its newest row
+            for row, key in enumerate(index["shards"][shard]):
                 self.rows[key] = (shard, row)
         self._handles: dict[str, Any] = {}
+        self._warned_unstamped = False
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles
         state = dict(self.__dict__)
@@ -426,6 +501,41 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def stamp(self, key: str) -> dict[str, Any] | None:
+        """The file stamp recorded with video `key`'s row (None when the cache has none)."""
+        return (self.stamps or {}).get(key)
+
+    def check_unchanged(self, files: Mapping[str, str]) -> None:
+        """Refuse rows encoded from other files than `files` (video path -> key) are now: another
+        set with the same file names, or regenerated videos. A cache written before stamps were
+        is read unchecked, with one warning."""
+        if self.stamps is None:
+            if not self._warned_unstamped:
+                self._warned_unstamped = True
+                warnings.warn(f"data.features={self.root} was made before damo-cache recorded each video's size, "
+                              "time and digest, so a video changed since goes unnoticed; rerun the damo-cache command "
+                              "that made it to record them (it encodes every video once more)", UserWarning,
+                              stacklevel=3)  # fmt: skip
+            return
+        changed = self.changed(files)
+        if changed:
+            path, key = sorted(changed)[0]
+            raise FeatureCacheError(
+                f"data.features={self.root}: {len(changed)} video file(s) changed since the cache was written (e.g. "
+                f"{path}, cached as {key}), so its rows are of other videos; rerun damo-cache with this data config "
+                f"and out={self.root} (it re-encodes only those), or use a cache made from these videos"
+            )
+
+    def changed(self, files: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(video path, key) of each of `files` (video path -> key) whose file is there and differs
+        from the one its row was encoded from."""
+        out = []
+        for path, key in files.items():
+            stamp = self.stamp(key)
+            if stamp is not None and file_changed(stamp, path):
+                out.append((path, key))
+        return out
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -463,11 +573,13 @@ class FeatureLoader:
     """The datamodule's loader when data.features is set: video path -> cached row.
 
     Called like `dataset.VideoLoader` (by path), so the record dataset and the collate serve both.
+    Made once per split: the videos' files are checked against the cache's stamps here.
     """
 
     def __init__(self, store: FeatureStore, keys: Mapping[str, str]) -> None:
         self.store = store
         self.keys = dict(keys)  # absolute video path -> cache key
+        store.check_unchanged(self.keys)
 
     def __call__(self, path: str) -> CachedFeatures:
         return self.store.load(self.keys[path])
@@ -506,6 +618,18 @@ class VideoFiles(torch.utils.data.Dataset):
             return key, DecodedCache(self.cache_dir, self.params).load(path), ""
         except DecodeError as err:
             return key, None, err.reason
+
+
+class StampedVideoFiles(VideoFiles):
+    """VideoFiles whose items also carry the file's stamp, taken before it is decoded (None when
+    it cannot be read): what damo-cache records beside each row."""
+
+    def __getitem__(self, index: int) -> tuple[str, Any, str, dict[str, Any] | None]:  # type: ignore[override]
+        try:
+            stamp: dict[str, Any] | None = file_stamp(self.items[index][1])
+        except OSError:
+            stamp = None
+        return (*super().__getitem__(index), stamp)
 
 
 def keep_list(items: list[Any]) -> list[Any]:
