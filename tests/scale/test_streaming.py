@@ -237,8 +237,12 @@ def test_a_sub_stream_of_other_content_is_written_again(
     assert content_digest([('{"id": "b"}', str(video), "v")], None) != base  # an edited record
     video.write_bytes(b"xy")
     assert content_digest(entries, None) != base  # another file
-    one, two = SimpleNamespace(manifest={"tower_weights": "a"}), SimpleNamespace(manifest={"tower_weights": "b"})
-    assert content_digest(entries, one) != content_digest(entries, two)  # another feature cache
+    def cache(weights: str, stamp: dict | None = None) -> SimpleNamespace:
+        return SimpleNamespace(manifest={"tower_weights": weights}, stamp=lambda key: stamp)
+
+    assert content_digest(entries, cache("a")) != content_digest(entries, cache("b"))  # another feature cache
+    # the same cache with this video's row re-encoded from another file
+    assert content_digest(entries, cache("a", {"size": 1})) != content_digest(entries, cache("a", {"size": 2}))
 
 
 def test_a_write_leaves_the_machine_wide_litdata_folders_alone(

@@ -38,8 +38,10 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ from damo_lit.data.dataset import Collator, sample_item  # noqa: E402
 from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, decode_video, worker_context  # noqa: E402
 from damo_lit.data.features import (  # noqa: E402
     FEATURE_KEYS, CachedFeatures, FeatureCacheError, FeatureStore, read_json, write_json, config_signature,
-    encoder_signature, read_manifest, signature_diff, trainable_towers, video_key,
+    encoder_signature, ignore_interrupts, read_manifest, signature_diff, trainable_towers, video_key,
 )  # fmt: skip
 from damo_lit.data.schema import TASKS, Record  # noqa: E402
 from damo_lit.data.sources.base import SPLITS  # noqa: E402
@@ -72,6 +74,20 @@ TIME_KEYS = ("frame_times", "frame_mask", "audio_times", "audio_mask")
 # naming anything else is refused before litdata reads it.
 SAFE_FORMATS = ("str", "bytes", "int", "float", "tensor", "no_header_tensor:<dtype index>")
 _SAFE_FORMAT = re.compile(r"(str|bytes|int|float|tensor|no_header_tensor:\d+)")
+# litdata's size units (decimal, as its own parser takes them)
+BYTE_UNITS = {"tb": 1000**4, "gb": 1000**3, "mb": 1000**2, "kb": 1000, "t": 1000**4, "g": 1000**3, "m": 1000**2,
+              "k": 1000, "b": 1}  # fmt: skip
+_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*(" + "|".join(BYTE_UNITS) + r")?")
+
+
+def chunk_bytes_count(value: Any) -> int:
+    """A chunk size (`64MB`, `512KB`, `1.5GB`, a number of bytes) as bytes, checked before any
+    worker starts; ValueError saying what is expected otherwise."""
+    match = None if isinstance(value, bool) else _SIZE.fullmatch(str(value).strip().lower())
+    count = int(float(match.group(1)) * BYTE_UNITS[match.group(2) or "b"]) if match else 0
+    if count < 1:
+        raise ValueError("expected a size of at least 1 byte such as 64MB, 512KB, 1.5GB or a number of bytes")
+    return count
 
 
 class UnsafeStreamError(ValueError):
@@ -169,6 +185,7 @@ class StreamItem:
         self._store: FeatureStore | None = None
 
     def __call__(self, entry: tuple[str, str, str]) -> dict[str, Any]:
+        _leave_interrupts_to_parent()
         record, path, key = entry
         item: dict[str, Any] = {"record": record, "key": key}
         if self.features is None:
@@ -186,6 +203,13 @@ class StreamItem:
         return item
 
 
+def _leave_interrupts_to_parent() -> None:
+    """In a litdata writer process (where StreamItem runs), Ctrl-C is the parent's: it stops the
+    workers and says so in one line, where each worker would print its own traceback."""
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        ignore_interrupts()
+
+
 @dataclass
 class StreamReport:
     """What write_stream wrote: samples per split and task, and what it left out and why."""
@@ -194,7 +218,9 @@ class StreamReport:
     kind: str
     samples: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # video path -> reason
-    reused: list[str] = field(default_factory=list)  # split/task datasets found complete
+    # split/task datasets found complete: of this run's, and those of other splits / tasks an earlier
+    # write left there (kept in damo_stream.json, and counted in `samples`)
+    reused: list[str] = field(default_factory=list)
     rewritten: dict[str, str] = field(default_factory=dict)  # split/task -> why what was there was not kept
 
 
@@ -203,7 +229,7 @@ def write_stream(
     out: str | Path,
     splits: Sequence[str] = SPLITS,
     tasks: Sequence[str] = TASKS,
-    chunk_bytes: str = "64MB",
+    chunk_bytes: int | str = "64MB",
     num_workers: int = 1,
 ) -> StreamReport:
     """Write litdata datasets of the data config's samples, one per (split, task), into `out`.
@@ -212,14 +238,16 @@ def write_stream(
     A (split, task) dataset already complete is kept: a rerun after an interruption writes only
     the rest. Complete means checked: its damo_written.json and its index.json both count the
     samples this run would write, and the indexed chunks are there; anything else is written again.
+    Complete datasets of other splits or tasks, written earlier into `out`, stay listed in its
+    damo_stream.json (a rerun with fewer tasks does not hide them).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind = "features" if datamodule.features else "video"
     store = FeatureStore(datamodule.features, None, datamodule.params) if datamodule.features else None
     meta_path = out / META
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+    old = read_json(meta_path) if meta_path.is_file() else None
+    if old is not None:
         if old.get("kind") != kind or old.get("data") != datamodule.name:
             raise FeatureCacheError(
                 f"{out} holds a {old.get('kind')} stream of data {old.get('data')}; this run writes a {kind} "
@@ -230,9 +258,11 @@ def write_stream(
     start_method = multiprocessing.get_start_method(allow_none=True)
     try:
         with private_optimizer_folders():
-            _write_datasets(datamodule, out, splits, tasks, store, report, chunk_bytes, num_workers)
+            _write_datasets(datamodule, out, splits, tasks, store, report, chunk_bytes_count(chunk_bytes), num_workers)
     finally:  # litdata sets the process-wide start method: give the caller back its own
         multiprocessing.set_start_method(start_method, force=True)
+    if old is not None:
+        _keep_earlier(old, out, {(s, t) for s in splits for t in tasks}, store, report)
     meta = {
         "format": FORMAT, "kind": kind, "data": datamodule.name, "samples": report.samples,
         "decode": json.loads(json.dumps(asdict(datamodule.params))),
@@ -241,6 +271,32 @@ def write_stream(
     }  # fmt: skip
     write_json(meta_path, meta)
     return report
+
+
+def _keep_earlier(old: Mapping[str, Any], out: Path, written: set[tuple[str, str]], store: FeatureStore | None,
+                  report: StreamReport) -> None:
+    """Add to the report (so to damo_stream.json) the datasets an earlier write listed whose
+    (split, task) this run did not write, when they are still complete and, for a features stream,
+    made from the same feature cache; one warning for each left out."""
+    same_cache = store is None or old.get("features_manifest") == json.loads(json.dumps(store.manifest, default=str))
+    for split, counts in (old.get("samples") or {}).items():
+        for task, samples in counts.items():
+            if (split, task) in written:
+                continue
+            target = out / split / task
+            reason = _incomplete(target, int(samples)) if same_cache else "written from another feature cache"
+            if reason is None:
+                report.samples.setdefault(split, {})[task] = int(samples)
+                report.reused.append(f"{split}/{task}")
+            else:
+                warnings.warn(f"{target}: an earlier write's sub-stream, left out of {META} ({reason})",
+                              RuntimeWarning, stacklevel=3)  # fmt: skip
+    report.samples = {split: dict(sorted(report.samples[split].items(), key=lambda kv: _order(TASKS, kv[0])))
+                      for split in sorted(report.samples, key=lambda name: _order(SPLITS, name))}  # fmt: skip
+
+
+def _order(names: Sequence[str], name: str) -> tuple[int, str]:
+    return (names.index(name) if name in names else len(names), name)
 
 
 # litdata's optimize first deletes its work folders ($TMPDIR/chunks and $TMPDIR/data unless these
@@ -268,7 +324,7 @@ def private_optimizer_folders() -> Iterator[None]:
 
 
 def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str], tasks: Sequence[str],
-                    store: FeatureStore | None, report: StreamReport, chunk_bytes: str, num_workers: int) -> None:
+                    store: FeatureStore | None, report: StreamReport, chunk_bytes: int, num_workers: int) -> None:
     """One litdata dataset per (split, task) with samples; complete ones are kept, others rewritten."""
     from litdata import optimize
 
@@ -284,6 +340,8 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
             entries = _entries(samples, store, report)
             if not entries:
                 continue
+            if store is not None:  # rows of other videos than these must not be streamed as theirs
+                store.check_unchanged({path: key for _, path, key in entries})
             report.samples.setdefault(split, {})[task] = len(entries)
             target, name = out / split / task, f"{split}/{task}"
             digest = content_digest(entries, store)
@@ -297,7 +355,7 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
                               stacklevel=3)  # fmt: skip
             (target / WRITTEN).unlink(missing_ok=True)
             log.info("writing %s: %d samples into %s", name, len(entries), target)
-            with litdata_chatter_held():
+            with litdata_chatter_held(), interrupts_raise():
                 optimize(
                     fn=StreamItem(datamodule.features), inputs=entries, output_dir=str(target),
                     chunk_bytes=chunk_bytes, num_workers=max(1, int(num_workers)), reorder_files=False, verbose=True,
@@ -318,16 +376,73 @@ def litdata_chatter_held() -> Iterator[None]:
     try:
         with contextlib.redirect_stdout(said):
             yield
+    except KeyboardInterrupt:
+        raise  # Ctrl-C: the command's one line says what stays
     except BaseException:
         sys.stderr.write(said.getvalue())
         raise
 
 
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Ctrl-C during litdata's optimize raises KeyboardInterrupt here, its processes stopped.
+
+    DataProcessor.run installs a SIGINT handler that stops its workers and calls os._exit(0): the
+    command would end with status 0, say nothing and skip every cleanup (its work folders stay in
+    $TMPDIR). That handler is swapped for one that stops them as litdata does when a worker fails,
+    then raises; and the caller's own handler is put back afterwards (litdata leaves its in place,
+    so a Ctrl-C after the write would still end the process with status 0)."""
+    from litdata.processing.data_processor import DataProcessor
+
+    previous = signal.getsignal(signal.SIGINT)
+    original = DataProcessor.__dict__.get("_signal_handler")
+    before = frozenset(multiprocessing.active_children())
+    DataProcessor._signal_handler = functools.partialmethod(_stop_and_interrupt, before)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if original is not None:
+            DataProcessor._signal_handler = original  # type: ignore[method-assign]
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+
+
+def _stop_and_interrupt(processor: Any, before: frozenset, signum: int, frame: Any) -> None:
+    """DataProcessor's SIGINT handler while interrupts_raise holds: stop its processes, then raise.
+    litdata's own stop (on a worker's error) terminates the workers it lists; one it was starting
+    when the signal came is not listed yet, so every child process started since `before` goes too.
+    A process half started cannot be stopped (nor listed): the signal is sent again a moment later."""
+    if _in_process_start(frame):
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    stop = getattr(processor, "_exit_on_error", None)
+    if stop is not None:
+        with contextlib.suppress(RuntimeError):
+            stop("interrupted (Ctrl-C)")
+    started = [child for child in multiprocessing.active_children() if child not in before]
+    for child in started:
+        child.terminate()
+    for child in started:
+        child.join(timeout=5)
+    sys.stderr.write("\n")  # litdata's progress bar stops mid-line: the command's message gets a line of its own
+    raise KeyboardInterrupt
+
+
+def _in_process_start(frame: Any) -> bool:
+    """Whether `frame` is inside multiprocessing's Process.start (the child forked, not yet listed)."""
+    where = os.path.join("multiprocessing", "process.py")
+    while frame is not None:
+        if frame.f_code.co_name == "start" and frame.f_code.co_filename.endswith(where):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def content_digest(entries: Sequence[tuple[str, str, str]], store: FeatureStore | None) -> str:
     """What a sub-stream holds, as a SHA-256: its records and, per video, the feature cache's
-    manifest (a features stream) or the file's size and modification time (MP4 bytes). A rerun
-    keeps a sub-stream only when this is unchanged: the same number of samples from another cache,
-    edited annotations or regenerated videos would otherwise be kept and served."""
+    manifest and each row's file stamp (a features stream) or the file's size and modification time
+    (MP4 bytes). A rerun keeps a sub-stream only when this is unchanged: the same number of samples
+    from another cache, edited annotations or regenerated videos would otherwise be kept and served."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -337,6 +452,8 @@ def content_digest(entries: Sequence[tuple[str, str, str]], store: FeatureStore 
         if store is None:
             stat = Path(path).stat()
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        elif store.stamp(key) is not None:  # the row's own video: a re-encoded one changes the digest
+            digest.update(json.dumps(store.stamp(key), sort_keys=True).encode())
         digest.update(f"{key}\0{record}\0".encode())
     return digest.hexdigest()
 
@@ -410,6 +527,25 @@ class StreamingRecords:
         # The cache key (source label / video) names the video uniquely across a mixture's sources.
         return sample_item(record, video, self.tokenizer, self.timestamps, self.prompt_style,
                            video_key=item.get("key"))
+
+
+def capped_counts(counts: Mapping[str, int], limit: int | None) -> dict[str, int]:
+    """`counts` scaled down to `limit` in all (None: no limit), each keeping its share (largest
+    remainders round up); those left with none are dropped."""
+    total = sum(counts.values())
+    if not limit or total <= limit:
+        return dict(counts)
+    shares = {name: count * limit / total for name, count in counts.items()}
+    out = {name: int(share) for name, share in shares.items()}
+    for name in sorted(shares, key=lambda n: out[n] - shares[n])[: limit - sum(out.values())]:
+        out[name] += 1
+    return {name: count for name, count in out.items() if count > 0}
+
+
+def subsample_fraction(count: int, total: int) -> float:
+    """litdata's `subsample` that keeps exactly `count` of `total` items (it keeps
+    int(total * fraction); the half item guards against the fraction rounding below `count`)."""
+    return 1.0 if count >= total else (count + 0.5) / total
 
 
 @functools.cache
@@ -559,30 +695,34 @@ class StreamingDataModule(DaMODataModule):
         return [f"num_workers {saved} -> {now}"] if saved != now else []
 
     def _stream_counts(self, split: str) -> dict[str, int]:
-        """Samples per task, of the split's tasks that the stream holds."""
+        """Samples per task, of the split's tasks that the stream holds, at most
+        data.max_samples_per_split in all (tasks keep their shares, as sources do in the map-style
+        data's cap); a task whose share rounds to nothing is left out."""
         have = self.meta["samples"].get(split, {})
-        return {task: int(have[task]) for task in self.tasks_for(split) if task in have}
+        counts = {task: int(have[task]) for task in self.tasks_for(split) if task in have}
+        return capped_counts(counts, self.max_samples_per_split)
 
     def _datasets(self, split: str, shuffle: bool) -> Any:
         from litdata import CombinedStreamingDataset, StreamingDataset
 
         have = self.meta["samples"].get(split, {})
-        tasks = list(self._stream_counts(split))
-        if not tasks:
+        counts = self._stream_counts(split)
+        if not counts:
             raise ValueError(
                 f"data.streaming_dir={self.streaming_dir} has no {split} samples of tasks {list(self.tasks_for(split))} "
                 f"(it has {have or 'none'}); write them with `damo-cache kind=stream` and these tasks"
             )
-        missing = sorted(set(self.tasks_for(split)) - set(tasks))
+        missing = sorted(set(self.tasks_for(split)) - set(have))  # not those a sample cap left out
         if missing:
             warnings.warn(f"{self.streaming_dir}: no {split} samples of task(s) {missing}", UserWarning, stacklevel=3)
         transform = StreamingRecords(self.params, self.tokenizer, self.timestamps, self.prompt_style,
                                      self.loader.failures)  # fmt: skip
         datasets = []
-        for task in tasks:
+        for task, count in counts.items():
             folder = self.streaming_dir / split / task
             read_index(folder)  # litdata takes each field's deserializer from it: checked right before opening
-            datasets.append(StreamingDataset(str(folder), shuffle=shuffle, seed=self.seed, transform=transform))
+            datasets.append(StreamingDataset(str(folder), shuffle=shuffle, seed=self.seed, transform=transform,
+                                             subsample=subsample_fraction(count, int(have[task]))))  # fmt: skip
         if len(datasets) == 1:
             return datasets[0]
         return CombinedStreamingDataset(datasets, seed=self.seed, iterate_over_all=True)
