@@ -25,7 +25,11 @@ machine, and written to OUT/throughput.json with a printed table (docs/scale.md)
 - tower_chunk_memory_ratio: the peak memory a frozen CLIP-style tower's forward adds over
   `chunk_frames` frames at once vs `model.vision.chunk_size` frames at a time (each in a fresh
   process: the RSS high-water mark, reset right before the forward, on the CPU; max_memory_allocated
-  on a GPU), beside the time of each.
+  on a GPU), beside the time of each;
+- lm_head_memory_ratio: the peak memory a teacher-forced loss + backward adds with the LM head
+  over every position (transformers' own loss) vs only where the next token is labelled (the
+  stages' loss), on a Mistral-vocabulary one-layer LM, each in a fresh process, beside the time
+  of each (lm_head_time_ratio).
 The machine's load is recorded beside the figures: other jobs on the same cores slow them all.
 """
 
@@ -121,12 +125,33 @@ def usage() -> str:
 
 
 def settings(argv: list[str]) -> Any:
-    """DEFAULTS, then QUICK when quick=true, then the key=value words of the command line."""
+    """DEFAULTS, then QUICK when quick=true, then the key=value words of the command line; the
+    keys main checks itself (sections, threads) in the form it uses."""
     cli = key_words("bench", argv, DEFAULTS)
+    if "sections" in cli:
+        cli.sections = section_list(cli.sections)
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), cli)
     if cfg.quick:
         cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(QUICK), cli)
+    cfg.threads = thread_count(cfg.threads)
     return cfg
+
+
+def section_list(value: Any) -> list[str]:
+    """sections=fuse (one name, as the shell gives it) or sections=[fuse,lm_head]: a list of names
+    (a bare string would be taken letter by letter)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return [str(value)] if value not in (None, "") else []
+    return [str(name) for name in value]
+
+
+def thread_count(value: Any) -> int | None:
+    """threads=N (N >= 1) or null (torch's default); anything else stops the run, naming the key."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SystemExit(f"bench: threads={value}: expected a whole number of at least 1, or null (torch's default)")
+    return value
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -681,8 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     unknown = sorted(set(cfg.sections) - set(SECTIONS))
-    if unknown:
-        raise SystemExit(f"bench: unknown section(s) {unknown}; expected some of {sorted(SECTIONS)}")
+    if unknown or not cfg.sections:
+        raise SystemExit(f"bench: unknown section(s) {unknown}; expected some of {sorted(SECTIONS)}" if unknown
+                         else f"bench: sections is empty; expected some of {sorted(SECTIONS)}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.out).resolve()

@@ -70,6 +70,19 @@ def test_bench_unknown_key_is_an_error(tmp_path: Path) -> None:
     assert done.returncode != 0 and "unknown key(s) ['bogus']" in done.stderr
 
 
+def test_bench_takes_one_section_by_name_and_names_a_bad_thread_count() -> None:
+    """sections=fuse was taken letter by letter ("unknown section(s) ['e', 'f', 's', 'u']"), and
+    threads=abc stopped the run with a bare ValueError."""
+    from experiments.throughput.run import settings
+
+    assert list(settings(["sections=fuse"]).sections) == ["fuse"]
+    assert list(settings(["sections=[fuse,lm_head]", "threads=null"]).sections) == ["fuse", "lm_head"]
+    assert settings(["threads=2"]).threads == 2 and settings(["threads=null"]).threads is None
+    for word in ("threads=abc", "threads=0", "threads=1.5"):
+        with pytest.raises(SystemExit, match=rf"bench: {word}: expected a whole number of at least 1, or null"):
+            settings([word])
+
+
 def test_bench_cache_over_real_clips(tmp_path: Path, shared_data: Path) -> None:
     """Each record gets its own link to a real clip, so that every sample is really decoded."""
     result = _bench(tmp_path, "sections=[cache_real]", f"real_videos={shared_data / 'videos'}")
@@ -106,7 +119,8 @@ FSDP_SCRIPT = SCRIPT.parent / "fsdp_paper.py"
 
 
 @pytest.mark.parametrize("script, words", [
-    (SCRIPT, ["sections=", "quick=true", "clip_size=128", "real_videos=", "throughput.json", "lm_head"]),
+    (SCRIPT, ["sections=", "quick=true", "clip_size=128", "real_videos=", "throughput.json", "lm_head",
+              "lm_head_memory_ratio"]),
     (FSDP_SCRIPT, ["batch_sizes=[1,8,32,64,128]", "resume=false", "build_on=cuda", "fsdp_paper.json",
                    "fsdp_resume.json", "check=true"]),
 ])
