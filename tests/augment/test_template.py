@@ -144,6 +144,24 @@ def test_charades_sta_template_small(tmp_path: Path) -> None:
         assert inline_case(clean_sentence(sentence)) in rec.turns[0].content
 
 
+def test_a_malformed_entry_stops_the_run_or_is_dropped_and_counted(anet_file: Path, tmp_path: Path) -> None:
+    """One ActivityNet video with 2 timestamps and 1 sentence: named (file:video) by default; with
+    on_bad_record=drop the other videos are generated and the drop is counted."""
+    bad = tmp_path / "anet_bad.json"
+    bad.write_text(json.dumps({**ANET, "v_odd": {"duration": 20, "timestamps": [[0, 5], [6, 9]], "sentences": ["A."]}}))
+    with pytest.raises(SystemExit, match=r"anet_bad\.json:v_odd: 2 timestamps but 1 sentences"):
+        augment([f"input={bad}", f"out={tmp_path / 'a.jsonl'}"])
+    summary = augment([f"input={bad}", f"out={tmp_path / 'b.jsonl'}", "on_bad_record=drop"])
+    assert summary.source_fixes["record_malformed_dropped"] == 1
+    assert {r.meta["source_video"] for r in read_valid(tmp_path / "b.jsonl")} == set(ANET)
+    sta, lengths = tmp_path / "sta.txt", tmp_path / "Charades_v1_test.csv"
+    sta.write_text(CHARADES_STA + "AO8RW 1.0##no end time\n", encoding="utf-8")
+    lengths.write_text(CHARADES_CSV, encoding="utf-8")
+    summary = augment([f"input={sta}", "format=charades_sta", f"durations={lengths}", f"out={tmp_path / 'c.jsonl'}",
+                       "on_bad_record=drop"])  # fmt: skip
+    assert summary.source_fixes["record_malformed_dropped"] == 1 and summary.videos_in_output == 3
+
+
 def test_charades_sta_template(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "charades_qa.jsonl"
     sta = shared_data / "charades_sta" / "charades_sta_test.txt"

@@ -18,12 +18,13 @@ from typing import Any
 from damo_lit.augment.describe import caption_events, question_description, strip_placeholders
 from damo_lit.augment.items import Moment, Video
 from damo_lit.data.schema import PLACEHOLDER, Record, RecordError, read_jsonl
-from damo_lit.data.sources.base import ON_BAD_WINDOW, Fixes, fix_window
+from damo_lit.data.sources.base import ON_BAD_RECORD, ON_BAD_WINDOW, Fixes, fix_window
 from damo_lit.data.sources.events import (
     VideoEvents,
-    read_activitynet_captions,
+    group_by_video,
+    iter_activitynet_captions,
+    iter_charades_sta,
     read_charades_durations,
-    read_charades_sta,
 )
 from damo_lit.files import not_a_file
 
@@ -55,22 +56,29 @@ class LoadedSource:
 
 def read_events(path: str | Path, fmt: str, durations: str | Path | None = None) -> list[VideoEvents]:
     """Read an annotation file of format `fmt` into per-video events (unfixed)."""
-    return [events for events, _ in _read(path, fmt, durations)]
+    return [events for events, _ in _read(path, fmt, durations)[0]]
 
 
-def _read(path: str | Path, fmt: str, durations: str | Path | None) -> list[tuple[VideoEvents, Counter]]:
-    """Per video: its events (unfixed), and what reading skipped (DAMO_SKIPS; only DaMO JSONL skips)."""
+def _read(
+    path: str | Path, fmt: str, durations: str | Path | None, drop_bad: bool = False
+) -> tuple[list[tuple[VideoEvents, Counter]], int]:
+    """(per video: its events (unfixed) and what reading skipped (DAMO_SKIPS; only DaMO JSONL
+    skips), the malformed entries dropped). A malformed entry (a video whose timestamps and
+    sentences differ in number, a line that is no record) raises unless `drop_bad`."""
     path = Path(path)
     if fmt not in FORMATS:
         raise SourceError(f"format={fmt!r} is not supported; expected one of {', '.join(FORMATS)}")
     if (problem := not_a_file(path)) is not None:
         raise SourceError(f"input={path}: {problem}")
     if fmt == "damo":
-        return read_damo_records(path)
-    return [(events, Counter()) for events in _read_public_format(path, fmt, durations)]
+        return read_damo_records(path, drop_bad)
+    videos, dropped = _read_public_format(path, fmt, durations, drop_bad)
+    return [(events, Counter()) for events in videos], dropped
 
 
-def _read_public_format(path: Path, fmt: str, durations: str | Path | None) -> list[VideoEvents]:
+def _read_public_format(
+    path: Path, fmt: str, durations: str | Path | None, drop_bad: bool
+) -> tuple[list[VideoEvents], int]:
     if fmt == "charades_sta" and durations is None:
         guess = sniff_format(path)
         if guess not in (None, fmt):  # another format altogether: say that first
@@ -81,10 +89,17 @@ def _read_public_format(path: Path, fmt: str, durations: str | Path | None) -> l
         )
     try:
         if fmt == "activitynet":
-            return read_activitynet_captions(path)
-        if (problem := not_a_file(durations)) is not None:
-            raise SourceError(f"durations={durations}: {problem}")
-        return read_charades_sta(path, read_charades_durations(durations))
+            items: list[Any] = list(iter_activitynet_captions(path))
+        else:
+            if (problem := not_a_file(durations)) is not None:
+                raise SourceError(f"durations={durations}: {problem}")
+            lengths = read_charades_durations(durations)
+            items = list(iter_charades_sta(path))
+        bad = [item for item in items if isinstance(item, RecordError)]
+        if bad and not drop_bad:
+            raise bad[0]
+        good = [item for item in items if not isinstance(item, RecordError)]
+        return (good if fmt == "activitynet" else group_by_video(good, lengths)), len(bad)
     except RecordError as err:
         if not str(err.where).startswith(f"{path}:"):  # the durations CSV: nothing to say about format=
             raise
@@ -165,8 +180,9 @@ def _damo_record_events(rec: Record, skipped: Counter) -> list[tuple[float, floa
     return [(*rec.spans[i], text) for i in (named or range(len(rec.spans)))]
 
 
-def read_damo_records(path: str | Path) -> list[tuple[VideoEvents, Counter]]:
-    """Per video of a DaMO JSONL file: its events, and what was skipped (DAMO_SKIPS kind -> count).
+def read_damo_records(path: str | Path, drop_bad: bool = False) -> tuple[list[tuple[VideoEvents, Counter]], int]:
+    """(per video of a DaMO JSONL file: its events, and what was skipped (DAMO_SKIPS kind -> count);
+    the invalid lines dropped, with `drop_bad`).
 
     Caption records give one event per span, described by the sentence(s) of the caption that
     refer to it (placeholders and ordering words like "first," / "then" removed: a plain
@@ -178,12 +194,16 @@ def read_damo_records(path: str | Path) -> list[tuple[VideoEvents, Counter]]:
     set asks) is left to the captions of its video: already described there, it adds nothing;
     described nowhere, it is skipped and counted. qa and dialogue records are not read: their
     answers refer to a span through other turns ("it appears {span:0}"). An invalid line raises
-    SourceError.
+    SourceError unless `drop_bad`.
     """
     by_video: dict[str, list[tuple[float, float, str | None]]] = {}
     skipped: dict[str, Counter] = {}
     durations: dict[str, float] = {}
+    dropped = 0
     for _lineno, rec in read_jsonl(path):
+        if isinstance(rec, RecordError) and drop_bad:
+            dropped += 1
+            continue
         if isinstance(rec, RecordError):
             raise SourceError(f"input={path} is not valid DaMO JSONL: {rec}{_format_hint(path, 'damo')}")
         if rec.task not in ("caption", "grounding") or not rec.spans:
@@ -198,12 +218,12 @@ def read_damo_records(path: str | Path) -> list[tuple[VideoEvents, Counter]]:
         skipped[video]["damo_question_unreadable_skipped"] += len(undescribed)
         events = tuple((start, end, text) for start, end, text in found if text is not None)
         out.append((VideoEvents(video=video, duration=durations[video], events=events), skipped[video]))
-    return out
+    return out, dropped
 
 
 def read_damo_events(path: str | Path) -> list[VideoEvents]:
     """The events per video of a DaMO JSONL file (see `read_damo_records`)."""
-    return [events for events, _ in read_damo_records(path)]
+    return [events for events, _ in read_damo_records(path)[0]]
 
 
 def clean_sentence(text: str) -> str:
@@ -254,13 +274,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 def source_settings(
-    path: str | Path, fmt: str, durations: str | Path | None, video_path: str, on_bad_window: str
+    path: str | Path, fmt: str, durations: str | Path | None, video_path: str, on_bad_window: str,
+    on_bad_record: str = "error",
 ) -> dict[str, Any]:
     """Everything on the input side that decides the items: the files' contents (not only their
     names: an edited sentence must not be resumed as if nothing changed), format= and how
-    windows are fixed and paths written. `limit` is not part of it: a larger limit continues a run."""
+    windows are fixed, bad entries treated and paths written. `limit` is not part of it: a larger
+    limit continues a run."""
     settings = {"format": fmt, "input_sha256": file_sha256(path), "on_bad_window": on_bad_window,
                 "video_path": video_path}
+    if on_bad_record != "error":  # (the default leaves the settings of earlier runs as they were)
+        settings["on_bad_record"] = on_bad_record
     if durations is not None:
         settings["durations_sha256"] = file_sha256(durations)
     return settings
@@ -284,19 +308,24 @@ def load_videos(
     video_path: str = "{video}.mp4",
     limit: int | None = None,
     on_bad_window: str = "clip",
+    on_bad_record: str = "error",
 ) -> LoadedSource:
     """Read and clean the videos of one annotation file (the first `limit` when given, >= 1).
 
     `video_path` formats the record's `video` field from the source id ("{video}.mp4"); DaMO
     JSONL input keeps its records' paths as they are. `on_bad_window` (clip | drop) says what
-    happens to a window that runs past the video or is reversed, as in the data configs.
+    happens to a window that runs past the video or is reversed, and `on_bad_record` (error |
+    drop) to a malformed entry, as in the data configs: a drop is counted, never silent.
     """
     if on_bad_window not in ON_BAD_WINDOW:
         raise SourceError(f"on_bad_window must be one of {', '.join(ON_BAD_WINDOW)}, got {on_bad_window!r}")
+    if on_bad_record not in ON_BAD_RECORD:
+        raise SourceError(f"on_bad_record must be one of {', '.join(ON_BAD_RECORD)}, got {on_bad_record!r}")
     if "{video}" not in video_path:
         raise SourceError(f"video_path={video_path!r} must contain '{{video}}'")
     limit = check_limit(limit)
-    pairs = _read(path, fmt, durations)[:limit]
+    pairs, dropped = _read(path, fmt, durations, drop_bad=on_bad_record == "drop")
+    pairs = pairs[:limit]
     fixes = Fixes()
     skipped: Counter = Counter()
     videos = []
@@ -308,4 +337,6 @@ def load_videos(
             videos.append(video)
     counts = {kind: n for kind, n in fixes.counts.items() if n}
     counts.update({kind: n for kind, n in skipped.items() if n})
-    return LoadedSource(videos, counts, source_settings(path, fmt, durations, video_path, on_bad_window))
+    if dropped:
+        counts["record_malformed_dropped"] = dropped
+    return LoadedSource(videos, counts, source_settings(path, fmt, durations, video_path, on_bad_window, on_bad_record))

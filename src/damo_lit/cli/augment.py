@@ -96,7 +96,7 @@ def run(cfg: DictConfig, on_video_done: Any = None) -> Any:
     try:
         source = load_videos(
             input_path, fmt, cfg.durations, video_path=str(cfg.video_path), limit=cfg.limit,
-            on_bad_window=str(cfg.on_bad_window),
+            on_bad_window=str(cfg.on_bad_window), on_bad_record=str(cfg.on_bad_record),
         )
     except (SourceError, RecordError) as err:
         raise _fail(str(err))
