@@ -90,3 +90,25 @@ def test_fp16_grad_scaler_with_fused_adamw_unscales_then_clips(tiny_overrides: l
     assert scaler.get_scale() == 1024.0, "no inf found: the scale stays"
     for p, twin in zip(params, twins):
         torch.testing.assert_close(p.detach(), twin.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fp16_skips_a_non_finite_step_through_the_scaler(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """A step skipped for a non-finite loss under 16-mixed with the fused AdamW: the scaler finds
+    the inf, skips the step and halves its scale (cleared gradients made its update assert that it
+    had checked none)."""
+    stage, trainer, optimizer, params = _stage(tiny_overrides, tmp_path, "32-true")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))
+    stage._trainer = SimpleNamespace(strategy=trainer.strategy, precision_plugin=SimpleNamespace(scaler=scaler))
+    params[0].grad = None  # a parameter the loss did not reach
+    before = [p.detach().clone() for p in params]
+    stage._skip_optimizer_step = True
+    stage.on_before_optimizer_step(optimizer)
+    stage.configure_gradient_clipping(optimizer, 1.0, "norm")
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 512.0, "the inf was found: scale halved"
+    for p, b in zip(params, before):
+        assert torch.equal(p.detach(), b), "no update"
+    assert not optimizer.state or all(float(s["step"]) == 0 for s in optimizer.state.values()), "no moment update"
+

@@ -142,6 +142,14 @@ def test_towers_trained_earlier_travel_on_when_a_later_stage_freezes_them(tiny_o
     assert not any(n.startswith(("vision.", "audio.")) for n in resumed.persistent_names())
     resumed.on_load_checkpoint({"state_dict": {f"model.{k}": v for k, v in saved3.items()}})
     assert set(towers) <= resumed.persistent_names()
+    # an FSDP sharded checkpoint holds no state dict here: the groups it carried are listed in its meta
+    saved_meta: dict = {}
+    resumed.on_save_checkpoint(saved_meta)
+    assert {"vision", "audio"} <= set(saved_meta["damo"]["carried"])
+    sharded = build_run(compose_run("train", ["stage=stage3_temporal", *tiny_overrides, *frozen],
+                                    tmp_path / "sharded"))[0]
+    sharded.on_load_checkpoint({"damo": saved_meta["damo"]})
+    assert set(towers) <= sharded.persistent_names()
 
 
 def test_stage3_reports_grounding_metrics_and_baseline(tiny_overrides: list[str], tmp_path: Path) -> None:

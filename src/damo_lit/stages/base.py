@@ -40,7 +40,7 @@ from damo_lit.models.media import MediaTokens
 from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.schedule import warmup_cosine
 from damo_lit.stages.weights import (
-    fitting_weights, inherited_groups, load_stage_weights, mismatch_error, persistent_names, written_by,
+    CARRIED_GROUPS, fitting_weights, inherited_groups, load_stage_weights, mismatch_error, persistent_names, written_by,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -295,8 +295,13 @@ class DaMOStage(L.LightningModule):
         """State-dict names (relative to self.model) this stage saves: what it trains, plus the
         towers / base LM it started from a previous stage's weights (stages/weights.py), whether
         from stage.init_from or from the checkpoint a run resumed (which carried them on)."""
+        return persistent_names(self.model, [*self.trainable_groups, *self.carried_groups()])
+
+    def carried_groups(self) -> list[str]:
+        """The towers / base LM this stage started from earlier weights of (stage.init_from, or the
+        checkpoint it resumed), which it saves on whether it trains them or not."""
         inherited = inherited_groups(self.model, self.init_report.loaded) if self.init_report is not None else []
-        return persistent_names(self.model, [*self.trainable_groups, *inherited, *self.resumed_groups])
+        return list(dict.fromkeys([*inherited, *self.resumed_groups]))
 
     def stage_meta(self) -> dict[str, Any]:
         return {"stage": self.stage_name, "model_cfg": self.model_cfg, "timestamps": self.timestamps,
@@ -455,10 +460,23 @@ class DaMOStage(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step of a non-finite loss: without gradients the optimizer changes nothing (no
-        update, no weight decay, no moment update; under fp16 the grad scaler skips it too)."""
-        if self._skip_optimizer_step:
+        update, no weight decay, no moment update). Under fp16 with a fused AdamW the gradients are
+        not unscaled yet here, and fp16's grad scaler must find an inf to skip the step (with no
+        gradient at all, its update asserts that it checked none): they are made NaN instead, and
+        the scaler skips the step and lowers its scale."""
+        if not self._skip_optimizer_step:
+            return
+        self._skip_optimizer_step = False
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
             optimizer.zero_grad(set_to_none=True)
-            self._skip_optimizer_step = False
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    param.grad = torch.full_like(param, float("nan"))
+                else:
+                    param.grad.fill_(float("nan"))
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -533,7 +551,7 @@ class DaMOStage(L.LightningModule):
         if isinstance(state, dict) and not uses_fsdp(self._trainer):
             keep = self.checkpoint_keys(list(state))
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
-        checkpoint["damo"] = {**self.stage_meta(), **written_by()}
+        checkpoint["damo"] = {**self.stage_meta(), **written_by(), "carried": self.carried_groups()}
         checkpoint["damo_resume"] = {"nonfinite": asdict(self.nonfinite), "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -543,8 +561,13 @@ class DaMOStage(L.LightningModule):
             self.check_fits(checkpoint["state_dict"], checkpoint.get("damo") or {})
             self.check_complete(checkpoint["state_dict"], "the checkpoint", checkpoint.get("damo") or {})
             # the towers / base LM the interrupted run carried on are saved on after the resume too
+            # (a checkpoint that does not list them says so by its keys)
             carried = [key.removeprefix("model.") for key in checkpoint["state_dict"] if key.startswith("model.")]
             self.resumed_groups = inherited_groups(self.model, carried)
+        listed = (checkpoint.get("damo") or {}).get("carried")  # (an FSDP sharded checkpoint: only the list)
+        if isinstance(listed, list):
+            named = [group for group in map(str, listed) if group in CARRIED_GROUPS]
+            self.resumed_groups = list(dict.fromkeys([*self.resumed_groups, *named]))
         resume = checkpoint.get("damo_resume") or {}
         if "nonfinite" in resume:
             self.nonfinite = NonFiniteSteps(**resume["nonfinite"])
