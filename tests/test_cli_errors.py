@@ -140,6 +140,7 @@ def test_damo_train_mistakes_end_in_one_named_line(tmp_path: Path) -> None:
             f"damo-train: 2 bad record(s) (set data.on_bad_record=drop to count and skip them):\n  {bad}:1: missing",
         ("data=damo_jsonl",): "damo-train: source damo_jsonl: data.annotations is required (a file path)",
         ("trainer.accumulate_grad_batches=0",): "damo-train: trainer.accumulate_grad_batches=0: expected an integer >= 1",
+        ("+trainer.gradient_clip_algorithm=foo",): "damo-train: trainer: `gradient_clip_algorithm` foo is invalid",
     }
     if not torch.cuda.is_available():  # Lightning's own words, with the keys and the CPU recipes
         cases[("trainer.accelerator=gpu",)] = ("damo-train: trainer.accelerator=gpu trainer.devices=1: No supported gpu "

@@ -26,6 +26,9 @@ def test_progress_bar_off_needs_no_second_key(tiny_overrides: list[str], tmp_pat
         "callbacks.progress_bar.style=rich"]
     _, _, trainer = build_run(compose_run("train", ["stage=stage3_temporal", *with_bar], tmp_path / "bar"))
     assert type(trainer.progress_bar_callback).__name__ == "StageProgressBar"
+    _, _, trainer = build_run(compose_run("train", ["stage=stage3_temporal", *overrides,
+                                                    "+trainer.enable_checkpointing=false"], tmp_path / "no_ckpt"))
+    assert trainer.checkpoint_callback is None  # the configured ModelCheckpoint left out, not refused
 
 
 def test_test_after_fit_takes_a_boolean_only(tiny_overrides: list[str], tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -96,9 +97,11 @@ def build_run(cfg: Any) -> tuple[Any, Any, Any]:
     # the trainer first: a trainer key Lightning refuses (devices=abc, a GPU this machine lacks) is
     # named before a paper-size model has been loaded
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    progress_off = cfg.trainer.get("enable_progress_bar") is False  # Lightning refuses a bar callback then
-    callbacks = [instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
-                 if c is not None and not (progress_off and name == "progress_bar")]
+    # Lightning refuses a bar (a ModelCheckpoint) callback under enable_progress_bar=false
+    # (enable_checkpointing=false): the configured one is left out then
+    off = {name for name, key in (("progress_bar", "enable_progress_bar"), ("model_checkpoint", "enable_checkpointing"))
+           if cfg.trainer.get(key) is False}  # fmt: skip
+    callbacks = [instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c is not None and name not in off]
     trainer = build_trainer(cfg.trainer, loggers, callbacks)
     ensure_model_parts(cfg.model)
     stage = build_stage(cfg)
@@ -128,11 +131,14 @@ def build_trainer(trainer_cfg: Any, loggers: list[Any], callbacks: list[Any]) ->
     try:
         return instantiate(trainer_cfg, logger=loggers or False, callbacks=callbacks, _convert_="partial")
     except InstantiationException as err:  # hydra's wrapper around what the Trainer raised
-        if not isinstance(err.__cause__, MisconfigurationException):
+        cause = err.__cause__
+        if not isinstance(cause, MisconfigurationException):
             raise
+        if not re.search(r"gpu|cuda|accelerator|device", str(cause), re.IGNORECASE):
+            raise ValueError(f"trainer: {cause}") from None  # Lightning's own words, without a wrapper
         raise ValueError(
             f"trainer.accelerator={trainer_cfg.get('accelerator')} trainer.devices={trainer_cfg.get('devices')}: "
-            f"{err.__cause__} (trainer=gpu and trainer=fsdp need CUDA GPUs; on CPUs use trainer=cpu, or trainer=ddp "
+            f"{cause} (trainer=gpu and trainer=fsdp need CUDA GPUs; on CPUs use trainer=cpu, or trainer=ddp "
             "trainer.accelerator=cpu)"
         ) from None
 
