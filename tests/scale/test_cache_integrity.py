@@ -80,6 +80,11 @@ def test_a_copy_that_did_not_keep_times_and_a_missing_video_still_serve(
     os.utime(copy / CHANGED, ns=(1, 1))
     (copy / "videos" / "train_000001.mp4").unlink()
     _setup_fit([*_on(copy, data_overrides), *FROZEN, f"data.features={feature_cache}"])
+    # a rerun of damo-cache over the copy records the moved time: a training start then only stats it
+    cache = shutil.copytree(feature_cache, tmp_path / "cache")
+    said = _report([*_on(copy, data_overrides), *FROZEN, f"out={cache}", "num_workers=0"])
+    assert said["encoded"] == 0 and said["reused"] == 16, "the same videos: nothing encoded again"
+    assert FeatureStore(cache).stamp(f"synthetic/{CHANGED}")["mtime_ns"] == 1
 
 
 def _row(key: str, stamp: dict | None, value: float) -> FeatureRow:

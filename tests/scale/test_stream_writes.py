@@ -5,6 +5,7 @@ complete sub-streams listed; data.max_samples_per_split caps a streamed split.""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -77,7 +78,9 @@ def test_interrupts_raise_puts_the_handlers_back_and_raises() -> None:
         raise RuntimeError(error)
 
     with pytest.raises(KeyboardInterrupt):
-        _stop_and_interrupt(SimpleNamespace(_exit_on_error=exit_on_error), frozenset(), signal.SIGINT, None)
+        # (the children alive now are not the write's: a fixture's workers must not be stopped)
+        _stop_and_interrupt(SimpleNamespace(_exit_on_error=exit_on_error), frozenset(multiprocessing.active_children()),
+                            signal.SIGINT, None)  # fmt: skip
     assert stopped == ["interrupted (Ctrl-C)"]
 
 

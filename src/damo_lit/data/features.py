@@ -91,18 +91,25 @@ def _file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def file_changed(stamp: Mapping[str, Any], path: str | Path) -> bool:
-    """Whether the file at `path` is not the one `stamp` recorded. A missing file is not changed:
+def current_stamp(stamp: Mapping[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """`stamp` as it stands for the file at `path` now: None when the file is another one; the
+    stamp with the file's time when only the time moved (a copy that did not keep times: the
+    digest decided), so that the next check is one stat again. A missing file is not changed:
     training from a cache needs no videos, and what was cached is all there is to go by."""
     try:
         stat = Path(path).stat()
     except OSError:
-        return False
+        return dict(stamp)
     if stat.st_size != stamp.get("size"):
-        return True
+        return None
     if stat.st_mtime_ns == stamp.get("mtime_ns"):
-        return False
-    return _file_sha256(path) != stamp.get("sha256")
+        return dict(stamp)
+    return {**stamp, "mtime_ns": stat.st_mtime_ns} if _file_sha256(path) == stamp.get("sha256") else None
+
+
+def file_changed(stamp: Mapping[str, Any], path: str | Path) -> bool:
+    """Whether the file at `path` is not the one `stamp` recorded (`current_stamp`)."""
+    return current_stamp(stamp, path) is None
 
 
 def video_key(sample: Sample) -> str:
@@ -377,8 +384,14 @@ class FeatureCacheWriter:
         file is unchanged since: a row without a stamp (an older cache's) is not trusted."""
         if files is None:
             return set(self.stamps)
-        return {key for key, path in files.items()
-                if self.stamps.get(key) is not None and not file_changed(self.stamps[key], path)}  # fmt: skip
+        done = set()
+        for key, path in files.items():
+            stamp = self.stamps.get(key)
+            now = current_stamp(stamp, path) if stamp is not None else None
+            if now is not None:
+                self.stamps[key] = now  # a moved time is recorded in index.json: training then only stats
+                done.add(key)
+        return done
 
     def write_shard(self, rows: Sequence[FeatureRow]) -> Path:
         """Stack the rows into the next shard file (atomic: a crash leaves no partial shard)."""
@@ -493,6 +506,7 @@ class FeatureStore:
                 self.rows[key] = (shard, row)
         self._handles: dict[str, Any] = {}
         self._warned_unstamped = False
+        self._unchanged: set[tuple[str, str]] = set()  # (path, key) found unchanged: each file checked once
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles
         state = dict(self.__dict__)
@@ -505,6 +519,15 @@ class FeatureStore:
     def stamp(self, key: str) -> dict[str, Any] | None:
         """The file stamp recorded with video `key`'s row (None when the cache has none)."""
         return (self.stamps or {}).get(key)
+
+    def files_digest(self) -> str | None:
+        """A SHA-256 of every row's video content (size and digest, not the time a copy moves):
+        what changes when a video is re-encoded into the cache (its manifest does not). None for a
+        cache written before stamps were."""
+        if self.stamps is None:
+            return None
+        contents = {key: [s.get("size"), s.get("sha256")] if s else None for key, s in self.stamps.items()}
+        return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
 
     def check_unchanged(self, files: Mapping[str, str]) -> None:
         """Refuse rows encoded from other files than `files` (video path -> key) are now: another
@@ -533,8 +556,12 @@ class FeatureStore:
         out = []
         for path, key in files.items():
             stamp = self.stamp(key)
-            if stamp is not None and file_changed(stamp, path):
+            if stamp is None or (path, key) in self._unchanged:
+                continue
+            if file_changed(stamp, path):
                 out.append((path, key))
+            else:
+                self._unchanged.add((path, key))
         return out
 
     def __contains__(self, key: str) -> bool:

@@ -51,7 +51,7 @@ from typing import Any, Iterator, Mapping, Sequence
 os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 from damo_lit.data.cache import FailureLog  # noqa: E402
-from damo_lit.data.collection import Sample, load_split  # noqa: E402
+from damo_lit.data.collection import Sample, cap_samples, load_split  # noqa: E402
 from damo_lit.data.datamodule import DaMODataModule, SpanPrior  # noqa: E402
 from damo_lit.data.dataset import Collator, sample_item  # noqa: E402
 from damo_lit.data.decode import DecodedVideo, DecodeError, DecodeParams, decode_video, worker_context  # noqa: E402
@@ -267,6 +267,7 @@ def write_stream(
         "format": FORMAT, "kind": kind, "data": datamodule.name, "samples": report.samples,
         "decode": json.loads(json.dumps(asdict(datamodule.params))),
         "features_manifest": store.manifest if store is not None else None,
+        "features_files": store.files_digest() if store is not None else None,
         "span_prior": _span_prior(datamodule),
     }  # fmt: skip
     write_json(meta_path, meta)
@@ -278,13 +279,16 @@ def _keep_earlier(old: Mapping[str, Any], out: Path, written: set[tuple[str, str
     """Add to the report (so to damo_stream.json) the datasets an earlier write listed whose
     (split, task) this run did not write, when they are still complete and, for a features stream,
     made from the same feature cache; one warning for each left out."""
-    same_cache = store is None or old.get("features_manifest") == json.loads(json.dumps(store.manifest, default=str))
+    # the same cache, and no row re-encoded since (a changed video's new row leaves the manifest as it was)
+    same_cache = store is None or (old.get("features_manifest") == json.loads(json.dumps(store.manifest, default=str))
+                                   and old.get("features_files", store.files_digest()) == store.files_digest())
     for split, counts in (old.get("samples") or {}).items():
         for task, samples in counts.items():
             if (split, task) in written:
                 continue
             target = out / split / task
-            reason = _incomplete(target, int(samples)) if same_cache else "written from another feature cache"
+            reason = (_incomplete(target, int(samples)) if same_cache else
+                      "written from another feature cache, or from one with videos re-encoded since")  # fmt: skip
             if reason is None:
                 report.samples.setdefault(split, {})[task] = int(samples)
                 report.reused.append(f"{split}/{task}")
@@ -331,12 +335,12 @@ def _write_datasets(datamodule: DaMODataModule, out: Path, splits: Sequence[str]
     for split in splits:
         for task in tasks:
             try:
-                samples = load_split(datamodule.specs, split, (task,), weighted=split == "train",
-                                     seed=datamodule.seed).samples  # fmt: skip
+                loaded = load_split(datamodule.specs, split, (task,), weighted=split == "train", seed=datamodule.seed)
             except FileNotFoundError:
                 break  # a split this source does not have
-            if datamodule.max_samples_per_split:
-                samples = samples[: datamodule.max_samples_per_split]
+            if datamodule.max_samples_per_split:  # each source of a mixture in its share, as training caps
+                loaded = cap_samples(loaded, datamodule.max_samples_per_split)
+            samples = loaded.samples
             entries = _entries(samples, store, report)
             if not entries:
                 continue
