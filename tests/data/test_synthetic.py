@@ -316,7 +316,7 @@ def test_data_generate_names_a_value_of_the_wrong_kind(tmp_path):
     assert not (tmp_path / "set").exists()
 
 
-@pytest.mark.parametrize("fps, step", [(8, 0.25), (3, 1 / 3), (10, 0.3), (30, 8 / 30)])
+@pytest.mark.parametrize("fps, step", [(8, 0.25), (3, 1 / 3), (10, 0.3), (11, 3 / 11), (30, 8 / 30)])
 def test_durations_and_event_bounds_are_whole_frames_inside_the_asked_range(fps, step):
     """At any frame rate the annotated duration is where the frames end, and never outside
     min_seconds..max_seconds (rounding 8.1-8.2 s to 0.25 s steps once gave 8.25)."""
@@ -327,4 +327,6 @@ def test_durations_and_event_bounds_are_whole_frames_inside_the_asked_range(fps,
         frames = plan.duration * fps
         assert frames == pytest.approx(round(frames), abs=1e-6)
         for event in plan.events:
-            assert event.start * fps == pytest.approx(round(event.start * fps), abs=1e-6)
+            for bound in (event.start, event.end):
+                assert bound * fps == pytest.approx(round(bound * fps), abs=1e-6)
+            assert event.end - event.start >= cfg.min_event_seconds - 1e-9

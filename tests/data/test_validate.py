@@ -96,6 +96,14 @@ def test_a_byte_order_mark_opens_a_file_without_harm(tmp_path):
     assert validate_files([path]) == (2, [])
 
 
+def test_damo_records_with_absolute_videos_get_no_format_hint(tmp_path, val_records, capsys):
+    path = tmp_path / "abs.jsonl"
+    _write(path, [{**r, "video": f"/data/{r['video']}"} for r in val_records[:2]])
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "absolute or home path" in err and "no record is DaMO JSONL" not in err
+
+
 def test_a_file_named_twice_is_checked_once(tmp_path, val_records, capsys):
     path = tmp_path / "v.jsonl"
     _write(path, val_records[:3])

@@ -226,7 +226,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(str(error), file=sys.stderr)
         if len(own) > MAX_LISTED_ERRORS:
             print(f"  ... and {len(own) - MAX_LISTED_ERRORS} more bad record(s) in {path}", file=sys.stderr)
-        if own and len(own) == _record_lines(path):
+        if own and _none_is_damo(path):
             print(f"{path}: no record is DaMO JSONL. A file in a public format is read by its source: "
                   f"damo-data stats data=NAME data.annotations={path} (NAME: {PUBLIC_FORMATS})", file=sys.stderr)
     bad = sum(problem is not None for _, problem in problems) + len(errors)
@@ -237,10 +237,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_lines(path: Path) -> int:
-    from damo_lit.data.schema import json_lines
+def _none_is_damo(path: Path) -> bool:
+    """Whether every line of `path` fails the record schema itself (a file in another format), not
+    only the checks across records (duplicate ids, video paths)."""
+    from damo_lit.data.schema import RecordError, read_jsonl
 
-    return sum(1 for _ in json_lines(path))
+    return all(isinstance(item, RecordError) for _, item in read_jsonl(path))
 
 
 def _split_names(specs: Sequence[Any]) -> tuple[list[str | None], dict[str, str]]:

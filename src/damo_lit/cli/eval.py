@@ -18,7 +18,7 @@ evaluation stopped by Ctrl-C or a crash keeps what it answered. A new evaluation
 same folder first removes the old predictions.
 
 Keys (conf/eval.yaml): ckpt (run folder or .ckpt), data=<config> and data.* keys, split=val|test,
-tasks=[grounding,...] (default: the stage's own), limit=N (the first N samples),
+tasks=[grounding,...] (default: the stage's own), limit=N (the first N samples; of a mixture, each source its share),
 batch_size=16, max_new_tokens=24, accelerator=auto|cpu|gpu, prompt_style=plain|chat (default:
 the one the checkpoint was trained with), trust_remote_code=true, model.KEY=VALUE (a key of
 the checkpoint's model config, e.g. model.llm.name_or_path=/local/copy), out=DIR (default:

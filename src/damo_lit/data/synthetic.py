@@ -272,11 +272,12 @@ def _place(
     (a rule like "sounds never overlap" would: an audio-only tone could then never sound during
     a visible audio-visual event). Lengths shrink after repeated misfits.
     """
-    lengths = [cfg.quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds)) for _ in kinds]
+    shortest = math.ceil(cfg.min_event_seconds / cfg.quantum - 1e-9) * cfg.quantum  # whole steps, >= the minimum
+    lengths = [max(shortest, cfg.quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds))) for _ in kinds]
     pairs = [(i, j) for i in range(len(kinds)) for j in range(i + 1, len(kinds)) if kinds[i] == kinds[j]]
     for attempt in range(PLACE_ATTEMPTS):
         if attempt and attempt % (PLACE_ATTEMPTS // 4) == 0:
-            lengths = [max(cfg.min_event_seconds, cfg.quantize(length * 0.8)) for length in lengths]
+            lengths = [max(shortest, cfg.quantize(length * 0.8)) for length in lengths]
         if any(length > duration for length in lengths):
             continue
         starts = [cfg.quantize(rng.uniform(0.0, duration - length)) for length in lengths]
