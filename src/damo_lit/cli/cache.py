@@ -285,13 +285,12 @@ def build_stream(cfg: Any) -> Any:
     """Write the litdata stream of `cfg.data` into `cfg.out`; returns a StreamReport."""
     from omegaconf import OmegaConf
 
-    from damo_lit.data.streaming import chunk_bytes_count, write_stream
+    from damo_lit.data.streaming import write_stream
 
     check_settings(cfg)
     datamodule = _datamodule(cfg)
     tasks = list(OmegaConf.to_container(cfg.tasks, resolve=True))
-    chunk_bytes = chunk_bytes_count(cfg.chunk_bytes)
-    return write_stream(datamodule, cfg.out, list(cfg.splits), tasks, chunk_bytes, int(cfg.num_workers))
+    return write_stream(datamodule, cfg.out, list(cfg.splits), tasks, cfg.chunk_bytes, int(cfg.num_workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

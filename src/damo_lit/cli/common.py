@@ -13,6 +13,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from damo_lit.values import is_whole
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = Path(os.environ.get("DAMO_ROOT", PACKAGE_DIR.parents[1])).resolve()
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -215,7 +217,7 @@ def integer_problem(cfg: Any, key: str, least: int) -> str | None:
     """`key=value: expected an integer >= least` when a command's own count key is no such integer
     (a bool, a word, a fraction), else None."""
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    if not is_whole(value) or value < least:
         return f"{key}={value}: expected an integer >= {least}"
     return None
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from damo_lit.cli.common import CONF_DIR, check_conf_dir, compose, register_resolvers, user_errors
+from damo_lit.values import is_whole
 
 log = logging.getLogger("damo_lit.train")
 
@@ -147,7 +148,7 @@ def check_trainer_counts(trainer_cfg: Any) -> None:
     """Trainer counts Lightning takes unchecked: accumulate_grad_batches=0 fails at the first step
     with a ZeroDivisionError, deep in the fit loop."""
     value = trainer_cfg.get("accumulate_grad_batches", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_whole(value) or value < 1:
         raise ValueError(f"trainer.accumulate_grad_batches={value}: expected an integer >= 1")
 
 

@@ -6,6 +6,7 @@ fix-ups and the same video paths.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -165,15 +166,13 @@ def cap_samples(loaded: SplitRecords, limit: int) -> SplitRecords:
     in their order): a smoke run over a mixture sees every source, not only the first."""
     if len(loaded.samples) <= limit:
         return loaded
-    counts: dict[str, int] = {}
+    totals = Counter(s.source for s in loaded.samples)
+    seen: Counter[str] = Counter()
     place: list[tuple[float, int]] = []  # (position within its source as a fraction, index)
-    totals = {label: sum(s.source == label for s in loaded.samples) for label in {s.source for s in loaded.samples}}
     for index, sample in enumerate(loaded.samples):
-        seen = counts.get(sample.source, 0)
-        counts[sample.source] = seen + 1
-        place.append((seen / totals[sample.source], index))
-    kept = sorted(index for _, index in sorted(place)[:limit])
-    samples = [loaded.samples[i] for i in kept]
-    per_source = {label: sum(s.source == label for s in samples) for label in loaded.per_source}
-    return SplitRecords(loaded.split, samples, loaded.fixes, per_source)
+        place.append((seen[sample.source] / totals[sample.source], index))
+        seen[sample.source] += 1
+    samples = [loaded.samples[i] for i in sorted(index for _, index in sorted(place)[:limit])]
+    kept = Counter(s.source for s in samples)
+    return SplitRecords(loaded.split, samples, loaded.fixes, {label: kept[label] for label in loaded.per_source})
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator
 
+from damo_lit.values import is_number
+
 TASKS = ("caption", "grounding", "qa", "dialogue")
 MODALITIES = ("audio", "visual", "audio-visual")
 ROLES = ("user", "assistant")
@@ -185,9 +187,7 @@ class Record:
 def _number(value: Any) -> float | None:
     """A JSON number as a float; None for anything else (true, "10", null), which the schema
     refuses rather than reads as 1.0 or 10.0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    return float(value) if is_number(value) else None
 
 
 def _check_placeholders(text: str, n_spans: int, where: str, what: str) -> None:

@@ -148,11 +148,11 @@ class SynthConfig:
                 f"min_seconds ({self.min_seconds}) must be <= max_seconds ({self.max_seconds}) and leave room for two "
                 f"events of min_event_seconds ({self.min_event_seconds})"
             )
-        step = self.quantum
-        if math.floor(self.max_seconds / step + 1e-9) < math.ceil(self.min_seconds / step - 1e-9):
+        if self.steps_down(self.max_seconds) < self.steps_up(self.min_seconds):
             raise ValueError(
                 f"min_seconds ({self.min_seconds}) to max_seconds ({self.max_seconds}) holds no whole number of "
-                f"{step:.4g} s steps (durations are whole frames at {self.fps} fps, in steps of about {QUANTUM} s)"
+                f"{self.quantum:.4g} s steps (durations are whole frames at {self.fps} fps, in steps of about "
+                f"{QUANTUM} s)"
             )
 
     @property
@@ -164,12 +164,18 @@ class SynthConfig:
     def quantize(self, value: float) -> float:
         return round(value / self.quantum) * self.quantum
 
+    def steps_up(self, value: float) -> float:
+        """The least whole number of steps >= `value` (seconds)."""
+        return math.ceil(value / self.quantum - 1e-9) * self.quantum
+
+    def steps_down(self, value: float) -> float:
+        """The greatest whole number of steps <= `value` (seconds)."""
+        return math.floor(value / self.quantum + 1e-9) * self.quantum
+
     def draw_duration(self, rng: np.random.Generator) -> float:
         """A video duration, a whole number of steps inside [min_seconds, max_seconds]."""
-        step = self.quantum
-        lowest = math.ceil(self.min_seconds / step - 1e-9) * step
-        highest = math.floor(self.max_seconds / step + 1e-9) * step
-        return min(max(self.quantize(rng.uniform(self.min_seconds, self.max_seconds)), lowest), highest)
+        drawn = self.quantize(rng.uniform(self.min_seconds, self.max_seconds))
+        return min(max(drawn, self.steps_up(self.min_seconds)), self.steps_down(self.max_seconds))
 
 
 @dataclass(frozen=True)
@@ -272,7 +278,7 @@ def _place(
     (a rule like "sounds never overlap" would: an audio-only tone could then never sound during
     a visible audio-visual event). Lengths shrink after repeated misfits.
     """
-    shortest = math.ceil(cfg.min_event_seconds / cfg.quantum - 1e-9) * cfg.quantum  # whole steps, >= the minimum
+    shortest = cfg.steps_up(cfg.min_event_seconds)  # whole steps, >= the minimum
     lengths = [max(shortest, cfg.quantize(rng.uniform(cfg.min_event_seconds, cfg.max_event_seconds))) for _ in kinds]
     pairs = [(i, j) for i in range(len(kinds)) for j in range(i + 1, len(kinds)) if kinds[i] == kinds[j]]
     for attempt in range(PLACE_ATTEMPTS):

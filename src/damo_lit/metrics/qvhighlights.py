@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from damo_lit.metrics.spans import temporal_iou
+from damo_lit.values import is_number, is_whole
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
 LENGTH_RANGES: dict[str, tuple[float, float]] = {
@@ -117,7 +118,7 @@ def _qid(obj: Mapping[str, Any], where: str) -> Any:
 def _number(value: Any, what: str) -> float:
     """A finite JSON number (not a string, a boolean or NaN, which the official evaluator's numpy
     and sklearn would either refuse or rank as no score should rank)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_number(value):
         raise QVHighlightsError(f"{what} must be a number, got {value!r}")
     if not np.isfinite(value):
         raise QVHighlightsError(f"{what} must be a finite number, got {value!r}")
@@ -129,7 +130,7 @@ def _clip_ids(value: Any, what: str) -> np.ndarray:
     if not isinstance(value, (list, tuple)):
         raise QVHighlightsError(f"{what} must be a list of clip indices, got {value!r}")
     for i, clip in enumerate(value):
-        if isinstance(clip, bool) or not isinstance(clip, (int, np.integer)):
+        if not is_whole(clip):
             raise QVHighlightsError(f"{what}[{i}] must be a whole number (a 2-second clip's index), got {clip!r}")
     return np.asarray(value, dtype=np.int64).reshape(-1)
 
@@ -141,9 +142,7 @@ def _rows(value: Any, width: int, what: str, checked_from: int = 0) -> np.ndarra
         raise QVHighlightsError(f"{what} must be a list of [{width} numbers] rows, got {type(value).__name__}")
     rows = []
     for i, row in enumerate(value):
-        if not isinstance(row, (list, tuple, np.ndarray)) or any(
-            isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) for x in row
-        ):
+        if not isinstance(row, (list, tuple, np.ndarray)) or not all(is_number(x) for x in row):
             raise QVHighlightsError(f"{what}[{i}] must hold numbers, got {row!r}")
         numbers = [float(x) for x in row]
         if not all(np.isfinite(numbers[checked_from:width])):

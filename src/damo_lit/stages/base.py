@@ -34,13 +34,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from damo_lit.differences import differences
 from damo_lit.models.damo import STAGE_TRAINABLE, DaMO, build_damo
 from damo_lit.models.media import MediaTokens
 from damo_lit.stages.fsdp import uses_fsdp
 from damo_lit.stages.schedule import warmup_cosine
 from damo_lit.stages.weights import (
-    CARRIED_GROUPS, fitting_weights, inherited_groups, load_stage_weights, mismatch_error, persistent_names, written_by,
+    CARRIED_GROUPS, fitting_weights, inherited_groups, load_stage_weights, mismatch_error, model_config_change,
+    persistent_names, written_by,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -467,8 +467,7 @@ class DaMOStage(L.LightningModule):
         if not self._skip_optimizer_step:
             return
         self._skip_optimizer_step = False
-        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+        if self._fused_step_scaler(optimizer) is None:
             optimizer.zero_grad(set_to_none=True)
             return
         for group in optimizer.param_groups:
@@ -477,6 +476,13 @@ class DaMOStage(L.LightningModule):
                     param.grad = torch.full_like(param, float("nan"))
                 else:
                     param.grad.fill_(float("nan"))
+
+    def _fused_step_scaler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """fp16's grad scaler when `optimizer` is a fused one (its step unscales the gradients
+        itself, so Lightning leaves them scaled until then), else None."""
+        if self._trainer is None or not getattr(optimizer, "_step_supports_amp_scaling", False):
+            return None
+        return getattr(self._trainer.precision_plugin, "scaler", None)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -494,7 +500,7 @@ class DaMOStage(L.LightningModule):
             self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
             return
         if getattr(optimizer, "_step_supports_amp_scaling", False):
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            scaler = self._fused_step_scaler(optimizer)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -520,10 +526,8 @@ class DaMOStage(L.LightningModule):
         missing = sorted(self.checkpoint_keys(list(self.state_dict().keys())) - set(state))
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            saved_cfg = (meta or {}).get("model_cfg")
-            changed = differences(saved_cfg, self.model_cfg, "model.") if isinstance(saved_cfg, dict) else []
-            cause = (f"it was saved with another model config ({'; '.join(changed[:6])}): resume with the model config "
-                     "that saved it") if changed else (
+            changed = model_config_change(meta or {}, self.model_cfg)
+            cause = (f"{changed}: resume with the model config that saved it" if changed else
                      "it was saved by another stage or model config (stage.trainable, model.*.trainable): resume "
                      "with the config that saved it")  # fmt: skip
             raise ValueError(

@@ -7,6 +7,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from damo_lit.values import is_number, is_whole
+
 
 def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.05,
                   min_lr_ratio: float = 0.0, warmup_steps: int | None = None) -> LambdaLR:
@@ -17,10 +19,9 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_ratio: float = 
     if total_steps <= 0:
         raise ValueError(f"stage.scheduler: total_steps must be > 0, got {total_steps}")
     for key, value in (("warmup_ratio", warmup_ratio), ("min_lr_ratio", min_lr_ratio)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if not is_number(value) or not 0.0 <= value <= 1.0:
             raise ValueError(f"stage.scheduler.{key} must be a number in [0, 1], got {value!r}")
-    if warmup_steps is not None and (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int)
-                                     or warmup_steps < 0):
+    if warmup_steps is not None and (not is_whole(warmup_steps) or warmup_steps < 0):
         raise ValueError(f"stage.scheduler.warmup_steps must be an integer >= 0 or null, got {warmup_steps!r}")
     warm = warmup_steps if warmup_steps is not None else int(round(warmup_ratio * total_steps))
     warm = max(0, min(warm, total_steps - 1))

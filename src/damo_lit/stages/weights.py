@@ -55,12 +55,11 @@ def mismatch_error(where: str, mismatches: list[str], meta: Mapping[str, Any],
     """The error for weights of other shapes than the model's, naming both possible causes and the
     version of damo-lit that `meta` (stage.json, a .ckpt's 'damo' entry) says wrote them; with
     `model_cfg` (this model's), the model keys whose values differ from those `meta` recorded."""
-    changed = differences(meta.get("model_cfg"), dict(model_cfg), "model.") if model_cfg and meta.get("model_cfg") else []
+    changed = model_config_change(meta, model_cfg)
     if changed:
-        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
         return CheckpointError(
-            f"{where}: {len(mismatches)} tensor(s) do not fit this model ({'; '.join(mismatches[:3])}): it was saved "
-            f"with another model config ({shown}): use the model config that saved it"
+            f"{where}: {len(mismatches)} tensor(s) do not fit this model ({'; '.join(mismatches[:3])}): {changed}: use "
+            "the model config that saved it"
         )
     version, layout = meta.get("damo_lit_version"), meta.get("weights_layout")
     if version is None:
@@ -73,6 +72,17 @@ def mismatch_error(where: str, mismatches: list[str], meta: Mapping[str, Any],
         f"version of damo-lit whose weights have other shapes ({writer}; this is damo-lit {__version__}, weights "
         f"layout {WEIGHTS_LAYOUT})"
     )
+
+
+def model_config_change(meta: Mapping[str, Any], model_cfg: Mapping[str, Any] | None) -> str | None:
+    """'it was saved with another model config (model.KEY (was A, now B); ...)' when the model config
+    that `meta` recorded differs from `model_cfg`, else None."""
+    saved = meta.get("model_cfg")
+    changed = differences(saved, dict(model_cfg), "model.") if model_cfg and isinstance(saved, Mapping) else []
+    if not changed:
+        return None
+    shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+    return f"it was saved with another model config ({shown})"
 
 
 def fitting_weights(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], where: str,
